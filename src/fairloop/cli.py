@@ -1,0 +1,217 @@
+"""The ``fairloop`` command line.
+
+Nothing heavy is imported at module level: torch, aif360, lime and friends load inside the command
+that needs them, so ``fairloop --help`` answers at once. Errors a user can fix are printed as the
+problem and the fix, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from fairloop.errors import FairloopError
+
+app = typer.Typer(help="Debug and repair bias in image classifiers with counterfactual data.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+data_app = typer.Typer(help="Datasets: synthesize the embedded SynthFaces dataset.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+DatasetOpt = Annotated[str, typer.Option("--dataset", help="Folder format: celeba, utkface or csv.")]
+RootOpt = Annotated[Path, typer.Option("--root", help="The dataset's folder.")]
+CsvOpt = Annotated[Optional[Path], typer.Option("--csv", help="Attribute table for --dataset csv (default: the one CSV in --root).")]
+TargetOpt = Annotated[str, typer.Option("--target", help="The attribute the classifier predicts (positive label = 1).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for sampling, training and bootstrap.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu or cuda[:N].")]
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+@contextmanager
+def _progress():
+    """A rich progress display; yields a ``(stage, done, total)`` callback with one bar per stage."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("eta"), TimeRemainingColumn(), console=_console(), transient=False) as progress:
+        tasks: dict[str, int] = {}
+
+        def update(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total)
+            progress.update(tasks[stage], completed=done, total=total)
+
+        yield update
+
+
+def _load(dataset: str, root: Path, csv: Path | None):
+    from fairloop.data.datasets import load_dataset
+
+    return load_dataset(dataset, root, csv=csv)
+
+
+# ----------------------------------------------------------------------------------------- data
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write (CelebA layout).")],
+    n: Annotated[int, typer.Option("--n", help="Number of images over all splits (70/15/15).")] = 12000,
+    target: Annotated[str, typer.Option("--target", help="Target attribute of the scenario.")] = "Male",
+    spurious: Annotated[str, typer.Option("--spurious", help="Attribute that shortcuts the target in the training split.")] = "Gray_Hair",
+    correlation: Annotated[float, typer.Option("--correlation", help="P(spurious == target) in the training split; 0.5 is unbiased.")] = 0.95,
+    seed: SeedOpt = 0,
+    force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
+) -> None:
+    """Write SynthFaces, the embedded face dataset, in CelebA's on-disk format.
+
+    The training split carries the shortcut; validation and test are balanced over the four
+    target × spurious groups.
+    """
+    from rich.table import Table
+
+    from fairloop.data.synthfaces import Scenario, write_synthfaces
+
+    scenario = Scenario(target, spurious, correlation).validate()
+    with _progress() as progress:
+        folder = write_synthfaces(out, n=n, scenario=scenario, seed=seed, force=force,
+                                  progress=lambda done, total: progress("render", done, total))
+    import json
+
+    groups = json.loads((folder / "synthfaces.json").read_text())["groups"]
+    table = Table(title=f"SynthFaces written to {folder}")
+    table.add_column("group")
+    for split in groups:
+        table.add_column(split, justify="right")
+    for name in groups["train"]:
+        table.add_row(name, *(str(groups[s].get(name, 0)) for s in groups))
+    _console().print(table)
+
+
+# ---------------------------------------------------------------------------------------- train
+
+
+@app.command()
+def train(
+    root: RootOpt,
+    target: TargetOpt,
+    out: Annotated[Path, typer.Option("--out", help="Checkpoint path (writes PATH.safetensors and PATH.json).")],
+    dataset: DatasetOpt = "celeba",
+    csv: CsvOpt = None,
+    arch: Annotated[str, typer.Option("--arch", help="smallcnn, resnet18 or mobilenet.")] = "smallcnn",
+    epochs: Annotated[int, typer.Option("--epochs")] = 6,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
+    lr: Annotated[float, typer.Option("--lr")] = 2e-3,
+    image_size: Annotated[int, typer.Option("--image-size", help="Images are centre-cropped and resized to this.")] = 64,
+    pretrained: Annotated[Optional[Path], typer.Option("--pretrained", help="torchvision state dict (e.g. ImageNet weights) for resnet18/mobilenet.")] = None,
+    workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")] = 0,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Train a baseline classifier for TARGET on the train split (best epoch on val)."""
+    from fairloop.vision.train import TrainConfig
+
+    data = _load(dataset, root, csv)
+    config = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size, seed=seed,
+                         device=device, num_workers=workers, pretrained=str(pretrained) if pretrained else None)
+    weights, history = _train_and_save(data, target, config, out)
+    _console().print(f"[green]saved[/] {weights}  (best val accuracy {history['best_val_accuracy']:.4f}, "
+                     f"{history['seconds']:.0f} s on {history['device']})")
+
+
+def _train_and_save(data, target: str, config, out: Path):
+    from fairloop.vision.models import save_checkpoint
+    from fairloop.vision.train import train_classifier
+
+    with _progress() as progress:
+        model, history = train_classifier(data, target, config, progress=progress)
+    meta = {"arch": config.arch, "target": target, "image_size": config.image_size,
+            "classes": [f"not {target}", target], "dataset": data.name, "root": str(data.root),
+            "data_hash": data.fingerprint(), "history": history}
+    return save_checkpoint(model, out, meta), history
+
+
+# ---------------------------------------------------------------------------------------- audit
+
+
+@app.command()
+def audit(
+    root: RootOpt,
+    target: TargetOpt,
+    protected: Annotated[str, typer.Option("--protected", help="The protected attribute whose groups are compared.")],
+    dataset: DatasetOpt = "celeba",
+    csv: CsvOpt = None,
+    model: Annotated[Optional[Path], typer.Option("--model", help="Checkpoint from 'fairloop train'; without it a baseline is trained first.")] = None,
+    privileged: Annotated[int, typer.Option("--privileged", help="Value (0 or 1) of the protected attribute that is the privileged group.")] = 1,
+    split: Annotated[str, typer.Option("--split", help="Split to audit: train, val or test.")] = "test",
+    out: Annotated[Path, typer.Option("--out", help="Folder for audit.json, audit.html, predictions.csv.")] = Path("fairloop-audit"),
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write audit.json here instead.")] = None,
+    arch: Annotated[str, typer.Option("--arch", help="Architecture of the baseline trained when --model is not given.")] = "smallcnn",
+    epochs: Annotated[int, typer.Option("--epochs", help="Epochs of that baseline.")] = 6,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for confidence intervals (0: none).")] = 200,
+    explain_rows: Annotated[int, typer.Option("--explain-rows", help="Rows explained by LIME.")] = 200,
+    top: Annotated[int, typer.Option("--top", help="Attribute importances to print.")] = 10,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Measure a classifier's bias (AIF360 metrics) and explain it (LIME over attributes)."""
+    from fairloop.errors import ConfigError
+    from fairloop.tools.audit import audit as run_audit
+    from fairloop.vision.models import load_checkpoint, resolve_device
+    from fairloop.vision.train import TrainConfig
+
+    if privileged not in (0, 1):
+        raise ConfigError(f"--privileged {privileged} is not a value of a binary attribute", "use 0 or 1")
+    console = _console()
+    data = _load(dataset, root, csv)
+    data.require_attribute(target, "target")
+    data.require_attribute(protected, "protected")
+    if model is None:
+        console.print(f"no --model given: training a {arch} baseline for {target} first")
+        model = out / "model"
+        _train_and_save(data, target, TrainConfig(arch=arch, epochs=epochs, seed=seed, device=device), model)
+    net, meta = load_checkpoint(model, resolve_device(device))
+    if meta.get("target") not in (None, target):
+        raise ConfigError(f"checkpoint {model} was trained for {meta['target']!r}, not for --target {target!r}",
+                          f"audit it with --target {meta['target']}, or train a model for {target}")
+    with _progress() as progress:
+        result = run_audit(net, data, target=target, protected=protected, privileged_value=privileged, split=split,
+                           image_size=meta.get("image_size", 64), n_bootstrap=bootstrap, explain_rows=explain_rows,
+                           seed=seed, progress=progress,
+                           model_info={"checkpoint": str(model), "arch": meta.get("arch"),
+                                       "train_data_hash": meta.get("data_hash")})
+    paths = result.write(out, json_path=json_path)
+    console.print(result.metrics.as_rich_table())
+    console.print(result.explanation.as_rich_table(top))
+    band = result.metrics.in_band()
+    verdict = "[green]inside the fair band[/]" if band.inside else "[red]outside the fair band[/]: " + "; ".join(
+        f"{k} {v}" for k, v in band.outside.items())
+    console.print(verdict)
+    console.print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def main() -> None:
+    """Entry point: run the app, turning user errors into two readable lines and exit code 2."""
+    try:
+        app()
+    except FairloopError as exc:
+        console = _console()
+        console.print(f"[bold red]error:[/] {exc.problem}", highlight=False)
+        if exc.fix:
+            console.print(f"[bold]fix:[/] {exc.fix}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        _console().print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

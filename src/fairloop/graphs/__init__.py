@@ -1,0 +1,1 @@
+"""LangGraph graphs: the mitigation loop, the chat agent, the experiment runner (later issues)."""

@@ -1,0 +1,1 @@
+"""The chromadb store of past iterations (later issues)."""

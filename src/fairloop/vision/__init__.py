@@ -1,0 +1,1 @@
+"""Classifiers: construction, training, prediction and checkpoints. Never imports LangChain."""

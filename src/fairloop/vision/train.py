@@ -1,0 +1,135 @@
+"""Training and prediction for the binary classifiers of :mod:`fairloop.vision.models`.
+
+Images stream from disk through a DataLoader; nothing holds a decoded dataset. On CUDA the same
+code uses mixed precision, pinned memory and loader workers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from fairloop.data.datasets import FaceDataset, ImageStream
+from fairloop.errors import ConfigError
+from fairloop.vision.models import FaceClassifier, build_model, resolve_device
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a baseline classifier is trained; stored in the checkpoint sidecar."""
+
+    arch: str = "smallcnn"
+    epochs: int = 6
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    image_size: int = 64
+    augment: bool = True  # horizontal flips only: faces are symmetric, attributes survive it
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 0
+    pretrained: str | None = None
+
+    def validate(self) -> TrainConfig:
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ConfigError(f"epochs={self.epochs}, batch_size={self.batch_size}, lr={self.lr} are not usable",
+                              "use epochs ≥ 1, batch size ≥ 1 and a positive learning rate")
+        return self
+
+
+class LabeledImages(Dataset):
+    """Images streamed from disk with one float label (and optional sample weight) each."""
+
+    def __init__(self, stream: ImageStream, labels: np.ndarray, weights: np.ndarray | None = None, flip: bool = False):
+        self.stream, self.labels, self.flip = stream, labels.astype(np.float32), flip
+        self.weights = np.ones(len(labels), np.float32) if weights is None else weights.astype(np.float32)
+
+    def __len__(self) -> int:
+        return len(self.stream)
+
+    def __getitem__(self, i: int):
+        image = self.stream[i]
+        if self.flip and torch.rand(()) < 0.5:
+            image = image.flip(-1)
+        return image, self.labels[i], self.weights[i]
+
+
+def train_classifier(dataset: FaceDataset, target: str, config: TrainConfig = TrainConfig(), *,
+                     sample_weights: np.ndarray | None = None,
+                     progress: Progress | None = None) -> tuple[FaceClassifier, dict]:
+    """Train on the ``train`` split, keep the epoch with the best ``val`` accuracy.
+
+    Returns the model (in eval mode, on the training device) and a history with per-epoch
+    loss and validation accuracy. ``sample_weights`` (one per training row) lets baselines such as
+    AIF360 Reweighing reuse this loop.
+    """
+    config.validate()
+    dataset.require_attribute(target, "target")
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    train, val = dataset.split("train"), dataset.split("val")
+    model = build_model(config.arch, pretrained=config.pretrained).to(device)
+
+    loader = DataLoader(
+        LabeledImages(train.images(config.image_size), train.labels(target), sample_weights, flip=config.augment),
+        batch_size=config.batch_size, shuffle=True, num_workers=config.num_workers,
+        generator=torch.Generator().manual_seed(config.seed), pin_memory=device.type == "cuda", drop_last=len(train) > config.batch_size,
+    )
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.epochs * len(loader))
+    loss_fn = nn.BCEWithLogitsLoss(reduction="none")
+    val_labels = val.labels(target)
+    history: dict = {"epochs": [], "config": asdict(config), "device": str(device)}
+    best_acc, best_state = -1.0, None
+    start = time.perf_counter()
+    for epoch in range(config.epochs):
+        model.train()
+        total, count = 0.0, 0
+        for step, (x, y, w) in enumerate(loader):
+            x, y, w = x.to(device, non_blocking=True), y.to(device), w.to(device)
+            with torch.autocast(device.type, enabled=device.type == "cuda"):
+                loss = (loss_fn(model(x).float(), y) * w).sum() / w.sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total, count = total + loss.item() * len(y), count + len(y)
+            if progress:
+                progress(f"epoch {epoch + 1}/{config.epochs}", step + 1, len(loader))
+        probs = predict_proba(model, val.images(config.image_size), batch_size=256, device=device)
+        acc = float(((probs >= 0.5) == val_labels).mean())
+        history["epochs"].append({"epoch": epoch + 1, "train_loss": total / max(count, 1), "val_accuracy": acc})
+        if acc > best_acc:
+            best_acc, best_state = acc, {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(best_state)
+    history.update(best_val_accuracy=best_acc, seconds=time.perf_counter() - start)
+    return model.eval(), history
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, images: Dataset, *, batch_size: int = 256, device: str | torch.device | None = None,
+                  num_workers: int = 0, progress: Progress | None = None) -> np.ndarray:
+    """P(target = 1) for every image, in order. Works for any module mapping images to logits."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=device.type == "cuda")
+    out = []
+    for step, batch in enumerate(loader):
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        with torch.autocast(device.type, enabled=device.type == "cuda"):
+            logits = model(x.to(device, non_blocking=True))
+        out.append(torch.sigmoid(logits.float().reshape(len(x))).cpu().numpy())
+        if progress:
+            progress("predict", step + 1, len(loader))
+    model.train(was_training)
+    return np.concatenate(out) if out else np.empty(0, np.float32)

@@ -32,7 +32,7 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when presen
 def _console():
     from rich.console import Console
 
-    return Console(stderr=True)
+    return Console(stderr=True, soft_wrap=True)  # soft wrap: messages stay whole when piped or logged
 
 
 @contextmanager
@@ -107,9 +107,9 @@ def train(
     dataset: DatasetOpt = "celeba",
     csv: CsvOpt = None,
     arch: Annotated[str, typer.Option("--arch", help="smallcnn, resnet18 or mobilenet.")] = "smallcnn",
-    epochs: Annotated[int, typer.Option("--epochs")] = 6,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
-    lr: Annotated[float, typer.Option("--lr")] = 2e-3,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Default: 8.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Default: 64.")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Default: 2e-3 (one-cycle schedule).")] = None,
     image_size: Annotated[int, typer.Option("--image-size", help="Images are centre-cropped and resized to this.")] = 64,
     pretrained: Annotated[Optional[Path], typer.Option("--pretrained", help="torchvision state dict (e.g. ImageNet weights) for resnet18/mobilenet.")] = None,
     workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")] = 0,
@@ -117,11 +117,15 @@ def train(
     device: DeviceOpt = "auto",
 ) -> None:
     """Train a baseline classifier for TARGET on the train split (best epoch on val)."""
+    data = _load(dataset, root, csv)
+    data.require_attribute(target, "target")
+
     from fairloop.vision.train import TrainConfig
 
-    data = _load(dataset, root, csv)
-    config = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size, seed=seed,
-                         device=device, num_workers=workers, pretrained=str(pretrained) if pretrained else None)
+    chosen = {"epochs": epochs, "batch_size": batch_size, "lr": lr}
+    config = TrainConfig(arch=arch, image_size=image_size, seed=seed, device=device, num_workers=workers,
+                         pretrained=str(pretrained) if pretrained else None,
+                         **{k: v for k, v in chosen.items() if v is not None})
     weights, history = _train_and_save(data, target, config, out)
     _console().print(f"[green]saved[/] {weights}  (best val accuracy {history['best_val_accuracy']:.4f}, "
                      f"{history['seconds']:.0f} s on {history['device']})")
@@ -155,7 +159,7 @@ def audit(
     out: Annotated[Path, typer.Option("--out", help="Folder for audit.json, audit.html, predictions.csv.")] = Path("fairloop-audit"),
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write audit.json here instead.")] = None,
     arch: Annotated[str, typer.Option("--arch", help="Architecture of the baseline trained when --model is not given.")] = "smallcnn",
-    epochs: Annotated[int, typer.Option("--epochs", help="Epochs of that baseline.")] = 6,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs of that baseline (default: 8).")] = None,
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for confidence intervals (0: none).")] = 200,
     explain_rows: Annotated[int, typer.Option("--explain-rows", help="Rows explained by LIME.")] = 200,
     top: Annotated[int, typer.Option("--top", help="Attribute importances to print.")] = 10,
@@ -164,20 +168,23 @@ def audit(
 ) -> None:
     """Measure a classifier's bias (AIF360 metrics) and explain it (LIME over attributes)."""
     from fairloop.errors import ConfigError
-    from fairloop.tools.audit import audit as run_audit
-    from fairloop.vision.models import load_checkpoint, resolve_device
-    from fairloop.vision.train import TrainConfig
 
     if privileged not in (0, 1):
         raise ConfigError(f"--privileged {privileged} is not a value of a binary attribute", "use 0 or 1")
     console = _console()
-    data = _load(dataset, root, csv)
+    data = _load(dataset, root, csv)  # checked before torch is imported, so input errors come at once
     data.require_attribute(target, "target")
     data.require_attribute(protected, "protected")
+
+    from fairloop.tools.audit import audit as run_audit
+    from fairloop.vision.models import load_checkpoint, resolve_device
+    from fairloop.vision.train import TrainConfig
+
     if model is None:
         console.print(f"no --model given: training a {arch} baseline for {target} first")
         model = out / "model"
-        _train_and_save(data, target, TrainConfig(arch=arch, epochs=epochs, seed=seed, device=device), model)
+        config = TrainConfig(arch=arch, seed=seed, device=device, **({"epochs": epochs} if epochs else {}))
+        _train_and_save(data, target, config, model)
     net, meta = load_checkpoint(model, resolve_device(device))
     if meta.get("target") not in (None, target):
         raise ConfigError(f"checkpoint {model} was trained for {meta['target']!r}, not for --target {target!r}",

@@ -161,7 +161,7 @@ def read_image(path: str | Path, image_size: int) -> np.ndarray:
 
 def load_dataset(kind: str, root: str | Path, *, csv: str | Path | None = None) -> FaceDataset:
     """Load a dataset of kind ``celeba``, ``utkface`` or ``csv`` from ``root``."""
-    root = Path(root).expanduser()
+    root = Path(root).expanduser().absolute()  # the table promises absolute paths
     if kind not in DATASET_KINDS:
         raise ConfigError(f"unknown dataset kind {kind!r}", f"use one of {', '.join(DATASET_KINDS)}")
     if not root.exists():
@@ -228,7 +228,12 @@ def _read_celeba_partition(root: Path, ids: pd.Index) -> pd.Series:
         missing = codes[codes.isna()].index[:3].tolist()
         raise DataError(f"{part_file} has no split for {int(codes.isna().sum())} images (e.g. {missing})",
                         "regenerate the partition file so that it lists every image of the attribute list")
-    return codes.astype(int).map({0: "train", 1: "val", 2: "test"})
+    split = pd.to_numeric(codes, errors="coerce").map({0: "train", 1: "val", 2: "test"})
+    if split.isna().any():  # a code like 3 or "train" would otherwise drop the row from every split
+        bad = codes[split.isna()]
+        raise DataError(f"{part_file} has split codes other than 0, 1, 2 (e.g. {bad.iloc[0]} for {bad.index[0]})",
+                        "use 0 for train, 1 for val and 2 for test")
+    return split
 
 
 def load_utkface(root: Path) -> FaceDataset:

@@ -59,6 +59,8 @@ DEPENDENCIES = {
 
 IMAGE_SIZE = 64
 _CANVAS = 128  # drawn at twice the size, then downsampled with antialiasing
+#: How renders are stored: CelebA's .jpg, without chroma subsampling, which blurs 1-pixel details.
+JPEG_SETTINGS = {"quality": 95, "subsampling": 0}
 
 # --------------------------------------------------------------------------------------- sampling
 
@@ -79,6 +81,10 @@ class Scenario:
         if self.target == self.spurious:
             raise ConfigError("the target and the spurious attribute are the same",
                               "choose a different --spurious attribute")
+        if self.target in HAIR_STATES and self.spurious in HAIR_STATES:
+            # one categorical hair draw: both at 1 is impossible, so the groups could not be filled
+            raise ConfigError(f"{self.target} and {self.spurious} are both hair states, and a face has exactly one",
+                              "choose a spurious attribute that is not one of " + ", ".join(HAIR_STATES))
         if not 0.0 <= self.correlation <= 1.0:
             raise ConfigError(f"--correlation {self.correlation} is not a probability",
                               "use a value in [0, 1]; 0.5 gives an unbiased training split")
@@ -198,8 +204,6 @@ def render_face(attributes: Mapping[str, int], identity: int, size: int = IMAGE_
     scale = 0.9 + u() * 0.18
     angle = (u() - 0.5) * 16
     tone = u()
-    skin = _PALE_SKIN + (u() - 0.5) * 12 if a["Pale_Skin"] else _LIGHT_SKIN + (_DARK_SKIN - _LIGHT_SKIN) * tone
-    skin = tuple(int(c) for c in np.clip(skin, 0, 255))
     hair_style = int(u() * 3)  # 0 short, 1 medium, 2 long
     hair_shade = (u() - 0.5) * 24
     jaw_noise, brow_noise, brow_height_noise = r.normal(0, 0.35, 3)
@@ -209,6 +213,9 @@ def render_face(attributes: Mapping[str, int], identity: int, size: int = IMAGE_
     lipstick = jitter((200, 25, 55), 25)
     earring = (235, 200, 60) if u() < 0.6 else (215, 215, 225)
     brightness = 0.9 + u() * 0.2
+    pale_jitter = (u() - 0.5) * 12  # drawn for every face, so Pale_Skin shifts no other draw
+    skin = _PALE_SKIN + pale_jitter if a["Pale_Skin"] else _LIGHT_SKIN + (_DARK_SKIN - _LIGHT_SKIN) * tone
+    skin = tuple(int(c) for c in np.clip(skin, 0, 255))
 
     hair_state = next((h for h in HAIR_COLORS if a[h]), None)
     if hair_state is None and not a["Bald"]:
@@ -355,7 +362,7 @@ def write_synthfaces(out: str | Path, *, n: int = 12000, scenario: Scenario = Sc
         images.mkdir()
         attrs = table[list(ATTRIBUTES)]
         for i, (image_id, row) in enumerate(zip(table.index, attrs.to_dict("records"))):
-            render_face(row, int(table["identity"].iat[i])).save(images / image_id, quality=95)
+            render_face(row, int(table["identity"].iat[i])).save(images / image_id, **JPEG_SETTINGS)
             if progress:
                 progress(i + 1, len(table))
         _write_celeba_tables(tmp, table)

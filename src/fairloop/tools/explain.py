@@ -30,6 +30,8 @@ MIN_FIDELITY_R2 = 0.5
 MIN_NUM_SAMPLES = 10
 # Held-out fidelity needs at least two held-out rows; a quarter of the rows are held out from 8 on.
 MIN_ROWS_FOR_HOLDOUT = 8
+# A few tens of thousands of rows pin down a function of ~20 binary attributes; more only costs time.
+MAX_SURROGATE_ROWS = 20_000
 
 
 @dataclass
@@ -314,9 +316,9 @@ def _fit_surrogate(x, y, surrogate, seed, rng) -> tuple[Any, dict[str, float | N
         from sklearn.ensemble import GradientBoostingRegressor
 
         surrogate = GradientBoostingRegressor(random_state=seed)
-    n_test = len(x) // 4 if len(x) >= MIN_ROWS_FOR_HOLDOUT else 0
+    n_test = min(len(x) // 4, MAX_SURROGATE_ROWS // 4) if len(x) >= MIN_ROWS_FOR_HOLDOUT else 0
     perm = rng.permutation(len(x))
-    test, train = perm[:n_test], perm[n_test:]
+    test, train = perm[:n_test], perm[n_test:n_test + MAX_SURROGATE_ROWS]
     surrogate.fit(x[train], y[train])
     heldout = float(r2_score(y[test], surrogate.predict(x[test]))) if n_test else None
     return surrogate, {

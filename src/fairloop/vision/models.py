@@ -93,13 +93,22 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # SafetensorError (a corrupt header), OSError
+            raise DataError(f"cannot read {path} as safetensors ({exc})",
+                            "re-export the weights with safetensors.torch.save_file") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for unsafe or corrupt files
         raise DataError(f"cannot load {path} as plain tensors ({exc.__class__.__name__})",
                         "save the weights with safetensors, or as a state dict of tensors") from None
-    return state.get("state_dict", state) if isinstance(state, dict) else state
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DataError(f"{path} holds a {type(state).__name__}, not a state dict of named tensors",
+                        "save model.state_dict() (torch.save or safetensors), not a model or a bare tensor")
+    return state
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -142,9 +151,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
                         "train one with 'fairloop train --out PATH', or check the path")
     try:
         meta = json.loads(sidecar.read_text())
+        if not isinstance(meta, dict) or meta.get("arch") not in ARCHITECTURES:
+            raise ValueError(f"{sidecar.name} names no known architecture")
         model = build_model(meta["arch"])
         model.load_state_dict(load_file(str(weights)))
-    except (KeyError, json.JSONDecodeError, RuntimeError) as exc:
+    except Exception as exc:  # bad JSON, a wrong arch, SafetensorError, size mismatches (RuntimeError)
         raise DataError(f"checkpoint {weights} is damaged or does not match its sidecar ({exc})",
                         "retrain it with 'fairloop train'") from None
     return model.to(device).eval(), meta

@@ -27,7 +27,7 @@ class TrainConfig:
     """How a baseline classifier is trained; stored in the checkpoint sidecar."""
 
     arch: str = "smallcnn"
-    epochs: int = 6
+    epochs: int = 8
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -76,6 +76,13 @@ def train_classifier(dataset: FaceDataset, target: str, config: TrainConfig = Tr
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     train, val = dataset.split("train"), dataset.split("val")
+    if sample_weights is not None:
+        sample_weights = np.asarray(sample_weights, dtype=np.float32)
+        if sample_weights.shape != (len(train),) or not np.isfinite(sample_weights).all() or (sample_weights < 0).any() \
+                or sample_weights.sum() <= 0:
+            raise ConfigError(f"sample_weights must be {len(train)} finite, non-negative numbers (one per training row) "
+                              f"with a positive sum; got shape {sample_weights.shape}",
+                              "pass one weight per row of the train split, in its order")
     model = build_model(config.arch, pretrained=config.pretrained).to(device)
 
     loader = DataLoader(
@@ -96,7 +103,8 @@ def train_classifier(dataset: FaceDataset, target: str, config: TrainConfig = Tr
         for step, (x, y, w) in enumerate(loader):
             x, y, w = x.to(device, non_blocking=True), y.to(device), w.to(device)
             with torch.autocast(device.type, enabled=device.type == "cuda"):
-                loss = (loss_fn(model(x).float(), y) * w).sum() / w.sum()
+                # clamp: a batch whose weights are all 0 contributes nothing instead of a NaN loss
+                loss = (loss_fn(model(x).float(), y) * w).sum() / w.sum().clamp_min(1e-12)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -118,7 +126,9 @@ def train_classifier(dataset: FaceDataset, target: str, config: TrainConfig = Tr
 def predict_proba(model: nn.Module, images: Dataset, *, batch_size: int = 256, device: str | torch.device | None = None,
                   num_workers: int = 0, progress: Progress | None = None) -> np.ndarray:
     """P(target = 1) for every image, in order. Works for any module mapping images to logits."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if device is None:  # where the model's weights are; a module without parameters runs on the CPU
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = torch.device(device)
     was_training = model.training
     model.eval()
     loader = DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=num_workers,
@@ -128,8 +138,18 @@ def predict_proba(model: nn.Module, images: Dataset, *, batch_size: int = 256, d
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         with torch.autocast(device.type, enabled=device.type == "cuda"):
             logits = model(x.to(device, non_blocking=True))
-        out.append(torch.sigmoid(logits.float().reshape(len(x))).cpu().numpy())
+        out.append(_positive_probability(logits.float(), len(x)).cpu().numpy())
         if progress:
             progress("predict", step + 1, len(loader))
     model.train(was_training)
     return np.concatenate(out) if out else np.empty(0, np.float32)
+
+
+def _positive_probability(logits: torch.Tensor, n: int) -> torch.Tensor:
+    """P(class 1) from one logit per image ((N,) or (N, 1): sigmoid) or two-class logits ((N, 2): softmax)."""
+    if logits.shape in ((n,), (n, 1)):
+        return torch.sigmoid(logits.reshape(n))
+    if logits.shape == (n, 2):
+        return torch.softmax(logits, dim=1)[:, 1]
+    raise ConfigError(f"the model returned logits of shape {tuple(logits.shape)} for a batch of {n} images",
+                      "return one logit per image, shape (N,) or (N, 1), or two-class logits of shape (N, 2)")

@@ -1,0 +1,263 @@
+"""The ``fairloop`` command line: help, the data → train → audit path, and readable errors.
+
+Happy paths run in-process with typer's CliRunner. Error paths run the real entry point in a
+subprocess, because what matters there is what a user sees: exit code 2, an "error:" line and a
+"fix:" line, and no traceback. The error runs are started together (each pays a torch import).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fairloop.cli import app
+
+METRIC_KEYS = ("accuracy", "balanced_accuracy", "disparate_impact", "statistical_parity_difference",
+               "equal_opportunity_difference", "average_odds_difference", "theil_index",
+               "false_negative_rate_difference", "worst_group_accuracy")
+ENV = {**os.environ, "COLUMNS": "400", "NO_COLOR": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def invoke(*args: str):
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, f"exit {result.exit_code}\n{result.output}\n{result.exception!r}"
+    return result
+
+
+def run_fairloop(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fairloop.cli", *map(str, args)], capture_output=True, text=True,
+                          env=ENV, cwd=cwd, timeout=120)
+
+
+# ------------------------------------------------------------------------------------------- help
+
+
+def test_help_lists_the_commands():
+    result = invoke("--help")
+    for command in ("data", "train", "audit"):
+        assert command in result.output
+    assert "synth" in invoke("data", "--help").output
+
+
+def test_importing_the_cli_stays_light():
+    code = ("import sys, fairloop.cli; "
+            "print(','.join(m for m in ('torch', 'torchvision', 'aif360', 'lime', 'pandas', 'sklearn', 'matplotlib') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ""
+
+
+# ------------------------------------------------------------------------------ data, train, audit
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """``data synth`` → ``train`` → ``audit`` with tiny settings, run once for the module."""
+    base = tmp_path_factory.mktemp("cli")
+    data, model, out = base / "D", base / "M", base / "O"
+    invoke("data", "synth", "--out", data, "--n", "120")
+    invoke("train", "--root", data, "--target", "Male", "--out", model, "--epochs", "1", "--device", "cpu")
+    audited = invoke("audit", "--root", data, "--target", "Male", "--protected", "Gray_Hair", "--model", model,
+                     "--out", out, "--bootstrap", "20", "--explain-rows", "30", "--device", "cpu")
+    return {"data": data, "model": model, "out": out, "audit_output": audited.output}
+
+
+def test_data_synth_writes_the_celeba_layout(pipeline):
+    data = pipeline["data"]
+    images = sorted(os.listdir(data / "img_align_celeba"))
+    assert len(images) == 120 and images[0] == "000001.jpg"
+    lines = (data / "list_attr_celeba.txt").read_text().splitlines()
+    assert lines[0] == "120"
+    assert "Male" in lines[1].split() and "Gray_Hair" in lines[1].split()
+    assert len(lines) == 122
+    partition = (data / "list_eval_partition.txt").read_text().split()
+    assert set(partition[1::2]) == {"0", "1", "2"}
+    assert json.loads((data / "synthfaces.json").read_text())["n"] == 120
+    assert not [name for name in os.listdir(data.parent) if name.startswith(".")]  # no temp folder left
+
+
+def test_train_writes_weights_and_sidecar(pipeline):
+    model = pipeline["model"]
+    weights, sidecar = model.with_name("M.safetensors"), model.with_name("M.json")
+    assert weights.is_file() and sidecar.is_file()
+    meta = json.loads(sidecar.read_text())
+    assert meta["arch"] == "smallcnn" and meta["target"] == "Male"
+    assert len(meta["history"]["epochs"]) == 1
+
+
+def test_audit_writes_report_with_metric_keys(pipeline):
+    out = pipeline["out"]
+    assert sorted(os.listdir(out)) == ["audit.html", "audit.json", "predictions.csv"]
+    summary = json.loads((out / "audit.json").read_text())
+    for key in METRIC_KEYS:
+        assert key in summary
+    assert summary["target"] == "Male" and summary["protected"] == "Gray_Hair"
+    assert summary["importances"]["n_explained"] == min(30, summary["n"])
+    assert summary["manifest"]["model"]["arch"] == "smallcnn"
+    assert "fair band" in pipeline["audit_output"]
+
+
+def test_audit_json_option_writes_there(pipeline, tmp_path):
+    target = tmp_path / "summary" / "P.json"
+    invoke("audit", "--root", pipeline["data"], "--target", "Male", "--protected", "Gray_Hair",
+           "--model", pipeline["model"], "--out", tmp_path / "O2", "--json", target, "--bootstrap", "0",
+           "--explain-rows", "10", "--device", "cpu")
+    summary = json.loads(target.read_text())
+    assert all(key in summary for key in METRIC_KEYS)
+    assert sorted(os.listdir(tmp_path / "O2")) == ["audit.html", "predictions.csv"]
+
+
+def test_audit_without_model_trains_a_baseline_first(pipeline, tmp_path):
+    out = tmp_path / "O3"
+    invoke("audit", "--root", pipeline["data"], "--target", "Male", "--protected", "Gray_Hair", "--out", out,
+           "--epochs", "1", "--bootstrap", "0", "--explain-rows", "10", "--device", "cpu")
+    assert json.loads((out / "model.json").read_text())["target"] == "Male"
+    assert (out / "model.safetensors").is_file() and (out / "audit.json").is_file()
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+
+def _csv_dataset(folder: Path, source: Path, columns: dict[str, list[int]]) -> Path:
+    """A --dataset csv folder: 20 SynthFaces images and a table with the given 0/1 columns."""
+    folder.mkdir()
+    names = sorted(os.listdir(source / "img_align_celeba"))[:20]
+    for name in names:
+        shutil.copy(source / "img_align_celeba" / name, folder / name)
+    splits = ["train"] * 12 + ["val"] * 4 + ["test"] * 4
+    header = ["image", "split", *columns]
+    rows = [",".join([name, split, *(str(values[i]) for values in columns.values())])
+            for i, (name, split) in enumerate(zip(names, splits))]
+    (folder / "attributes.csv").write_text("\n".join([",".join(header), *rows]) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bad_cases(synth_root, tiny_checkpoint, tmp_path_factory) -> dict[str, list]:
+    """Command lines for every bad-input case; each writes to its own --out."""
+    base = tmp_path_factory.mktemp("bad")
+    alternating = [i % 2 for i in range(20)]
+    constant = _csv_dataset(base / "constant", synth_root, {"Male": alternating, "Gray_Hair": [0] * 20})
+    no_target = _csv_dataset(base / "no_target", synth_root, {"Young": alternating, "Gray_Hair": alternating[::-1]})
+    (base / "empty").mkdir()
+    images_only = base / "images_only"
+    images_only.mkdir()
+    for name in sorted(os.listdir(synth_root / "img_align_celeba"))[:5]:
+        shutil.copy(synth_root / "img_align_celeba" / name, images_only / name)
+    corrupt = base / "corrupt"
+    shutil.copytree(synth_root, corrupt)
+    partition = (corrupt / "list_eval_partition.txt").read_text().split()
+    first_test = next(name for name, code in zip(partition[::2], partition[1::2]) if code == "2")
+    (corrupt / "img_align_celeba" / first_test).write_bytes(b"\x00 this is not a JPEG " * 10)
+
+    audit = ["audit", "--target", "Male", "--protected", "Gray_Hair", "--model", tiny_checkpoint,
+             "--bootstrap", "0", "--explain-rows", "10", "--device", "cpu"]
+    return {
+        "unknown_target": ["audit", "--root", synth_root, "--target", "Mal", "--protected", "Gray_Hair",
+                           "--model", tiny_checkpoint, "--out", base / "o1"],
+        "constant_protected": [*audit, "--root", constant, "--dataset", "csv", "--out", base / "o2"],
+        "missing_folder": [*audit, "--root", base / "does_not_exist", "--out", base / "o3"],
+        "empty_folder": [*audit, "--root", base / "empty", "--out", base / "o4"],
+        "wrong_format": [*audit, "--root", images_only, "--dataset", "celeba", "--out", base / "o5"],
+        "corrupt_image": [*audit, "--root", corrupt, "--out", base / "o6"],
+        "csv_without_target": [*audit, "--root", no_target, "--dataset", "csv", "--out", base / "o7"],
+        "privileged_3": [*audit, "--root", synth_root, "--privileged", "3", "--out", base / "o8"],
+        "other_target": ["audit", "--root", synth_root, "--target", "Young", "--protected", "Gray_Hair",
+                         "--model", tiny_checkpoint, "--device", "cpu", "--out", base / "o9"],
+        "train_unknown_target": ["train", "--root", synth_root, "--target", "Mal", "--out", base / "m",
+                                 "--device", "cpu"],
+        "_corrupt_image": first_test,
+    }
+
+
+EXPECTED = {
+    "unknown_target": ["unknown target attribute 'Mal'", "did you mean Male"],
+    "constant_protected": ["protected attribute 'Gray_Hair' has the single value 0"],
+    "missing_folder": ["does_not_exist does not exist", "fairloop data synth"],
+    "empty_folder": ["list_attr_celeba.txt is missing"],
+    "wrong_format": ["is not a CelebA folder", "--dataset csv"],
+    "corrupt_image": ["is corrupt or not an image"],
+    "csv_without_target": ["unknown target attribute 'Male'"],
+    "privileged_3": ["--privileged 3", "use 0 or 1"],
+    "other_target": ["was trained for 'Male'", "--target Male"],
+    "train_unknown_target": ["unknown target attribute 'Mal'", "did you mean Male"],
+}
+#: Run through a real ``python -m fairloop.cli`` process as well; each costs a torch import, so the
+#: other cases run through the same ``main()`` in this process.
+SUBPROCESS_CASES = ("unknown_target", "corrupt_image", "other_target")
+
+
+def _assert_clear_error(case: str, code, stdout: str, stderr: str) -> None:
+    output = stdout + stderr
+    assert code == 2, output
+    assert "Traceback" not in output
+    lines = stderr.splitlines()
+    assert any(line.startswith("error: ") for line in lines), output
+    assert any(line.startswith("fix: ") for line in lines), output
+    flat = " ".join(stderr.split())
+    for fragment in EXPECTED[case]:
+        assert fragment in flat, f"{fragment!r} not in:\n{stderr}"
+
+
+def run_main(monkeypatch, capsys, args) -> tuple[object, str, str]:
+    """``fairloop ARGS`` through the console-script entry point, in this process."""
+    from fairloop.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["fairloop", *map(str, args)])
+    monkeypatch.setenv("COLUMNS", "400")
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("case", EXPECTED)
+def test_bad_input_gets_a_clear_error(bad_cases, case, monkeypatch, capsys):
+    _assert_clear_error(case, *run_main(monkeypatch, capsys, bad_cases[case]))
+
+
+@pytest.fixture(scope="module")
+def subprocess_runs(bad_cases) -> dict[str, subprocess.CompletedProcess]:
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        runs = pool.map(lambda case: run_fairloop(*bad_cases[case]), SUBPROCESS_CASES)
+        return dict(zip(SUBPROCESS_CASES, runs))
+
+
+@pytest.mark.parametrize("case", SUBPROCESS_CASES)
+def test_bad_input_gets_a_clear_error_from_the_real_command(subprocess_runs, case):
+    run = subprocess_runs[case]
+    _assert_clear_error(case, run.returncode, run.stdout, run.stderr)
+
+
+def test_corrupt_image_error_names_the_file(bad_cases, monkeypatch, capsys):
+    _, _, err = run_main(monkeypatch, capsys, bad_cases["corrupt_image"])
+    assert bad_cases["_corrupt_image"] in err
+
+
+def test_failed_audits_leave_no_report(bad_cases, monkeypatch, capsys):
+    for case, args in bad_cases.items():
+        if case.startswith("_") or args[0] != "audit":
+            continue
+        run_main(monkeypatch, capsys, args)
+        out = Path(args[args.index("--out") + 1])
+        assert not (out / "audit.json").exists(), case
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(synth_root, tmp_path, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, out, err = run_main(monkeypatch, capsys, ["train", "--root", synth_root, "--target", "Male",
+                                                    "--out", tmp_path / "m", "--epochs", "1", "--device", "cuda"])
+    assert code == 2 and "Traceback" not in out + err
+    assert "error:" in err and "no CUDA GPU" in " ".join(err.split())
+    assert not list(tmp_path.iterdir())

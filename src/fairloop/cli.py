@@ -205,6 +205,110 @@ def audit(
     console.print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
+# ------------------------------------------------------------------------------------------ run
+
+
+@app.command()
+def run(
+    root: Annotated[Optional[Path], typer.Option("--root", help="Dataset folder; without it SynthFaces' default scenario is synthesized into data/synthfaces.")] = None,
+    dataset: DatasetOpt = "celeba",
+    csv: CsvOpt = None,
+    target: Annotated[str, typer.Option("--target")] = "Male",
+    protected: Annotated[str, typer.Option("--protected")] = "Gray_Hair",
+    privileged: Annotated[int, typer.Option("--privileged", help="Privileged value of the protected attribute.")] = 1,
+    generator: Annotated[str, typer.Option("--generator", help="Counterfactual generator: render (the SynthFaces oracle).")] = "render",
+    llm: Annotated[str, typer.Option("--llm", help="Analyzer: rules, or openai (any OpenAI-compatible endpoint: OPENAI_BASE_URL, OPENAI_API_KEY).")] = "rules",
+    llm_model: Annotated[Optional[str], typer.Option("--llm-model", help="Model name for --llm openai.")] = None,
+    llm_base_url: Annotated[Optional[str], typer.Option("--llm-base-url", help="Endpoint (default: $OPENAI_BASE_URL).")] = None,
+    max_iterations: Annotated[int, typer.Option("--max-iterations")] = 3,
+    max_images: Annotated[int, typer.Option("--max-images", help="Counterfactual images over the whole run.")] = 12000,
+    fair_band: Annotated[str, typer.Option("--fair-band", help="DI_LOW,DI_HIGH,MAX_ABS_DIFF: the run stops inside it.")] = "0.8,1.25,0.05",
+    accuracy_budget: Annotated[float, typer.Option("--accuracy-budget", help="Max drop of validation accuracy (0.01 = 1 point).")] = 0.01,
+    baseline: Annotated[Optional[Path], typer.Option("--baseline", help="Start from this checkpoint instead of training one.")] = None,
+    memory: Annotated[Optional[Path], typer.Option("--memory", help="Memory folder (default: $FAIRLOOP_HOME/memory, ~/.fairloop/memory).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default: runs/<run id>).")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this folder after a crash.")] = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Mitigate bias: measure, explain, analyze, generate counterfactuals, fine-tune, until fair."""
+    from fairloop.errors import DataError
+    from fairloop.graphs.run import RunConfig, RunFolder, RunServices
+
+    console = _console()
+    if resume is not None:
+        folder = RunFolder(resume) if (resume / "config.json").is_file() else None
+        if folder is None:
+            raise DataError(f"{resume} is not a fairloop run folder (no config.json)",
+                            "pass the folder that 'fairloop run --out' created")
+        config = folder.load_config()
+        console.print(f"resuming {folder.path}")
+    else:
+        if root is None:
+            root = _default_synthfaces(seed, console)
+        config = RunConfig(dataset=dataset, root=str(root.absolute()), csv=str(csv) if csv else None, target=target,
+                           protected=protected, privileged_value=privileged, generator=generator, llm=llm,
+                           llm_model=llm_model, llm_base_url=llm_base_url, max_iterations=max_iterations,
+                           max_images=max_images, accuracy_budget=accuracy_budget, **_parse_band(fair_band),
+                           baseline=str(baseline) if baseline else None,
+                           memory=str(memory) if memory else None, seed=seed, device=device).validate()
+        _load(config.dataset, Path(config.root), csv).require_attribute(target, "target")
+        out = out or Path("runs") / config.run_id()
+        if (out / "config.json").exists():
+            raise DataError(f"{out} already holds a run", f"continue it with --resume {out}, or choose another --out")
+        folder = RunFolder(out)
+        folder.save_config(config)
+    _run_with_progress(config, folder, resume=resume is not None)
+
+
+def _parse_band(text: str) -> dict[str, float]:
+    from fairloop.errors import ConfigError
+
+    try:
+        di_low, di_high, max_abs_diff = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--fair-band {text!r} is not three numbers", "use DI_LOW,DI_HIGH,MAX_ABS_DIFF, e.g. 0.8,1.25,0.05") from None
+    if not 0 < di_low <= 1 <= di_high or max_abs_diff <= 0:
+        raise ConfigError(f"--fair-band {text!r} does not contain perfect fairness (DI 1, differences 0)",
+                          "use DI_LOW ≤ 1 ≤ DI_HIGH and a positive MAX_ABS_DIFF")
+    return {"di_low": di_low, "di_high": di_high, "max_abs_diff": max_abs_diff}
+
+
+def _default_synthfaces(seed: int, console) -> Path:
+    from fairloop.data.synthfaces import write_synthfaces
+
+    root = Path("data") / "synthfaces"
+    if (root / "list_attr_celeba.txt").exists():
+        return root
+    console.print(f"no --root given: synthesizing SynthFaces' default scenario into {root}")
+    with _progress() as progress:
+        write_synthfaces(root, seed=seed, progress=lambda done, total: progress("render", done, total))
+    return root
+
+
+def _run_with_progress(config, folder, *, resume: bool) -> None:
+    from fairloop.graphs.loop import run_loop
+    from fairloop.graphs.run import RunServices
+
+    console = _console()
+    with _progress() as progress:
+        services = RunServices(config, folder, progress=progress, log=console.print)
+        state = run_loop(services, resume=resume)
+    initial, final = state["initial"]["test"], state["current"]["test"]
+    from rich.table import Table
+
+    table = Table(title=f"{config.target} vs {config.protected}: test split, start → final")
+    for column in ("metric", "start", "final"):
+        table.add_column(column, justify="right" if column != "metric" else "left")
+    for key in ("accuracy", "worst_group_accuracy", "disparate_impact", "statistical_parity_difference",
+                "equal_opportunity_difference", "average_odds_difference"):
+        fmt = lambda v: "undefined" if v is None else f"{v:.4f}"  # noqa: E731
+        table.add_row(key, fmt(initial[key]), fmt(final[key]))
+    console.print(table)
+    console.print(state["status"])
+    console.print(f"wrote {folder.path / 'summary.json'} and {folder.path / 'report.html'}")
+
+
 def main() -> None:
     """Entry point: run the app, turning user errors into two readable lines and exit code 2."""
     try:

@@ -87,6 +87,16 @@ class AttributeExplanation:
             "explain_seconds": _json_float(self.explain_seconds),
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AttributeExplanation:
+        """Rebuild from :meth:`as_dict` output (for reports made from saved runs)."""
+        return cls(
+            scores=dict(data["scores"]), mean_abs=dict(data["mean_abs"]), fidelity=dict(data["fidelity"]),
+            n_explained=data["n_explained"], num_samples=data["num_samples"],
+            feature_selection=data["feature_selection"], dropped_constant=list(data["dropped_constant"]),
+            protected=data["protected"], warning=data["warning"], explain_seconds=data["explain_seconds"] or 0.0,
+        )
+
     def to_prompt(self, top: int = 10) -> str:
         """The paper's "S" line for the LLM prompt: ``Gray_Hair:0.418, Attractive:-0.158``."""
         return ", ".join(f"{name}:{_sig3(v)}" for name, v in self.as_list(top))

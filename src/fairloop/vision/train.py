@@ -92,34 +92,45 @@ def train_classifier(dataset: FaceDataset, target: str, config: TrainConfig = Tr
     )
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.epochs * len(loader))
-    loss_fn = nn.BCEWithLogitsLoss(reduction="none")
     val_labels = val.labels(target)
     history: dict = {"epochs": [], "config": asdict(config), "device": str(device)}
     best_acc, best_state = -1.0, None
     start = time.perf_counter()
     for epoch in range(config.epochs):
         model.train()
-        total, count = 0.0, 0
-        for step, (x, y, w) in enumerate(loader):
-            x, y, w = x.to(device, non_blocking=True), y.to(device), w.to(device)
-            with torch.autocast(device.type, enabled=device.type == "cuda"):
-                # clamp: a batch whose weights are all 0 contributes nothing instead of a NaN loss
-                loss = (loss_fn(model(x).float(), y) * w).sum() / w.sum().clamp_min(1e-12)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total, count = total + loss.item() * len(y), count + len(y)
-            if progress:
-                progress(f"epoch {epoch + 1}/{config.epochs}", step + 1, len(loader))
+        train_loss = train_epoch(model, loader, opt, sched, device, stage=f"epoch {epoch + 1}/{config.epochs}",
+                                 progress=progress)
         probs = predict_proba(model, val.images(config.image_size), batch_size=256, device=device)
         acc = float(((probs >= 0.5) == val_labels).mean())
-        history["epochs"].append({"epoch": epoch + 1, "train_loss": total / max(count, 1), "val_accuracy": acc})
+        history["epochs"].append({"epoch": epoch + 1, "train_loss": train_loss, "val_accuracy": acc})
         if acc > best_acc:
             best_acc, best_state = acc, {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.load_state_dict(best_state)
     history.update(best_val_accuracy=best_acc, seconds=time.perf_counter() - start)
     return model.eval(), history
+
+
+def train_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer,
+                sched: torch.optim.lr_scheduler.LRScheduler | None, device: torch.device, *, stage: str = "train",
+                progress: Progress | None = None) -> float:
+    """One pass over ``loader`` (batches of image, label, weight) with the weighted BCE loss; the
+    mean loss per image. The caller puts the model in train mode (or partly in eval mode)."""
+    loss_fn = nn.BCEWithLogitsLoss(reduction="none")
+    total, count = 0.0, 0
+    for step, (x, y, w) in enumerate(loader):
+        x, y, w = x.to(device, non_blocking=True), y.to(device), w.to(device)
+        with torch.autocast(device.type, enabled=device.type == "cuda"):
+            # clamp: a batch whose weights are all 0 contributes nothing instead of a NaN loss
+            loss = (loss_fn(model(x).float(), y) * w).sum() / w.sum().clamp_min(1e-12)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        total, count = total + loss.item() * len(y), count + len(y)
+        if progress:
+            progress(stage, step + 1, len(loader))
+    return total / max(count, 1)
 
 
 @torch.no_grad()

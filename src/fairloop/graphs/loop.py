@@ -1,0 +1,483 @@
+"""The mitigation loop (seed 000's Algorithm 1, with the analyzer deciding) as a LangGraph graph.
+
+    setup → measure → explain → recall → analyze ─┬→ generate → finetune → evaluate → decide ─┬→ measure …
+                                                   └──────────────────────────────────────→ decide └→ report → END
+
+Decisions use the validation split; the test split is only reported. The state is JSON-safe
+(numbers, strings, relative paths) and checkpointed after every node in ``RUN/state.sqlite``, so
+``fairloop run --resume RUN`` continues where a crash stopped without redoing finished nodes.
+Artifacts are content-addressed, so even a node that is re-run finds its images and evaluations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from functools import wraps
+from typing import Any, TypedDict
+
+import numpy as np
+import pandas as pd
+
+from fairloop.graphs.run import MEMORY_KEYS, RunServices
+from fairloop.io import atomic_write, atomic_write_json
+
+
+class LoopState(TypedDict, total=False):
+    iteration: int
+    model: str                     # relative path of the accepted checkpoint
+    initial_model: str
+    initial: dict[str, Any]        # {"val": metrics, "test": metrics} of the starting model
+    current: dict[str, Any]        # the same for the accepted model
+    explanation: dict[str, Any]    # AttributeExplanation.as_dict() of the accepted model on val
+    initial_explanation: dict[str, Any]
+    recalled: list[str]
+    analysis: dict[str, Any]
+    generated: dict[str, Any]
+    candidate: dict[str, Any]
+    iterations: list[dict[str, Any]]
+    kept_manifests: list[str]      # counterfactual sets of accepted iterations: they stay in the training data
+    images_used: int
+    image_scale: float             # halved after an overshoot, so the next plan asks for less
+    no_gain: int
+    status: str
+    report: dict[str, str]         # relative paths of summary.json and report.html
+
+
+# ------------------------------------------------------------------------------------ evaluation
+
+
+def model_key(relative: str) -> str:
+    return relative.rsplit("/", 1)[-1].removesuffix(".safetensors")
+
+
+def save_model(services: RunServices, model, meta: dict[str, Any]) -> str:
+    """Save a checkpoint under the hash of its weights; return its path relative to the run."""
+    from fairloop.vision.models import save_checkpoint
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    path = services.folder.path / "models" / digest.hexdigest()[:16]
+    if not path.with_suffix(".safetensors").exists():
+        save_checkpoint(model, path, meta)
+    return services.folder.relative(path.with_name(path.name + ".safetensors"))
+
+
+def evaluate_model(services: RunServices, relative: str) -> dict[str, Any]:
+    """Val and test metrics of a checkpoint, computed once and kept in ``RUN/evals``."""
+    from fairloop.tools.metrics import fairness_report
+    from fairloop.vision.train import predict_proba
+
+    cache = services.folder.path / "evals" / f"{model_key(relative)}.metrics.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    cfg, data = services.config, services.dataset
+    model, meta = services.load_model(relative)
+    out: dict[str, Any] = {}
+    for split in ("val", "test"):
+        part = data.split(split)
+        probs = predict_proba(model, part.images(meta.get("image_size", 64)), device=services.device,
+                              progress=services.progress)
+        report = fairness_report(y_true=part.labels(cfg.target), y_pred=(probs >= 0.5).astype(int),
+                                 protected=part.labels(cfg.protected), privileged_value=cfg.privileged_value,
+                                 target_name=cfg.target, protected_name=cfg.protected, n_bootstrap=100, seed=cfg.seed)
+        out[split] = report.as_dict()
+        probs_file = cache.with_name(f"{model_key(relative)}.{split}.npy")
+        atomic_write(probs_file, lambda tmp: np.save(open(tmp, "wb"), probs.astype(np.float32)))
+    atomic_write_json(cache, out)
+    return out
+
+
+def explain_model(services: RunServices, relative: str) -> dict[str, Any]:
+    """LIME attribute importance of a checkpoint on the validation split (cached)."""
+    from fairloop.tools.explain import explain_attributes
+
+    cache = services.folder.path / "evals" / f"{model_key(relative)}.explain.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    evaluate_model(services, relative)
+    cfg = services.config
+    val = services.dataset.split("val")
+    probs = np.load(services.folder.path / "evals" / f"{model_key(relative)}.val.npy")
+    exp = explain_attributes(attributes=val.table[[a for a in val.attributes if a != cfg.target]], scores=probs,
+                             protected=cfg.protected, n_explain=min(cfg.explain_rows, len(val)), seed=cfg.seed)
+    out = exp.as_dict() | {"as_list": [[k, v] for k, v in exp.as_list()]}
+    atomic_write_json(cache, out)
+    return out
+
+
+def band_distance(metrics: dict[str, Any], band) -> float:
+    """How far the metrics are outside the fair band (0 inside); undefined metrics count as 1."""
+    di = metrics.get("disparate_impact")
+    total = 1.0 if di is None else max(0.0, band.di_low - di) + max(0.0, di - band.di_high)
+    for key in ("statistical_parity_difference", "equal_opportunity_difference", "average_odds_difference"):
+        value = metrics.get(key)
+        total += 1.0 if value is None else max(0.0, abs(value) - band.max_abs_diff)
+    return total
+
+
+def overshoots(before: dict[str, Any], after: dict[str, Any], band) -> list[str]:
+    """Metrics that crossed the band to its other side (seed 000's DI 0.27 → 1.355)."""
+    crossed = []
+    di0, di1 = before.get("disparate_impact"), after.get("disparate_impact")
+    if di0 is not None and di1 is not None and (
+            (di0 < band.di_low and di1 > band.di_high) or (di0 > band.di_high and di1 < band.di_low)):
+        crossed.append(f"disparate_impact {di0:.3f} → {di1:.3f}")
+    for key in ("statistical_parity_difference", "equal_opportunity_difference", "average_odds_difference"):
+        v0, v1 = before.get(key), after.get(key)
+        if v0 is not None and v1 is not None and abs(v1) > band.max_abs_diff and v0 * v1 < 0:
+            crossed.append(f"{key} {v0:+.3f} → {v1:+.3f}")
+    return crossed
+
+
+def _compact(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: metrics.get(k) for k in MEMORY_KEYS}
+
+
+# ----------------------------------------------------------------------------------------- nodes
+
+
+def traced(name: str):
+    """Record each node call in ``trace.jsonl``: what ran, for how long, and a compact result."""
+
+    def wrap(fn):
+        @wraps(fn)
+        def node(self, state: LoopState) -> dict[str, Any]:
+            iteration = state.get("iteration", 0)
+            self.services.log(f"[iteration {iteration}] {name} …")
+            start = time.perf_counter()
+            update = fn(self, state)
+            self.services.folder.trace(name, iteration, time.perf_counter() - start, _summarize(update))
+            return update
+
+        return node
+
+    return wrap
+
+
+def _summarize(update: dict[str, Any]) -> dict[str, Any]:
+    text = json.dumps(update, default=str)
+    return update if len(text) < 600 else {"keys": sorted(update), "size": len(text)}
+
+
+class MitigationLoop:
+    """The nodes of the loop; each returns a partial state update."""
+
+    def __init__(self, services: RunServices) -> None:
+        self.services = services
+        self.config = services.config
+
+    # setup ---------------------------------------------------------------------------------
+    @traced("setup")
+    def setup(self, state: LoopState) -> dict[str, Any]:
+        from fairloop.vision.models import load_checkpoint
+        from fairloop.vision.train import TrainConfig, train_classifier
+
+        cfg, services = self.config, self.services
+        if cfg.baseline:
+            model, meta = load_checkpoint(cfg.baseline, services.device)
+            if meta.get("target") not in (None, cfg.target):
+                from fairloop.errors import ConfigError
+
+                raise ConfigError(f"--baseline {cfg.baseline} was trained for {meta['target']!r}, not {cfg.target!r}",
+                                  "pass a checkpoint for the run's target, or none to train one")
+        else:
+            train_cfg = TrainConfig(arch=cfg.arch, epochs=cfg.baseline_epochs, seed=cfg.seed, device=cfg.device)
+            model, history = train_classifier(services.dataset, cfg.target, train_cfg, progress=services.progress)
+            meta = {"arch": cfg.arch, "target": cfg.target, "image_size": train_cfg.image_size,
+                    "data_hash": services.dataset.fingerprint(), "history": history, "role": "baseline"}
+        relative = save_model(services, model, meta)
+        return {"model": relative, "initial_model": relative, "iteration": 1, "iterations": [], "images_used": 0, "no_gain": 0,
+                "image_scale": 1.0, "status": "running"}
+
+    # measure / explain / recall ------------------------------------------------------------
+    @traced("measure")
+    def measure(self, state: LoopState) -> dict[str, Any]:
+        metrics = evaluate_model(self.services, state["model"])
+        update: dict[str, Any] = {"current": metrics}
+        if "initial" not in state:
+            update["initial"] = metrics
+        return update
+
+    @traced("explain")
+    def explain(self, state: LoopState) -> dict[str, Any]:
+        explanation = explain_model(self.services, state["model"])
+        update: dict[str, Any] = {"explanation": explanation}
+        if "initial_explanation" not in state:
+            update["initial_explanation"] = explanation
+        return update
+
+    @traced("recall")
+    def recall(self, state: LoopState) -> dict[str, Any]:
+        cfg, val = self.config, state["current"]["val"]
+        top = ", ".join(f"{k}:{v:.3f}" for k, v in state["explanation"]["as_list"][:5])
+        query = (f"target {cfg.target}, protected {cfg.protected}; disparate impact {val['disparate_impact']}; "
+                 f"equal opportunity difference {val['equal_opportunity_difference']}; important attributes {top}")
+        recalled = self.services.memory.recall(query, k=3, target=cfg.target, exclude_run=self.services.folder.path.name)
+        return {"recalled": [r.record.recall_line() for r in recalled]}
+
+    # analyze -------------------------------------------------------------------------------
+    @traced("analyze")
+    def analyze(self, state: LoopState) -> dict[str, Any]:
+        from fairloop.agent.schema import AnalyzerContext
+
+        cfg, data = self.config, self.services.dataset
+        remaining = max(0, cfg.max_images - state["images_used"])
+        budget = int(min(cfg.images_per_iteration * state.get("image_scale", 1.0), remaining))
+        context = AnalyzerContext(
+            task=f"classify {cfg.target} from face images without bias towards any attribute",
+            target=cfg.target, protected=cfg.protected, privileged_value=cfg.privileged_value,
+            attributes=[a for a in data.attributes if a != cfg.target],
+            metrics=state["current"]["val"],
+            importances=[(k, v) for k, v in state["explanation"]["as_list"]],
+            train_groups=self._train_groups(state), max_images=budget, iteration=state["iteration"],
+            recalled=state.get("recalled", []),
+            history=[it["line"] for it in state.get("iterations", [])], band=cfg.band,
+        )
+        if cfg.band.check(state["current"]["val"]).inside:  # one notion of "fair" in the loop: the band
+            return {"analysis": {"backend": "loop", "model": None, "prompt": "", "raw": [], "attempts": 0, "errors": [],
+                                 "fell_back": False, "seconds": 0.0, "budget": budget, "decision": {
+                                     "diagnosis": "The model is inside the fair band on the validation split.",
+                                     "counterfactuals_needed": False, "shortcut_attributes": [],
+                                     "change_attributes": [], "plans": [], "negative_prompt": "", "mix_ratio": 0.0}}}
+        result = self.services.analyzer.analyze(context)
+        for error in result.errors:
+            self.services.log(f"  analyzer answer rejected: {error}")
+        return {"analysis": result.as_dict() | {"budget": budget}}
+
+    def _train_groups(self, state: LoopState) -> dict[str, int]:
+        """Group counts of the training data as the next fine-tuning sees it: real rows plus the
+        counterfactuals of accepted iterations (seed 000's D ← D + D̂)."""
+        cfg = self.config
+        train = self.services.dataset.split("train").table
+        counts = train.groupby([cfg.target, cfg.protected]).size().to_dict()
+        kept = self._counterfactual_table(state.get("kept_manifests", []))
+        for (label, protected), n in kept.groupby(["label", "protected"]).size().items():
+            counts[(label, protected)] = counts.get((label, protected), 0) + int(n)
+        return {f"{cfg.target}={t}, {cfg.protected}={p}": int(n) for (t, p), n in sorted(counts.items())}
+
+    def _counterfactual_table(self, manifests: list[str]) -> pd.DataFrame:
+        """(path, label, protected) of the images in these manifests, ready for fine-tuning."""
+        rows = []
+        for relative in manifests:
+            for r in json.loads(self.services.folder.resolve(relative).read_text())["images"]:
+                rows.append({"path": str(self.services.folder.resolve(r["path"])), "label": r["label"],
+                             "protected": r["protected"]})
+        table = pd.DataFrame(rows, columns=["path", "label", "protected"])
+        return table[table["protected"].isin([0, 1])]
+
+    def after_analyze(self, state: LoopState) -> str:
+        decision = state["analysis"]["decision"]
+        wanted = sum(p["n_images"] for p in decision["plans"])
+        return "generate" if decision["counterfactuals_needed"] and wanted > 0 else "decide"
+
+    # generate ------------------------------------------------------------------------------
+    @traced("generate")
+    def generate(self, state: LoopState) -> dict[str, Any]:
+        from fairloop.tools.generate import GenerationRequest
+        from fairloop.tools.prompt_parser import parse_prompt
+
+        cfg, services = self.config, self.services
+        decision = state["analysis"]["decision"]
+        train = services.dataset.split("train").table
+        rows, notes = [], []
+        for k, plan in enumerate(decision["plans"]):
+            if plan["n_images"] <= 0:
+                continue
+            edits = parse_prompt(plan["description"], services.dataset.attributes).edits
+            pool = train[train[cfg.target] == plan["label"]]
+            # minimal-change edits start from the images that the edit really changes
+            changes = [a for a in edits if a != cfg.target and a in pool.columns]
+            if changes:
+                differs = (pool[changes] != pd.Series({a: edits[a] for a in changes})).any(axis=1)
+                pool = pool[differs] if differs.any() else pool
+            rng = np.random.default_rng([cfg.seed, state["iteration"], k])
+            chosen = rng.choice(pool.index.to_numpy(), size=min(plan["n_images"], len(pool)), replace=False)
+            request = GenerationRequest(prompt=plan["description"], n=plan["n_images"], label=plan["label"],
+                                        target=cfg.target, negative_prompt=decision.get("negative_prompt", ""),
+                                        source_ids=tuple(chosen), seed=int(rng.integers(2**31 - 1)))
+            result = services.generator.generate(request, services.folder.path / "images", sources=services.dataset,
+                                                 progress=services.progress)
+            notes += result.notes
+            for row in result.rows:
+                row["path"] = services.folder.relative(row["path"])
+                source_value = train.at[row["source_id"], cfg.protected] if row.get("source_id") else None
+                row["protected"] = int(row.get("attributes", {}).get(cfg.protected, source_value if source_value is not None else -1))
+            rows += result.rows
+        manifest = services.folder.path / "manifests" / f"it{state['iteration']}.json"
+        atomic_write_json(manifest, {"generator": services.generator.name, "model_id": services.generator.model_id,
+                                     "exact_oracle": services.generator.exact, "notes": notes, "images": rows})
+        return {"generated": {"manifest": services.folder.relative(manifest), "n": len(rows), "notes": notes},
+                "images_used": state["images_used"] + len(rows)}
+
+    # finetune / evaluate -------------------------------------------------------------------
+    @traced("finetune")
+    def finetune(self, state: LoopState) -> dict[str, Any]:
+        from fairloop.tools.finetune import FinetuneConfig, finetune
+
+        cfg, services = self.config, self.services
+        table = self._counterfactual_table(state.get("kept_manifests", []) + [state["generated"]["manifest"]])
+        model, meta = services.load_model(state["model"])
+        ft_cfg = FinetuneConfig(mode=cfg.finetune_mode, epochs=cfg.finetune_epochs,
+                                mix_ratio=state["analysis"]["decision"]["mix_ratio"],
+                                accuracy_budget=cfg.accuracy_budget, image_size=meta.get("image_size", 64),
+                                seed=cfg.seed + state["iteration"], device=cfg.device)
+        result = finetune(model, services.dataset, table, target=cfg.target, protected=cfg.protected,
+                          privileged_value=cfg.privileged_value, config=ft_cfg, band=cfg.band,
+                          progress=services.progress)
+        relative = save_model(services, result.model, {**meta, "role": f"iteration {state['iteration']} candidate",
+                                                       "parent": state["model"], "alpha": result.alpha})
+        return {"candidate": {"model": relative, "alpha": result.alpha, "finetune": result.as_dict(),
+                              "iteration": state["iteration"]}}
+
+    @traced("evaluate")
+    def evaluate(self, state: LoopState) -> dict[str, Any]:
+        return {"candidate": state["candidate"] | {"eval": evaluate_model(self.services, state["candidate"]["model"])}}
+
+    # decide --------------------------------------------------------------------------------
+    @traced("decide")
+    def decide(self, state: LoopState) -> dict[str, Any]:
+        cfg, band = self.config, self.config.band
+        decision = state["analysis"]["decision"]
+        current, initial = state["current"]["val"], state["initial"]["val"]
+        iteration = state["iteration"]
+        update: dict[str, Any] = {}
+
+        if (state.get("candidate") or {}).get("iteration") == iteration and "eval" in state["candidate"]:
+            cand = state["candidate"]["eval"]["val"]
+            crossed = overshoots(initial, cand, band)
+            accuracy_ok = cand["accuracy"] >= initial["accuracy"] - cfg.accuracy_budget
+            wga_gain = (cand["worst_group_accuracy"] or 0) - (current["worst_group_accuracy"] or 0)
+            closer = band_distance(current, band) - band_distance(cand, band)
+            accepted = accuracy_ok and not crossed and wga_gain > -0.01 and (wga_gain > 0.005 or closer > 0.005)
+            if crossed:
+                reason = "rolled back: overshot the fair band (" + "; ".join(crossed) + ")"
+            elif not accuracy_ok:
+                reason = (f"rolled back: validation accuracy {cand['accuracy']:.3f} is below the budget "
+                          f"({initial['accuracy']:.3f} − {cfg.accuracy_budget})")
+            elif not accepted:
+                reason = f"rolled back: no gain (worst-group Δ {wga_gain:+.3f}, band distance Δ {closer:+.3f})"
+            else:
+                reason = (f"accepted: worst-group accuracy {current['worst_group_accuracy']:.3f} → "
+                          f"{cand['worst_group_accuracy']:.3f}, DI {current['disparate_impact']:.3f} → "
+                          f"{cand['disparate_impact']:.3f}")
+            entry = {
+                "iteration": iteration, "accepted": accepted, "reason": reason,
+                "metrics": state["candidate"]["eval"]["test"], "val_metrics": cand,
+                "n_generated": state["generated"]["n"], "mix_ratio": decision["mix_ratio"],
+                "alpha": state["candidate"]["alpha"], "model": state["candidate"]["model"],
+                "manifest": state["generated"]["manifest"],
+                "analysis": state["analysis"],
+            }
+            if accepted:
+                update |= {"model": state["candidate"]["model"], "current": state["candidate"]["eval"], "no_gain": 0,
+                           "kept_manifests": state.get("kept_manifests", []) + [state["generated"]["manifest"]]}
+                after = cand
+            else:
+                update["no_gain"] = state.get("no_gain", 0) + 1
+                after = current
+            if crossed:
+                update["image_scale"] = state.get("image_scale", 1.0) * 0.5
+        else:  # the analyzer asked for no counterfactuals
+            reason = "no counterfactuals: " + decision["diagnosis"][:200]
+            entry = {"iteration": iteration, "accepted": False, "reason": reason, "metrics": state["current"]["test"],
+                     "val_metrics": current, "n_generated": 0, "mix_ratio": 0.0, "alpha": None,
+                     "analysis": state["analysis"]}
+            accepted, after = False, current
+        entry["line"] = (f"iteration {iteration}: {entry['n_generated']} images, mix {entry['mix_ratio']:.2f} → "
+                         f"{reason}")
+        self.services.log("  " + reason)
+        self._remember(state, entry, after, accepted)
+        iterations = state.get("iterations", []) + [entry]
+        update["iterations"] = iterations
+        update["status"] = self._stop_reason(state, update, after, entry)
+        if update["status"] == "running":
+            update["iteration"] = iteration + 1
+        return update
+
+    def _stop_reason(self, state: LoopState, update: dict[str, Any], after: dict[str, Any], entry: dict) -> str:
+        cfg = self.config
+        if cfg.band.check(after).inside:
+            return "fair: the model is inside the fair band on the validation split"
+        if entry["n_generated"] == 0:
+            return "stopped: the analyzer asked for no counterfactuals"
+        if state["iteration"] >= cfg.max_iterations:
+            return f"stopped: {cfg.max_iterations} iterations spent"
+        if state["images_used"] >= cfg.max_images:
+            return f"stopped: image budget of {cfg.max_images} spent"
+        if update.get("no_gain", 0) >= 2:
+            return "stopped: two iterations brought no gain"
+        return "running"
+
+    def after_decide(self, state: LoopState) -> str:
+        return "measure" if state["status"] == "running" else "report"
+
+    def _remember(self, state: LoopState, entry: dict[str, Any], after: dict[str, Any], accepted: bool) -> None:
+        from fairloop.memory import IterationRecord
+
+        cfg, services = self.config, self.services
+        decision = state["analysis"]["decision"]
+        record = IterationRecord(
+            run_id=services.folder.path.name, iteration=entry["iteration"], dataset=services.dataset.name,
+            target=cfg.target, protected=cfg.protected,
+            scenario=f"{services.dataset.name} at {services.dataset.root.name}: {cfg.target} vs {cfg.protected}",
+            metrics_before=_compact(state["current"]["val"]), metrics_after=_compact(entry["val_metrics"]),
+            importances=[(k, float(v)) for k, v in state["explanation"]["as_list"][:8]],
+            analyzer=decision, generator=services.generator.name, n_generated=entry["n_generated"],
+            mix_ratio=float(entry["mix_ratio"]), alpha=entry["alpha"], accepted=accepted, outcome=entry["reason"],
+        )
+        services.memory.add(record)
+
+    # report --------------------------------------------------------------------------------
+    @traced("report")
+    def report(self, state: LoopState) -> dict[str, Any]:
+        from fairloop.report.run_html import write_run_outputs
+
+        final_explanation = explain_model(self.services, state["model"])
+        paths = write_run_outputs(self.services, state, final_explanation)
+        return {"status": state["status"], "report": {k: self.services.folder.relative(v) for k, v in paths.items()}}
+
+
+def build_graph(services: RunServices, checkpointer=None):
+    """Compile the loop for one run; ``checkpointer`` makes it resumable."""
+    from langgraph.graph import END, START, StateGraph
+
+    loop = MitigationLoop(services)
+    graph = StateGraph(LoopState)
+    for name in ("setup", "measure", "explain", "recall", "analyze", "generate", "finetune", "evaluate", "decide",
+                 "report"):
+        graph.add_node(name, getattr(loop, name))
+    graph.add_edge(START, "setup")
+    graph.add_edge("setup", "measure")
+    graph.add_edge("measure", "explain")
+    graph.add_edge("explain", "recall")
+    graph.add_edge("recall", "analyze")
+    graph.add_conditional_edges("analyze", loop.after_analyze, ["generate", "decide"])
+    graph.add_edge("generate", "finetune")
+    graph.add_edge("finetune", "evaluate")
+    graph.add_edge("evaluate", "decide")
+    graph.add_conditional_edges("decide", loop.after_decide, ["measure", "report"])
+    graph.add_edge("report", END)
+    return graph.compile(checkpointer=checkpointer)
+
+
+def run_loop(services: RunServices, *, resume: bool = False) -> dict[str, Any]:
+    """Run (or resume) the loop to its end; return the final state."""
+    import sqlite3
+
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    conn = sqlite3.connect(services.folder.state_db, check_same_thread=False)
+    try:
+        graph = build_graph(services, SqliteSaver(conn))
+        config = {"configurable": {"thread_id": "loop"}, "recursion_limit": 10 * services.config.max_iterations + 20}
+        snapshot = graph.get_state(config)
+        if snapshot.values and not snapshot.next:
+            return snapshot.values  # finished before: nothing to redo
+        graph.invoke(None if resume and snapshot.next else {}, config)
+        return graph.get_state(config).values
+    finally:
+        conn.close()

@@ -1,0 +1,428 @@
+"""Repair a biased classifier: fine-tune it on real images mixed with counterfactuals, then pick a
+WiSE-FT interpolation between the starting and the fine-tuned weights on the validation split.
+
+Fine-tuning on counterfactual images (seed 001) pushes a classifier away from a spurious attribute,
+but it can overshoot: a model that ignored grey-haired men can end up favouring them (seed 000
+went from disparate impact 0.27 to 1.355). WiSE-FT (seed 001 §3.3) interpolates the weights,
+θ(α) = (1 − α)·θ0 + α·θ1, and :func:`select_alpha` takes the α that is inside the fair band, costs
+at most ``accuracy_budget`` validation accuracy, and has the best worst-group accuracy; α = 0 (the
+starting model) when no α keeps the accuracy.
+
+The validation images are decoded once into a uint8 tensor (up to :data:`DECODE_LIMIT` images), so
+scoring every epoch and every α costs one forward pass each, not a decode.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from fairloop.data.datasets import FaceDataset, ImageStream, read_image
+from fairloop.errors import ConfigError, DataError
+from fairloop.tools.metrics import FairBand, fairness_report
+from fairloop.vision.models import FaceClassifier, resolve_device
+from fairloop.vision.train import LabeledImages, Progress, _positive_probability, predict_proba, train_epoch
+
+MODES = ("full", "head")
+#: Validation splits up to this many images are decoded once and kept in memory as uint8.
+DECODE_LIMIT = 50_000
+COUNTERFACTUAL_COLUMNS = ("path", "label", "protected")
+_EVAL_BATCH = 256
+_TOLERANCE = 1e-9  # accuracy comparisons: a candidate exactly at the budget is within it
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """How :func:`finetune` trains and how it chooses the interpolation weight α."""
+
+    mode: str = "full"  # "full": every weight trains; "head": only the last nn.Linear of the model
+    epochs: int = 3
+    lr: float = 5e-4
+    batch_size: int = 64
+    mix_ratio: float = 0.3  # fraction of counterfactual images in each epoch's training set
+    patience: int = 1  # stop when the validation objective has not improved for this many epochs
+    alphas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+    accuracy_budget: float = 0.01  # max drop of validation accuracy vs the starting model
+    image_size: int = 64
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 0  # DataLoader workers for training and for decoding the validation images
+
+    def validate(self) -> FinetuneConfig:
+        if self.mode not in MODES:
+            raise ConfigError(f"unknown fine-tuning mode {self.mode!r}", f"use one of {', '.join(MODES)}")
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0 or self.patience < 1:
+            raise ConfigError(f"epochs={self.epochs}, batch_size={self.batch_size}, lr={self.lr}, "
+                              f"patience={self.patience} are not usable",
+                              "use epochs ≥ 1, batch size ≥ 1, patience ≥ 1 and a positive learning rate")
+        if not 0 <= self.mix_ratio <= 1:
+            raise ConfigError(f"mix_ratio={self.mix_ratio} is not a fraction",
+                              "use a mix ratio in [0, 1] (0: real images only, e.g. 0.3: 30% counterfactuals)")
+        if not self.alphas or not all(0 <= a <= 1 for a in self.alphas):
+            raise ConfigError(f"alphas={self.alphas} must be a non-empty list of weights in [0, 1]",
+                              "use e.g. alphas=(0.0, 0.25, 0.5, 0.75, 1.0)")
+        if not self.accuracy_budget >= 0:
+            raise ConfigError(f"accuracy_budget={self.accuracy_budget} is negative",
+                              "use a budget ≥ 0, e.g. 0.01 for at most one point of validation accuracy")
+        if self.image_size < 8 or self.num_workers < 0 or self.seed < 0:
+            raise ConfigError(f"image_size={self.image_size}, num_workers={self.num_workers}, seed={self.seed} "
+                              "are not usable",
+                              "use an image size ≥ 8 (the size the model was trained at), num_workers ≥ 0 "
+                              "and seed ≥ 0")
+        return self
+
+
+@dataclass
+class AlphaCandidate:
+    """One interpolation weight, scored on the validation split."""
+
+    alpha: float
+    accuracy: float
+    worst_group_accuracy: float
+    metrics: dict  # FairnessReport.as_dict() on val
+    in_band: bool
+    within_budget: bool
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class FinetuneResult:
+    model: FaceClassifier  # the interpolated model at the chosen alpha, eval mode
+    alpha: float
+    candidates: list[AlphaCandidate]
+    history: list[dict]  # per epoch: loss, n_real, validation accuracy / worst-group accuracy
+    base: AlphaCandidate  # alpha = 0: the starting model on val
+    n_real: int
+    n_counterfactual: int
+    seconds: float
+    finetuned_state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # θ1, on the CPU
+    best_epoch: int = 0
+    config: dict = field(default_factory=dict)
+    device: str = "cpu"
+
+    @property
+    def chosen(self) -> AlphaCandidate:
+        return next(c for c in self.candidates if c.alpha == self.alpha)
+
+    def as_dict(self) -> dict:
+        """JSON-safe summary, without the model and the weights."""
+        return {
+            "alpha": self.alpha,
+            "chosen": self.chosen.as_dict(),
+            "base": self.base.as_dict(),
+            "candidates": [c.as_dict() for c in self.candidates],
+            "history": [dict(h) for h in self.history],
+            "best_epoch": self.best_epoch,
+            "n_real": self.n_real,
+            "n_counterfactual": self.n_counterfactual,
+            "seconds": self.seconds,
+            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in self.config.items()},
+            "device": self.device,
+        }
+
+
+# ---------------------------------------------------------------------------------- interpolation
+
+
+def interpolate(theta0: Mapping[str, torch.Tensor], theta1: Mapping[str, torch.Tensor], alpha: float) -> dict:
+    """WiSE-FT on state dicts: ``(1 − α)·θ0 + α·θ1`` for floating-point tensors; other tensors (e.g.
+    BatchNorm's ``num_batches_tracked``) are taken from ``theta1``. α = 0 gives θ0 and α = 1 θ1 exactly."""
+    if theta0.keys() != theta1.keys():
+        only0, only1 = sorted(set(theta0) - set(theta1)), sorted(set(theta1) - set(theta0))
+        raise ConfigError(f"the two state dicts hold different tensors "
+                          f"(only in θ0: {only0[:3]}, only in θ1: {only1[:3]})",
+                          "interpolate the weights of two models of the same architecture")
+    out = {}
+    for name, b in theta1.items():
+        a = theta0[name]
+        if a.shape != b.shape:
+            raise ConfigError(f"tensor {name} has shape {tuple(a.shape)} in θ0 but {tuple(b.shape)} in θ1",
+                              "interpolate the weights of two models of the same architecture")
+        if torch.is_floating_point(b):
+            a32, b32 = a.detach().to(b.device, torch.float32), b.detach().float()
+            out[name] = ((1.0 - alpha) * a32 + alpha * b32).to(b.dtype)
+        else:
+            out[name] = b.detach().clone()
+    return out
+
+
+# ---------------------------------------------------------------------------------- α selection
+
+
+def validation_objective(candidate: AlphaCandidate, *, base_accuracy: float,
+                         accuracy_budget: float) -> tuple[bool, float]:
+    """What fine-tuning maximises on val: worst-group accuracy over target × protected groups,
+    among models within the accuracy budget (val accuracy ≥ ``base_accuracy − accuracy_budget``;
+    a model outside it ranks below every model inside). Keeps the best epoch (θ1) and ranks α."""
+    within = candidate.accuracy >= base_accuracy - accuracy_budget - _TOLERANCE
+    return within, candidate.worst_group_accuracy
+
+
+def select_alpha(candidates: Sequence[AlphaCandidate], *, base_accuracy: float,
+                 accuracy_budget: float) -> AlphaCandidate:
+    """The candidate to ship. Among candidates within the accuracy budget (val accuracy ≥
+    ``base_accuracy − accuracy_budget``): those inside the fair band first, then the highest
+    worst-group accuracy, ties to the smaller α (closer to the starting model). None within the
+    budget: the α = 0 candidate (no change)."""
+    if not candidates:
+        raise ConfigError("no α candidates to choose from", "evaluate at least alpha 0")
+    ranked = [(validation_objective(c, base_accuracy=base_accuracy, accuracy_budget=accuracy_budget), c)
+              for c in candidates]
+    within = [(objective, c) for objective, c in ranked if objective[0]]
+    if not within:
+        zero = [c for c in candidates if c.alpha == 0]
+        if not zero:
+            raise ConfigError("no candidate is within the accuracy budget and none has alpha 0",
+                              "include alpha 0 (the starting model) among the candidates")
+        return zero[0]
+    return max(within, key=lambda item: (item[1].in_band, item[0], -item[1].alpha))[1]
+
+
+# ------------------------------------------------------------------------------------ validation
+
+
+class _Uint8Images(Dataset):
+    """Decoded images as uint8 CHW tensors (for decoding a split once)."""
+
+    def __init__(self, paths: list[str], image_size: int) -> None:
+        self.paths, self.image_size = paths, image_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.from_numpy(read_image(self.paths[index], self.image_size)).permute(2, 0, 1)
+
+
+class _Validation:
+    """The val split, its labels and groups, and the scoring of one set of weights."""
+
+    def __init__(self, split: FaceDataset, *, target: str, protected: str, privileged_value: int, band: FairBand,
+                 image_size: int, device: torch.device, num_workers: int, progress: Progress | None) -> None:
+        self.y, self.a = split.labels(target), split.labels(protected)
+        self.target, self.protected, self.privileged_value, self.band = target, protected, privileged_value, band
+        self.device = device
+        paths = split.table["path"].tolist()
+        self.stream: ImageStream | None = None
+        self.data: torch.Tensor | None = None
+        if len(paths) > DECODE_LIMIT:
+            self.stream = ImageStream(paths, image_size)
+            return
+        data = torch.empty((len(paths), 3, image_size, image_size), dtype=torch.uint8)
+        loader = DataLoader(_Uint8Images(paths, image_size), batch_size=_EVAL_BATCH, num_workers=num_workers)
+        start = 0
+        for step, batch in enumerate(loader):
+            data[start:start + len(batch)] = batch
+            start += len(batch)
+            if progress:
+                progress("decode val", step + 1, len(loader))
+        self.data = data.pin_memory() if device.type == "cuda" else data
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module) -> np.ndarray:
+        if self.stream is not None:
+            return predict_proba(model, self.stream, batch_size=_EVAL_BATCH, device=self.device)
+        was_training = model.training
+        model.eval()
+        out = []
+        for start in range(0, len(self.data), _EVAL_BATCH):
+            x = self.data[start:start + _EVAL_BATCH].to(self.device, non_blocking=True).float().div_(255.0)
+            with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
+                logits = model(x)
+            out.append(_positive_probability(logits.float(), len(x)).cpu().numpy())
+        model.train(was_training)
+        return np.concatenate(out)
+
+    def score(self, model: nn.Module, alpha: float, base_accuracy: float | None, budget: float) -> AlphaCandidate:
+        """A candidate for ``model``'s current weights; ``base_accuracy`` None: this is the base."""
+        y_pred = (self.predict(model) >= 0.5).astype(np.int64)
+        report = fairness_report(y_true=self.y, y_pred=y_pred, protected=self.a,
+                                 privileged_value=self.privileged_value, target_name=self.target,
+                                 protected_name=self.protected, n_bootstrap=0)
+        metrics = report.as_dict()
+        candidate = AlphaCandidate(alpha=float(alpha), accuracy=float(metrics["accuracy"]),
+                                   worst_group_accuracy=float(metrics["worst_group_accuracy"]), metrics=metrics,
+                                   in_band=self.band.check(metrics).inside, within_budget=True)
+        if base_accuracy is not None:
+            candidate.within_budget = validation_objective(candidate, base_accuracy=base_accuracy,
+                                                           accuracy_budget=budget)[0]
+        return candidate
+
+
+# ------------------------------------------------------------------------------------ fine-tuning
+
+
+def check_counterfactuals(counterfactuals: pd.DataFrame | None) -> pd.DataFrame:
+    """The counterfactual table with ``path`` (str), ``label`` and ``protected`` (0/1 int); every
+    file must exist. None or an empty table means no counterfactuals."""
+    if counterfactuals is None:
+        return pd.DataFrame({"path": pd.Series(dtype=str), "label": pd.Series(dtype=np.int64),
+                             "protected": pd.Series(dtype=np.int64)})
+    if not isinstance(counterfactuals, pd.DataFrame):
+        raise ConfigError(f"counterfactuals must be a pandas DataFrame, got {type(counterfactuals).__name__}",
+                          "pass a table with the columns path, label and protected")
+    missing = [c for c in COUNTERFACTUAL_COLUMNS if c not in counterfactuals.columns]
+    if missing:
+        raise ConfigError(f"the counterfactual table lacks the column(s) {', '.join(missing)} "
+                          f"(it has: {', '.join(map(str, counterfactuals.columns)) or 'none'})",
+                          "give one row per image with path (image file), label (target 0/1) and "
+                          "protected (the protected value the image shows, 0/1)")
+    table = counterfactuals[list(COUNTERFACTUAL_COLUMNS)].reset_index(drop=True)
+    for column in ("label", "protected"):
+        values = pd.to_numeric(table[column], errors="coerce")
+        bad = ~values.isin([0, 1])
+        if bad.any():
+            raise ConfigError(f"the counterfactual column {column!r} has {int(bad.sum())} value(s) other than 0/1 "
+                              f"(e.g. {table[column][bad].iloc[0]!r} in row {int(bad.idxmax())})",
+                              f"set {column} to 0 or 1 in every row")
+        table[column] = values.astype(np.int64)
+    paths = table["path"]
+    bad = paths.isna() | ~paths.map(lambda p: isinstance(p, (str, Path)) and str(p) != "")
+    if bad.any():
+        raise ConfigError(f"the counterfactual column 'path' has {int(bad.sum())} empty or non-text value(s) "
+                          f"(e.g. row {int(bad.idxmax())})", "give every row the path of its image file")
+    table["path"] = paths.map(str)
+    absent = [p for p in table["path"] if not Path(p).is_file()]
+    if absent:
+        raise DataError(f"{len(absent)} counterfactual image file(s) do not exist (e.g. {absent[0]})",
+                        "generate the counterfactual images first, or drop their rows from the table")
+    return table
+
+
+def _head(model: nn.Module) -> nn.Linear:
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError(f"the {type(model).__name__} has no nn.Linear layer to fine-tune in head mode",
+                          "use mode 'full'")
+    return linears[-1]
+
+
+def _train_mode(model: nn.Module, mode: str) -> None:
+    """Train mode; in head mode the normalisation layers keep their running statistics frozen,
+    so nothing but the head's weights can change."""
+    model.train()
+    if mode == "head":
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def finetune(model: FaceClassifier, dataset: FaceDataset, counterfactuals: pd.DataFrame | None, *, target: str,
+             protected: str, privileged_value: int = 1, config: FinetuneConfig = FinetuneConfig(),
+             band: FairBand | None = None, progress: Progress | None = None) -> FinetuneResult:
+    """Fine-tune a copy of ``model`` on counterfactuals mixed with real training images, then
+    return the WiSE-FT interpolation at the α :func:`select_alpha` chooses on the val split.
+
+    ``model`` itself is not modified. Each epoch trains on every counterfactual plus a fresh seeded
+    sample of ``round(n_cf·(1 − r)/r)`` real training rows (r = ``mix_ratio``, capped at the training
+    split); with r = 0 or no counterfactuals, on the whole training split. θ1 is the epoch with the
+    best :func:`validation_objective`; training stops after ``patience`` epochs without improvement.
+    """
+    start_time = time.perf_counter()
+    config.validate()
+    if privileged_value not in (0, 1):
+        raise ConfigError(f"privileged_value must be 0 or 1, got {privileged_value!r}",
+                          "pass the protected value of the privileged group")
+    dataset.require_attribute(target, "target")
+    dataset.require_attribute(protected, "protected")
+    cf = check_counterfactuals(counterfactuals)
+    band = band or FairBand()
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    train, val_split = dataset.split("train"), dataset.split("val")
+
+    theta0 = _cpu_state(model)
+    work = copy.deepcopy(model).to(device)
+    requires_grad = [p.requires_grad for p in work.parameters()]  # restored on the returned model
+    trained = {id(p) for p in (_head(work) if config.mode == "head" else work).parameters()}
+    val = _Validation(val_split, target=target, protected=protected, privileged_value=privileged_value, band=band,
+                      image_size=config.image_size, device=device, num_workers=config.num_workers,
+                      progress=progress)
+    base = val.score(work, 0.0, None, config.accuracy_budget)
+
+    # ---- the training mix
+    n_cf = len(cf)
+    train_paths, train_labels = np.asarray(train.table["path"].tolist(), dtype=object), train.labels(target)
+    if n_cf == 0 or config.mix_ratio == 0:
+        n_cf, n_real = 0, len(train)
+    else:
+        r = config.mix_ratio
+        n_real = min(len(train), int(round(n_cf * (1 - r) / r)))
+    cf_paths, cf_labels = cf["path"].tolist()[:n_cf], cf["label"].to_numpy(np.int64)[:n_cf]
+
+    for p in work.parameters():
+        p.requires_grad_(id(p) in trained)
+    params = [p for p in work.parameters() if p.requires_grad]
+    steps_per_epoch = max(1, (n_cf + n_real) // config.batch_size if n_cf + n_real > config.batch_size else 1)
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs * steps_per_epoch)
+
+    history: list[dict] = []
+    best_key, best_state, best_epoch, stale = None, None, 0, 0
+    for epoch in range(config.epochs):
+        rng = np.random.default_rng([config.seed, epoch])
+        rows = np.arange(len(train)) if n_real == len(train) else np.sort(rng.choice(len(train), n_real, replace=False))
+        paths = cf_paths + train_paths[rows].tolist()
+        labels = np.concatenate([cf_labels, train_labels[rows]])
+        loader = DataLoader(
+            LabeledImages(ImageStream(paths, config.image_size), labels, flip=True),
+            batch_size=config.batch_size, shuffle=True, num_workers=config.num_workers,
+            generator=torch.Generator().manual_seed(config.seed * 1000 + epoch),
+            pin_memory=device.type == "cuda", drop_last=len(paths) > config.batch_size,
+        )
+        _train_mode(work, config.mode)
+        loss = train_epoch(work, loader, opt, sched, device, stage=f"fine-tune epoch {epoch + 1}/{config.epochs}",
+                           progress=progress)
+        scored = val.score(work, 1.0, base.accuracy, config.accuracy_budget)
+        key = validation_objective(scored, base_accuracy=base.accuracy, accuracy_budget=config.accuracy_budget)
+        improved = best_key is None or key > best_key
+        history.append({"epoch": epoch + 1, "loss": loss, "n_real": int(n_real), "n_counterfactual": int(n_cf),
+                        "val_accuracy": scored.accuracy, "val_worst_group_accuracy": scored.worst_group_accuracy,
+                        "within_budget": scored.within_budget, "in_band": scored.in_band, "improved": improved})
+        if improved:
+            best_key, best_state, best_epoch, stale = key, _cpu_state(work), epoch + 1, 0
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+
+    # ---- WiSE-FT: one model copy, one forward pass over the decoded val images per α
+    work.eval()
+    alphas = sorted({float(a) for a in config.alphas} | {0.0})  # α = 0 is the base, always scored
+    candidates = []
+    for alpha in alphas:
+        if alpha == 0.0:
+            candidates.append(base)
+        else:
+            work.load_state_dict(interpolate(theta0, best_state, alpha))
+            candidates.append(val.score(work, alpha, base.accuracy, config.accuracy_budget))
+        if progress:
+            progress("choose alpha", len(candidates), len(alphas))
+    chosen = select_alpha(candidates, base_accuracy=base.accuracy, accuracy_budget=config.accuracy_budget)
+    work.load_state_dict(interpolate(theta0, best_state, chosen.alpha))
+    for p, flag in zip(work.parameters(), requires_grad):
+        p.requires_grad_(flag)
+    return FinetuneResult(
+        model=work.eval(), alpha=chosen.alpha, candidates=candidates, history=history, base=base,
+        n_real=int(n_real), n_counterfactual=int(n_cf), seconds=time.perf_counter() - start_time,
+        finetuned_state=best_state, best_epoch=best_epoch, config=asdict(config), device=str(device),
+    )
+
+
+__all__ = ["AlphaCandidate", "FinetuneConfig", "FinetuneResult", "MODES", "check_counterfactuals", "finetune",
+           "interpolate", "select_alpha", "validation_objective"]

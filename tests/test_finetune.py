@@ -1,0 +1,228 @@
+"""Counterfactual fine-tuning with WiSE-FT interpolation: weights, α selection, the training mix."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from fairloop.errors import ConfigError, DataError
+from fairloop.tools import finetune as finetune_module
+from fairloop.tools.finetune import AlphaCandidate, FinetuneConfig, finetune, interpolate, select_alpha
+from fairloop.tools.metrics import FairBand
+from fairloop.vision.models import build_model
+from fairloop.vision.train import predict_proba
+
+TARGET, PROTECTED = "Male", "Gray_Hair"
+N_CF = 16
+# 32×32 pixels, one epoch, small batches: the CPU is shared.
+FAST = {"epochs": 1, "device": "cpu", "batch_size": 16, "image_size": 32}
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def counterfactuals(synth_root, synth_data, tmp_path_factory) -> pd.DataFrame:
+    """16 training faces re-rendered with Gray_Hair flipped, saved as PNG."""
+    from fairloop.data.synthfaces import ATTRIBUTES, read_identities, render_face
+
+    identities = read_identities(synth_root)
+    folder = tmp_path_factory.mktemp("counterfactuals")
+    rows = []
+    for image_id, row in synth_data.split("train").table.head(N_CF).iterrows():
+        attributes = {name: int(row[name]) for name in ATTRIBUTES}
+        attributes[PROTECTED] = 1 - attributes[PROTECTED]
+        path = folder / f"{image_id}.png"
+        render_face(attributes, int(identities[image_id])).save(path)
+        rows.append({"path": str(path), "label": attributes[TARGET], "protected": attributes[PROTECTED]})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def start(tiny_training):
+    """The starting model θ0 and a copy of its weights taken before any fine-tuning."""
+    model, _ = tiny_training
+    return model, _state(model)
+
+
+@pytest.fixture(scope="module")
+def result(start, synth_data, counterfactuals):
+    return finetune(start[0], synth_data, counterfactuals, target=TARGET, protected=PROTECTED,
+                    config=FinetuneConfig(**FAST))
+
+
+# ------------------------------------------------------------------------------------ interpolate
+
+
+def test_interpolate_gives_the_end_points_and_the_midpoint():
+    theta0 = {"w": torch.tensor([0.0, 2.0]), "h": torch.tensor([1.0], dtype=torch.float16),
+              "n": torch.tensor(3)}
+    theta1 = {"w": torch.tensor([4.0, -2.0]), "h": torch.tensor([3.0], dtype=torch.float16),
+              "n": torch.tensor(10)}
+    assert _same(interpolate(theta0, theta1, 0.0), {**theta0, "n": theta1["n"]})
+    assert _same(interpolate(theta0, theta1, 1.0), theta1)
+    mid = interpolate(theta0, theta1, 0.5)
+    assert torch.equal(mid["w"], torch.tensor([2.0, 0.0]))
+    assert mid["h"].dtype == torch.float16 and mid["h"].item() == 2.0
+    assert mid["n"].item() == 10  # integer buffers come from θ1
+
+
+def test_interpolate_takes_batchnorm_counters_from_theta1():
+    torch.manual_seed(0)
+    a, b = build_model("smallcnn"), build_model("smallcnn")
+    b.backbone[1].num_batches_tracked.fill_(7)
+    out = interpolate(a.state_dict(), b.state_dict(), 0.3)
+    assert out["backbone.1.num_batches_tracked"].item() == 7
+    expected = 0.7 * a.state_dict()["backbone.0.weight"] + 0.3 * b.state_dict()["backbone.0.weight"]
+    assert torch.allclose(out["backbone.0.weight"], expected)
+    a.load_state_dict(out)  # a complete state dict
+
+
+def test_interpolate_refuses_different_architectures():
+    with pytest.raises(ConfigError, match="different tensors"):
+        interpolate({"w": torch.zeros(2)}, {"v": torch.zeros(2)}, 0.5)
+    with pytest.raises(ConfigError, match="shape"):
+        interpolate({"w": torch.zeros(2)}, {"w": torch.zeros(3)}, 0.5)
+
+
+# ----------------------------------------------------------------------------------- select_alpha
+
+
+def _candidate(alpha: float, accuracy: float, wga: float, di: float = 1.0, gap: float = 0.0) -> AlphaCandidate:
+    metrics = {"accuracy": accuracy, "worst_group_accuracy": wga, "disparate_impact": di,
+               "statistical_parity_difference": gap, "equal_opportunity_difference": gap,
+               "average_odds_difference": gap, "undefined": {}}
+    return AlphaCandidate(alpha=alpha, accuracy=accuracy, worst_group_accuracy=wga, metrics=metrics,
+                          in_band=FairBand().check(metrics).inside, within_budget=True)
+
+
+def test_select_alpha_prefers_in_band_within_budget():
+    candidates = [_candidate(0.0, 0.90, 0.40, di=0.3, gap=0.3),  # the biased start
+                  _candidate(0.5, 0.90, 0.60),  # in band
+                  _candidate(0.8, 0.85, 0.80),  # in band, best WGA, but 5 points of accuracy lost
+                  _candidate(1.0, 0.90, 0.70, di=0.7, gap=0.1)]  # better WGA, outside the band
+    assert select_alpha(candidates, base_accuracy=0.90, accuracy_budget=0.01).alpha == 0.5
+    assert select_alpha(candidates, base_accuracy=0.90, accuracy_budget=0.05).alpha == 0.8
+
+
+def test_select_alpha_takes_the_highest_wga_then_the_smaller_alpha():
+    candidates = [_candidate(0.0, 0.90, 0.40, di=0.3, gap=0.3), _candidate(0.3, 0.90, 0.65),
+                  _candidate(0.4, 0.91, 0.70), _candidate(0.6, 0.89, 0.70), _candidate(0.9, 0.90, 0.50)]
+    assert select_alpha(candidates, base_accuracy=0.90, accuracy_budget=0.01).alpha == 0.4
+    assert select_alpha(candidates[::-1], base_accuracy=0.90, accuracy_budget=0.01).alpha == 0.4
+
+
+def test_select_alpha_does_not_overshoot_the_band():
+    """Seed 000: DI 0.27 → 1.355. The overshooting α has the better WGA, yet the in-band one wins."""
+    in_band = _candidate(0.4, 0.90, 0.70, di=1.1, gap=0.03)
+    overshoot = _candidate(1.0, 0.90, 0.80, di=1.4, gap=0.04)
+    assert not overshoot.in_band and in_band.in_band
+    chosen = select_alpha([_candidate(0.0, 0.90, 0.5, di=0.27, gap=0.3), in_band, overshoot],
+                          base_accuracy=0.90, accuracy_budget=0.01)
+    assert chosen is in_band
+
+
+def test_select_alpha_falls_back_to_the_start_when_nothing_keeps_the_accuracy():
+    candidates = [_candidate(0.0, 0.90, 0.40, di=0.3, gap=0.3), _candidate(0.5, 0.80, 0.80),
+                  _candidate(1.0, 0.70, 0.90)]
+    assert select_alpha(candidates, base_accuracy=0.95, accuracy_budget=0.01).alpha == 0.0
+    assert select_alpha(candidates, base_accuracy=0.90, accuracy_budget=0.0).alpha == 0.0
+    with pytest.raises(ConfigError, match="alpha 0"):
+        select_alpha(candidates[1:], base_accuracy=0.95, accuracy_budget=0.01)
+
+
+# --------------------------------------------------------------------------------------- finetune
+
+
+def test_finetune_returns_a_model_chosen_on_the_alpha_grid(result, start, synth_data):
+    model, theta0 = start
+    config = FinetuneConfig(**FAST)
+    assert [c.alpha for c in result.candidates] == list(config.alphas)
+    assert result.alpha in config.alphas
+    assert result.chosen.within_budget
+    assert result.n_counterfactual == N_CF
+    assert result.n_real == round(N_CF * 0.7 / 0.3) == 37
+    assert len(result.history) == 1 and result.history[0]["n_real"] == 37 and result.best_epoch == 1
+    # the base is the starting model on val, scored the same way as predict_proba
+    val = synth_data.split("val")
+    probs = predict_proba(model, val.images(config.image_size), device="cpu")
+    assert result.base.alpha == 0.0 and result.candidates[0] is result.base
+    assert result.base.accuracy == pytest.approx(float(((probs >= 0.5) == val.labels(TARGET)).mean()))
+    # the returned model holds the interpolated weights, in eval mode; θ0 is untouched
+    assert not result.model.training
+    assert _same(_state(result.model), interpolate(theta0, result.finetuned_state, result.alpha))
+    assert _same(_state(model), theta0)
+    assert not _same(result.finetuned_state, theta0)
+    summary = json.loads(json.dumps(result.as_dict(), allow_nan=False))
+    assert summary["alpha"] == result.alpha and len(summary["candidates"]) == len(config.alphas)
+    assert "model" not in summary and summary["n_counterfactual"] == N_CF
+
+
+def test_same_seed_gives_the_same_result(result, start, synth_data, counterfactuals):
+    again = finetune(start[0], synth_data, counterfactuals, target=TARGET, protected=PROTECTED,
+                     config=FinetuneConfig(**FAST))
+    assert _same(again.finetuned_state, result.finetuned_state)
+    assert again.alpha == result.alpha
+    assert [c.as_dict() for c in again.candidates] == [c.as_dict() for c in result.candidates]
+    assert again.history == result.history
+
+
+def test_head_mode_changes_only_the_last_linear_layer(start, synth_data, counterfactuals):
+    model, theta0 = start
+    out = finetune(model, synth_data, counterfactuals, target=TARGET, protected=PROTECTED,
+                   config=FinetuneConfig(mode="head", lr=1e-2, **FAST))
+    head = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+    changed = {k for k in theta0 if not torch.equal(theta0[k], out.finetuned_state[k])}
+    assert changed == {f"{head}.weight", f"{head}.bias"}
+    assert all(p.requires_grad for p in out.model.parameters())  # the returned model is not left frozen
+    assert _same(_state(model), theta0)
+
+
+def test_mix_ratio_zero_fine_tunes_on_the_real_training_split(start, synth_data, counterfactuals):
+    out = finetune(start[0], synth_data, counterfactuals, target=TARGET, protected=PROTECTED,
+                   config=FinetuneConfig(mix_ratio=0.0, alphas=(0.0, 0.5, 1.0), **FAST))
+    assert out.n_counterfactual == 0 and out.n_real == len(synth_data.split("train"))
+    assert [c.alpha for c in out.candidates] == [0.0, 0.5, 1.0] and out.alpha in (0.0, 0.5, 1.0)
+
+
+def test_early_stopping_keeps_the_best_epoch(start, synth_data, counterfactuals, monkeypatch):
+    """An objective that never improves after epoch 1 stops after 1 + patience epochs."""
+    monkeypatch.setattr(finetune_module, "validation_objective", lambda c, **_: (True, 0.5))
+    out = finetune(start[0], synth_data, counterfactuals, target=TARGET, protected=PROTECTED,
+                   config=FinetuneConfig(**{**FAST, "epochs": 4}, patience=1, alphas=(0.0, 1.0)))
+    assert [h["epoch"] for h in out.history] == [1, 2] and out.best_epoch == 1
+    assert [h["improved"] for h in out.history] == [True, False]
+
+
+@pytest.mark.parametrize("table, error, match", [
+    (pd.DataFrame({"path": ["x.png"], "label": [1]}), ConfigError, "protected"),
+    (pd.DataFrame({"path": ["x.png"], "label": [2], "protected": [0]}), ConfigError, "'label'"),
+    (pd.DataFrame({"path": ["x.png"], "label": [1], "protected": [np.nan]}), ConfigError, "'protected'"),
+    (pd.DataFrame({"path": [None], "label": [1], "protected": [0]}), ConfigError, "'path'"),
+    (pd.DataFrame({"path": ["/nonexistent/x.png"], "label": [1], "protected": [0]}), DataError, "do not exist"),
+    ([("x.png", 1, 0)], ConfigError, "DataFrame"),
+])
+def test_a_bad_counterfactual_table_is_refused_with_a_fix(start, synth_data, table, error, match):
+    with pytest.raises(error, match=match) as info:
+        finetune(start[0], synth_data, table, target=TARGET, protected=PROTECTED, config=FinetuneConfig(**FAST))
+    assert info.value.fix
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"mode": "partial"}, "mode"), ({"mix_ratio": 1.5}, "mix_ratio"), ({"alphas": (0.0, 1.5)}, "alphas"),
+    ({"patience": 0}, "patience"), ({"accuracy_budget": -0.1}, "budget"),
+])
+def test_bad_options_are_config_errors(start, synth_data, changes, match):
+    with pytest.raises(ConfigError, match=match):
+        finetune(start[0], synth_data, None, target=TARGET, protected=PROTECTED,
+                 config=FinetuneConfig(**{**FAST, **changes}))

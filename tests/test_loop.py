@@ -1,0 +1,142 @@
+"""The mitigation loop end to end on tiny data: summary, report, memory, resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from fairloop.graphs.loop import band_distance, overshoots, run_loop
+from fairloop.graphs.run import RunConfig, RunFolder, RunServices
+from fairloop.tools.metrics import FairBand
+
+METRIC_KEYS = ("accuracy", "balanced_accuracy", "disparate_impact", "statistical_parity_difference",
+               "equal_opportunity_difference", "average_odds_difference", "theil_index",
+               "false_negative_rate_difference", "worst_group_accuracy")
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(synth_data, tmp_path_factory):
+    """A tiny baseline whose predictions are not constant (a constant predictor sits inside every
+    fair band, and the loop would stop at once)."""
+    from fairloop.vision.models import save_checkpoint
+    from fairloop.vision.train import TrainConfig, predict_proba, train_classifier
+
+    model, _ = train_classifier(synth_data, "Male", TrainConfig(epochs=3, batch_size=16, lr=3e-3, device="cpu"))
+    predictions = predict_proba(model, synth_data.split("val").images()) >= 0.5
+    assert 0 < predictions.mean() < 1, "the tiny baseline predicts one class only"
+    stem = tmp_path_factory.mktemp("loop-baseline") / "baseline"
+    save_checkpoint(model, stem, {"arch": "smallcnn", "target": "Male", "image_size": 64})
+    return stem
+
+
+def tiny_config(synth_root, tiny_checkpoint, memory, **overrides) -> RunConfig:
+    values = dict(root=str(synth_root), baseline=str(tiny_checkpoint), max_iterations=2, images_per_iteration=40,
+                  max_images=200, finetune_epochs=1, memory=str(memory), explain_rows=30, device="cpu",
+                  di_low=0.999, di_high=1.001, max_abs_diff=0.0001)  # a tiny model is never this fair
+    return RunConfig(**(values | overrides)).validate()
+
+
+def test_overshoot_and_band_distance():
+    band = FairBand()
+    before = {"disparate_impact": 0.27, "statistical_parity_difference": -0.45, "equal_opportunity_difference": -0.01,
+              "average_odds_difference": -0.02}
+    seed000_after = {"disparate_impact": 1.355, "statistical_parity_difference": 0.1999,
+                     "equal_opportunity_difference": 0.0063, "average_odds_difference": 0.031}
+    crossed = overshoots(before, seed000_after, band)
+    assert any("disparate_impact" in c for c in crossed) and any("statistical_parity" in c for c in crossed)
+    inside = {"disparate_impact": 1.0, "statistical_parity_difference": 0.0, "equal_opportunity_difference": 0.01,
+              "average_odds_difference": -0.01}
+    assert not overshoots(before, inside, band) and band_distance(inside, band) == 0
+    assert band_distance(before, band) == pytest.approx(0.8 - 0.27 + 0.45 - 0.05)
+    assert band_distance({**inside, "disparate_impact": None}, band) == 1.0
+
+
+def test_run_end_to_end_writes_summary_report_trace_and_memory(synth_root, tiny_checkpoint, tmp_path):
+    config = tiny_config(synth_root, tiny_checkpoint, tmp_path / "memory")
+    folder = RunFolder(tmp_path / "run")
+    folder.save_config(config)
+    messages: list[str] = []
+    state = run_loop(RunServices(config, folder, log=messages.append))
+
+    summary = json.loads((folder.path / "summary.json").read_text())
+    assert set(METRIC_KEYS) <= set(summary["initial"]) and set(METRIC_KEYS) <= set(summary["final"])
+    assert 1 <= len(summary["iterations"]) <= 2
+    for it in summary["iterations"]:
+        assert {"metrics", "n_generated", "mix_ratio", "accepted"} <= set(it)
+        assert set(METRIC_KEYS) <= set(it["metrics"])
+    assert summary["generator"]["exact_oracle"] is True
+    assert summary["status"] == state["status"] != "running"
+    # the final model is the last accepted candidate, or the baseline when none was accepted
+    accepted = [it["model"] for it in summary["iterations"] if it["accepted"]]
+    assert summary["final_model"] == (accepted[-1] if accepted else summary["initial_model"])
+
+    report = (folder.path / "report.html").read_text()
+    assert "fair band" in report and "exact oracle" in report
+    assert summary["iterations"][0]["analysis"]["decision"]["diagnosis"][:60] in report
+    nodes = [t["node"] for t in folder.read_trace()]
+    assert nodes[:5] == ["setup", "measure", "explain", "recall", "analyze"] and nodes[-1] == "report"
+
+    manifest = json.loads((folder.path / summary["iterations"][0]["manifest"]).read_text())
+    assert len(manifest["images"]) == summary["iterations"][0]["n_generated"] > 0
+    for row in manifest["images"]:  # every image lives inside the run folder
+        assert (folder.path / row["path"]).resolve().is_relative_to(folder.path.resolve())
+
+    from fairloop.memory import MemoryStore
+
+    records = MemoryStore(tmp_path / "memory").records(run_id="run")
+    assert [r.iteration for r in records] == [it["iteration"] for it in summary["iterations"]]
+
+    # running a finished run again redoes nothing
+    before = len(folder.read_trace())
+    run_loop(RunServices(config, folder, log=messages.append), resume=True)
+    assert len(folder.read_trace()) == before
+
+
+def test_second_run_recalls_the_first(synth_root, tiny_checkpoint, tmp_path):
+    config = tiny_config(synth_root, tiny_checkpoint, tmp_path / "memory", max_iterations=1)
+    for name in ("first", "second"):
+        folder = RunFolder(tmp_path / name)
+        folder.save_config(config)
+        state = run_loop(RunServices(config, folder, log=lambda m: None))
+    assert state["recalled"] and "first" in state["recalled"][0]
+    assert "Similar past iterations" in state["iterations"][0]["analysis"]["prompt"] or \
+        state["iterations"][0]["analysis"]["backend"] == "rules"
+
+
+def test_run_killed_in_its_second_iteration_resumes_without_redoing_the_first(synth_root, tiny_checkpoint, tmp_path):
+    run = tmp_path / "run"
+    env = {**os.environ, "FAIRLOOP_HOME": str(tmp_path / "home"), "COLUMNS": "200"}
+    base = [sys.executable, "-m", "fairloop.cli", "run"]
+    args = ["--root", str(synth_root), "--baseline", str(tiny_checkpoint), "--max-iterations", "2",
+            "--max-images", "400", "--out", str(run), "--device", "cpu", "--fair-band", "0.999,1.001,0.0001"]
+    proc = subprocess.Popen(base + args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    trace = run / "trace.jsonl"
+    deadline = time.time() + 240
+    killed = False
+    while time.time() < deadline and proc.poll() is None:
+        if trace.exists() and any(json.loads(line)["iteration"] == 2 for line in trace.read_text().splitlines()):
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=30)
+    if not killed:
+        pytest.fail("the run ended before its second iteration: " + proc.stderr.read().decode()[-2000:])
+
+    done_before = [(t["node"], t["iteration"]) for t in RunFolder(run).read_trace()]
+    assert ("finetune", 1) in done_before and not (run / "summary.json").exists()
+
+    resumed = subprocess.run(base + ["--resume", str(run)], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    trace_after = [(t["node"], t["iteration"]) for t in RunFolder(run).read_trace()]
+    assert trace_after.count(("finetune", 1)) == 1 and trace_after.count(("setup", 0)) == 1
+    summary = json.loads((run / "summary.json").read_text())
+    assert [it["iteration"] for it in summary["iterations"]][0] == 1
+    assert summary["status"] != "running"

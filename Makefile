@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 DATA   ?= data/synthfaces
-RUN    ?= runs/baseline
+RUN    ?= runs/demo
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo audit test test-slow clean
 
 setup: $(VENV)/.installed
 
@@ -15,11 +15,15 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-# Synthesize SynthFaces (skipped when already there), train the baseline, audit it.
+# The main job on the embedded defaults: synthesize SynthFaces into $(DATA) (once), train the
+# baseline, and run the mitigation loop. Run again, it resumes (or just reprints) the same run.
 demo: setup
+	if [ -f $(RUN)/config.json ]; then $(BIN)/fairloop run --resume $(RUN); else $(BIN)/fairloop run --out $(RUN); fi
+
+# An audit only: train a baseline and measure and explain its bias.
+audit: setup
 	test -f $(DATA)/list_attr_celeba.txt || $(BIN)/fairloop data synth --out $(DATA)
-	$(BIN)/fairloop train --root $(DATA) --target Male --out $(RUN)/model
-	$(BIN)/fairloop audit --root $(DATA) --target Male --protected Gray_Hair --model $(RUN)/model --out $(RUN)
+	$(BIN)/fairloop audit --root $(DATA) --target Male --protected Gray_Hair --out runs/audit
 
 test: setup
 	$(BIN)/python -m pytest -q

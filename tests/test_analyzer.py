@@ -99,8 +99,17 @@ def test_rules_worst_group_gap_alone_is_not_fair():
     assert d.counterfactuals_needed and d.plans
 
 
-def test_rules_top_attribute_when_protected_is_not_in_top3():
+def test_rules_protected_attribute_while_the_band_is_violated_whatever_its_rank():
     ctx = make_ctx(importances=[("Eyeglasses", -0.4), ("Smiling", 0.3), ("Young", 0.2), ("Gray_Hair", 0.1)])
+    d = RulesAnalyzer().analyze(ctx).decision
+    assert d.shortcut_attributes == ["Gray_Hair"]
+    assert "man without gray hair" in plan(d, 1).description
+    assert "woman with gray hair" in plan(d, 0).description
+
+
+def test_rules_top_attribute_when_only_the_worst_group_trails():
+    ctx = make_ctx(metrics=FAIR | {"worst_group_accuracy": 0.35},
+                   importances=[("Eyeglasses", -0.4), ("Smiling", 0.3), ("Young", 0.2), ("Gray_Hair", 0.1)])
     d = RulesAnalyzer().analyze(ctx).decision
     assert d.shortcut_attributes == ["Eyeglasses"]
     # negative: eyeglasses push towards woman → men with eyeglasses, women without; no counts → gap sizing

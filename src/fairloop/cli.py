@@ -43,10 +43,14 @@ def _progress():
     with Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("eta"), TimeRemainingColumn(), console=_console(), transient=False) as progress:
         tasks: dict[str, int] = {}
+        last: dict[str, int] = {}
 
         def update(stage: str, done: int, total: int) -> None:
             if stage not in tasks:
                 tasks[stage] = progress.add_task(stage, total=total)
+            elif done < last[stage]:  # the stage starts again (the next iteration of a run)
+                progress.reset(tasks[stage], total=total)
+            last[stage] = done
             progress.update(tasks[stage], completed=done, total=total)
 
         yield update

@@ -2,8 +2,9 @@
 
 Two backends give the same :class:`AnalyzerDecision`:
 
-* :class:`RulesAnalyzer` — deterministic. It picks the attribute the model uses as a shortcut, reads
-  the direction of the shortcut from the sign of its LIME score, writes one description per class
+* :class:`RulesAnalyzer` — deterministic. While the band is violated it balances the protected
+  attribute (the direction read from the group metrics); otherwise it picks the top LIME attribute
+  (the direction from its sign). It writes one description per class
   that breaks the shortcut ("a man without gray hair", "a woman with gray hair") and sizes the batch
   from the training split's group counts. It is the default and the "manual" arm of experiments.
 * :class:`OpenAIAnalyzer` — seed 000's LLM analyzer, on any OpenAI-compatible endpoint (OpenAI,
@@ -47,7 +48,7 @@ MIX_RANGE = (0.05, 0.5)
 DEFAULT_MIX = 0.25
 #: Worst-group accuracy may trail accuracy by this much and still count as fair.
 MAX_WORST_GROUP_GAP = 0.05
-#: The protected attribute is the shortcut when it ranks within this many attributes.
+#: Inside the band, the protected attribute is still the shortcut when it ranks within this many.
 PROTECTED_TOP = 3
 _MAX_PER_CLASS = 5000          # ClassPlan.n_images' upper bound
 _MAX_RAW = 50_000              # characters of one raw answer that are kept
@@ -276,7 +277,8 @@ class RulesAnalyzer:
                 diagnosis=self._fair_diagnosis(metrics), counterfactuals_needed=False, mix_ratio=0.0,
                 negative_prompt=NEGATIVE_PROMPT)
         shortcut, score, rank, n_ranked = self._shortcut(ctx)
-        sign = score if score else self._sign_from_metrics(ctx)
+        # for the protected attribute the group metrics give the direction; LIME gives it otherwise
+        sign = self._sign_from_metrics(ctx) if shortcut == ctx.protected or not score else score
         present_pushes_one = sign >= 0
         # Class 1 needs images whose shortcut value argues for class 0, and the reverse.
         wanted = {1: not present_pushes_one, 0: present_pushes_one}   # label → shortcut present?
@@ -348,7 +350,12 @@ class RulesAnalyzer:
                   if name in allowed and isinstance(score, (int, float)) and math.isfinite(score)]
         ranked.sort(key=lambda item: -abs(item[1]))   # stable: ties keep the given order
         names = [name for name, _ in ranked]
-        if ctx.protected in names[:PROTECTED_TOP]:
+        biased = bool(_band_check(ctx.metrics or {}, ctx.band).outside)
+        if ctx.protected in allowed and (biased or ctx.protected in names[:PROTECTED_TOP]):
+            # the band measures bias with respect to the protected attribute: while it is violated,
+            # that attribute is what the counterfactuals must balance, whatever its LIME rank
+            if ctx.protected not in names:
+                return ctx.protected, 0.0, None, len(ranked)
             chosen = ctx.protected
         elif ranked:
             chosen = names[0]

@@ -352,14 +352,17 @@ class MitigationLoop:
             accuracy_ok = cand["accuracy"] >= initial["accuracy"] - cfg.accuracy_budget
             wga_gain = (cand["worst_group_accuracy"] or 0) - (current["worst_group_accuracy"] or 0)
             closer = band_distance(current, band) - band_distance(cand, band)
-            accepted = accuracy_ok and not crossed and wga_gain > -0.01 and (wga_gain > 0.005 or closer > 0.005)
+            # better on one count and not worse on the other: worst-group accuracy and band distance
+            accepted = (accuracy_ok and not crossed and wga_gain > -0.01 and closer > -0.005
+                        and (wga_gain > 0.005 or closer > 0.005))
             if crossed:
                 reason = "rolled back: overshot the fair band (" + "; ".join(crossed) + ")"
             elif not accuracy_ok:
                 reason = (f"rolled back: validation accuracy {cand['accuracy']:.3f} is below the budget "
                           f"({initial['accuracy']:.3f} − {cfg.accuracy_budget})")
             elif not accepted:
-                reason = f"rolled back: no gain (worst-group Δ {wga_gain:+.3f}, band distance Δ {closer:+.3f})"
+                reason = (f"rolled back: no gain (worst-group accuracy Δ {wga_gain:+.3f}, "
+                          f"distance to the band Δ {-closer:+.3f})")
             else:
                 reason = (f"accepted: worst-group accuracy {current['worst_group_accuracy']:.3f} → "
                           f"{cand['worst_group_accuracy']:.3f}, DI {current['disparate_impact']:.3f} → "

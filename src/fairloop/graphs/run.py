@@ -55,7 +55,7 @@ class RunConfig:
     arch: str = "smallcnn"
     baseline_epochs: int = 8
     baseline: str | None = None       # an existing checkpoint to start from
-    finetune_epochs: int = 3
+    finetune_epochs: int = 2
     finetune_mode: str = "full"
     seed: int = 0
     device: str = "auto"

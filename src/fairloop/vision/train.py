@@ -2,6 +2,11 @@
 
 Images stream from disk through a DataLoader; nothing holds a decoded dataset. On CUDA the same
 code uses mixed precision, pinned memory and loader workers.
+
+Two options serve the mitigation baselines of ``bench/bench_mitigation.py``: ``sample_weights``
+weight each training row's loss (AIF360 Reweighing), ``sampler_weights`` change how often each row
+is drawn (group-balanced resampling, see :func:`group_balanced_weights`); ``TrainConfig.augment``
+picks the augmentation.
 """
 
 from __future__ import annotations
@@ -13,13 +18,17 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from fairloop.data.datasets import FaceDataset, ImageStream
 from fairloop.errors import ConfigError
 from fairloop.vision.models import FaceClassifier, build_model, resolve_device
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+#: Values of ``TrainConfig.augment``: no augmentation, horizontal flips only, or the standard recipe
+#: (flips, random crops with padding, colour jitter). ``True``/``False`` mean ``"flip"``/``"none"``.
+AUGMENTATIONS = ("none", "flip", "standard")
 
 
 @dataclass(frozen=True)
@@ -32,24 +41,56 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     image_size: int = 64
-    augment: bool = True  # horizontal flips only: faces are symmetric, attributes survive it
+    augment: str = "flip"  # one of AUGMENTATIONS; flips by default: faces are symmetric, attributes survive it
     seed: int = 0
     device: str = "auto"
     num_workers: int = 0
     pretrained: str | None = None
 
+    def __post_init__(self) -> None:
+        if isinstance(self.augment, bool):  # the former boolean option: True was flips, False none
+            object.__setattr__(self, "augment", "flip" if self.augment else "none")
+
     def validate(self) -> TrainConfig:
+        if self.augment not in AUGMENTATIONS:
+            raise ConfigError(f"unknown augment {self.augment!r}", f"use one of {', '.join(AUGMENTATIONS)}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError(f"epochs={self.epochs}, batch_size={self.batch_size}, lr={self.lr} are not usable",
                               "use epochs ≥ 1, batch size ≥ 1 and a positive learning rate")
         return self
 
 
-class LabeledImages(Dataset):
-    """Images streamed from disk with one float label (and optional sample weight) each."""
+def augmentation(name: str, image_size: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The random transform of a CHW float image for ``TrainConfig.augment`` (None: leave it as is).
 
-    def __init__(self, stream: ImageStream, labels: np.ndarray, weights: np.ndarray | None = None, flip: bool = False):
-        self.stream, self.labels, self.flip = stream, labels.astype(np.float32), flip
+    ``"flip"`` is handled by :class:`LabeledImages` itself (its ``flip`` flag), so this returns None
+    for it too. ``"standard"``: horizontal flip, a random crop back to ``image_size`` after padding
+    by an eighth of it (4 px at 32, 8 at 64), and brightness/contrast/saturation jitter of ±20 %;
+    no hue jitter, which would change hair colours, i.e. attributes.
+    """
+    if name in ("none", "flip"):
+        return None
+    if name == "standard":
+        from torchvision.transforms import v2
+
+        return v2.Compose([
+            v2.RandomHorizontalFlip(),
+            v2.RandomCrop(image_size, padding=max(1, image_size // 8)),
+            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
+        ])
+    raise ConfigError(f"unknown augment {name!r}", f"use one of {', '.join(AUGMENTATIONS)}")
+
+
+class LabeledImages(Dataset):
+    """Images streamed from disk with one float label (and optional sample weight) each.
+
+    ``flip`` flips half of the images horizontally; ``transform`` (e.g. :func:`augmentation`) is
+    applied to every image after that.
+    """
+
+    def __init__(self, stream: ImageStream, labels: np.ndarray, weights: np.ndarray | None = None, flip: bool = False,
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        self.stream, self.labels, self.flip, self.transform = stream, labels.astype(np.float32), flip, transform
         self.weights = np.ones(len(labels), np.float32) if weights is None else weights.astype(np.float32)
 
     def __len__(self) -> int:
@@ -59,36 +100,65 @@ class LabeledImages(Dataset):
         image = self.stream[i]
         if self.flip and torch.rand(()) < 0.5:
             image = image.flip(-1)
+        if self.transform is not None:
+            image = self.transform(image)
         return image, self.labels[i], self.weights[i]
 
 
+def group_balanced_weights(*columns: np.ndarray) -> np.ndarray:
+    """Per-row weights 1 / (size of the row's group), groups being the combinations of ``columns``.
+
+    As ``sampler_weights`` they make every group (e.g. target × protected) drawn equally often; they
+    sum to the number of non-empty groups.
+    """
+    if not columns:
+        raise ConfigError("group_balanced_weights needs at least one column", "pass e.g. the target and protected labels")
+    keys = np.stack([np.asarray(c).reshape(-1) for c in columns], axis=1)
+    _, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+    return (1.0 / counts[inverse.reshape(-1)]).astype(np.float64)
+
+
+def _check_row_weights(name: str, weights: np.ndarray | None, n: int) -> np.ndarray | None:
+    """One finite, non-negative weight per training row with a positive sum, as float32."""
+    if weights is None:
+        return None
+    weights = np.asarray(weights, dtype=np.float32)
+    if weights.shape != (n,) or not np.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
+        raise ConfigError(f"{name} must be {n} finite, non-negative numbers (one per training row) "
+                          f"with a positive sum; got shape {weights.shape}",
+                          "pass one weight per row of the train split, in its order")
+    return weights
+
+
 def train_classifier(dataset: FaceDataset, target: str, config: TrainConfig = TrainConfig(), *,
-                     sample_weights: np.ndarray | None = None,
+                     sample_weights: np.ndarray | None = None, sampler_weights: np.ndarray | None = None,
                      progress: Progress | None = None) -> tuple[FaceClassifier, dict]:
     """Train on the ``train`` split, keep the epoch with the best ``val`` accuracy.
 
     Returns the model (in eval mode, on the training device) and a history with per-epoch
-    loss and validation accuracy. ``sample_weights`` (one per training row) lets baselines such as
-    AIF360 Reweighing reuse this loop.
+    loss and validation accuracy. ``sample_weights`` (one per training row) weight each row's loss,
+    so baselines such as AIF360 Reweighing reuse this loop. ``sampler_weights`` (one per training
+    row, relative) replace shuffling by drawing ``len(train)`` rows per epoch with replacement, row i
+    with probability ∝ ``sampler_weights[i]``; :func:`group_balanced_weights` gives group-balanced
+    resampling.
     """
     config.validate()
     dataset.require_attribute(target, "target")
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     train, val = dataset.split("train"), dataset.split("val")
-    if sample_weights is not None:
-        sample_weights = np.asarray(sample_weights, dtype=np.float32)
-        if sample_weights.shape != (len(train),) or not np.isfinite(sample_weights).all() or (sample_weights < 0).any() \
-                or sample_weights.sum() <= 0:
-            raise ConfigError(f"sample_weights must be {len(train)} finite, non-negative numbers (one per training row) "
-                              f"with a positive sum; got shape {sample_weights.shape}",
-                              "pass one weight per row of the train split, in its order")
+    sample_weights = _check_row_weights("sample_weights", sample_weights, len(train))
+    sampler_weights = _check_row_weights("sampler_weights", sampler_weights, len(train))
     model = build_model(config.arch, pretrained=config.pretrained).to(device)
 
+    generator = torch.Generator().manual_seed(config.seed)
+    sampler = None if sampler_weights is None else WeightedRandomSampler(
+        sampler_weights.astype(np.float64), num_samples=len(train), replacement=True, generator=generator)
+    images = LabeledImages(train.images(config.image_size), train.labels(target), sample_weights,
+                           flip=config.augment == "flip", transform=augmentation(config.augment, config.image_size))
     loader = DataLoader(
-        LabeledImages(train.images(config.image_size), train.labels(target), sample_weights, flip=config.augment),
-        batch_size=config.batch_size, shuffle=True, num_workers=config.num_workers,
-        generator=torch.Generator().manual_seed(config.seed), pin_memory=device.type == "cuda", drop_last=len(train) > config.batch_size,
+        images, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler, num_workers=config.num_workers,
+        generator=generator, pin_memory=device.type == "cuda", drop_last=len(train) > config.batch_size,
     )
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.epochs * len(loader))

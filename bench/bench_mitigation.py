@@ -1,7 +1,7 @@
 """Does fairloop beat the standard bias mitigations? One table on the same data, model and budget.
 
 Usage: python bench/bench_mitigation.py [--n 12000] [--arch smallcnn] [--epochs 8] [--seed 0] [--workdir DIR]
-                                        [--llm rules] [--llm-model NAME] [--max-iterations 3]
+                                        [--llm rules] [--llm-model NAME] [--max-iterations 4]
                                         [--max-images 12000] [--images-per-iteration 6000] [--device auto]
 
 On SynthFaces' default scenario (target Male, training split with P(Gray_Hair == Male) = 0.95,
@@ -42,6 +42,7 @@ from fairloop.data.synthfaces import Scenario, write_synthfaces
 from fairloop.io import atomic_write_json
 from fairloop.tools.metrics import FairBand, fairness_report
 from fairloop.vision.train import TrainConfig, group_balanced_weights, predict_proba, train_classifier
+from fairloop.graphs.run import RunConfig
 
 TARGET, PROTECTED, PRIVILEGED = "Male", "Gray_Hair", 1
 BASELINES = ("ERM", "Reweighing (AIF360)", "group-balanced resampling", "standard augmentation")
@@ -110,7 +111,7 @@ def train_row(method: str, data: FaceDataset, test: FaceDataset, config: TrainCo
 def run_fairloop(args, data: FaceDataset, checkpoint: Path, session: Path):
     """Run the loop from the ERM checkpoint; (summary.json, loop seconds, run folder, RunConfig)."""
     from fairloop.graphs.loop import run_loop
-    from fairloop.graphs.run import RunConfig, RunFolder, RunServices
+    from fairloop.graphs.run import RunFolder, RunServices
 
     config = RunConfig(dataset="celeba", root=str(data.root), target=TARGET, protected=PROTECTED,
                        privileged_value=PRIVILEGED, llm=args.llm, llm_model=args.llm_model,
@@ -196,9 +197,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/fairloop-bench-mitigation"))
     parser.add_argument("--llm", default="rules", help="fairloop's analyzer: rules or openai")
     parser.add_argument("--llm-model", default=None, help="model name for --llm openai")
-    parser.add_argument("--max-iterations", type=int, default=3)
-    parser.add_argument("--max-images", type=int, default=12000, help="fairloop's counterfactual images, whole run")
-    parser.add_argument("--images-per-iteration", type=int, default=6000)
+    parser.add_argument("--max-iterations", type=int, default=RunConfig.max_iterations)
+    parser.add_argument("--max-images", type=int, default=RunConfig.max_images, help="fairloop's counterfactual images, whole run")
+    parser.add_argument("--images-per-iteration", type=int, default=RunConfig.images_per_iteration)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
 

@@ -140,3 +140,36 @@ def test_run_killed_in_its_second_iteration_resumes_without_redoing_the_first(sy
     summary = json.loads((run / "summary.json").read_text())
     assert [it["iteration"] for it in summary["iterations"]][0] == 1
     assert summary["status"] != "running"
+
+
+def test_run_with_an_openai_compatible_endpoint_reports_the_answer_verbatim(synth_root, tiny_checkpoint, tmp_path,
+                                                                              monkeypatch):
+    from chat_stub import Stub
+
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "OPENAI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    key = "sk-test-" + "k" * 32
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    answer = json.dumps({
+        "diagnosis": "Gray hair stands in for Male (stub analysis 7731).", "counterfactuals_needed": True,
+        "shortcut_attributes": ["Gray_Hair"], "change_attributes": ["Gray_Hair"],
+        "plans": [{"label": 1, "description": "a man without gray hair", "n_images": 12},
+                  {"label": 0, "description": "a woman with gray hair", "n_images": 12}],
+        "negative_prompt": "blurry", "mix_ratio": 0.3})
+    with Stub([answer]) as stub:
+        config = tiny_config(synth_root, tiny_checkpoint, tmp_path / "memory", max_iterations=1, llm="openai",
+                             llm_model="stub-model", llm_base_url=stub.url)
+        folder = RunFolder(tmp_path / "run")
+        folder.save_config(config)
+        run_loop(RunServices(config, folder, log=lambda m: None))
+    assert stub.requests and stub.requests[0]["headers"]["authorization"] == f"Bearer {key}"
+    summary = json.loads((folder.path / "summary.json").read_text())
+    analysis = summary["iterations"][0]["analysis"]
+    assert analysis["backend"] == "openai" and not analysis["fell_back"] and analysis["raw"] == [answer]
+    assert summary["iterations"][0]["n_generated"] == 24
+    report = (folder.path / "report.html").read_text()
+    assert "stub analysis 7731" in report and "a woman with gray hair" in report
+    for path in folder.path.rglob("*"):  # the key reaches no file of the run: state, trace, report, summary
+        if path.is_file():
+            assert key.encode() not in path.read_bytes(), path

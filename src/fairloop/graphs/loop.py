@@ -319,7 +319,8 @@ class MitigationLoop:
         from fairloop.tools.finetune import FinetuneConfig, finetune
 
         cfg, services = self.config, self.services
-        table = self._counterfactual_table(state.get("kept_manifests", []) + [state["generated"]["manifest"]])
+        table = self._counterfactual_table([state["generated"]["manifest"]])
+        kept = self._counterfactual_table(state.get("kept_manifests", []))
         model, meta = services.load_model(state["model"])
         ft_cfg = FinetuneConfig(mode=cfg.finetune_mode, epochs=cfg.finetune_epochs,
                                 mix_ratio=state["analysis"]["decision"]["mix_ratio"],
@@ -327,7 +328,7 @@ class MitigationLoop:
                                 seed=cfg.seed + state["iteration"], device=cfg.device)
         result = finetune(model, services.dataset, table, target=cfg.target, protected=cfg.protected,
                           privileged_value=cfg.privileged_value, config=ft_cfg, band=cfg.band,
-                          progress=services.progress)
+                          extra_training=kept, progress=services.progress)
         relative = save_model(services, result.model, {**meta, "role": f"iteration {state['iteration']} candidate",
                                                        "parent": state["model"], "alpha": result.alpha})
         return {"candidate": {"model": relative, "alpha": result.alpha, "finetune": result.as_dict(),
@@ -352,17 +353,20 @@ class MitigationLoop:
             accuracy_ok = cand["accuracy"] >= initial["accuracy"] - cfg.accuracy_budget
             wga_gain = (cand["worst_group_accuracy"] or 0) - (current["worst_group_accuracy"] or 0)
             closer = band_distance(current, band) - band_distance(cand, band)
-            # better on one count and not worse on the other: worst-group accuracy and band distance
-            accepted = (accuracy_ok and not crossed and wga_gain > -0.01 and closer > -0.005
-                        and (wga_gain > 0.005 or closer > 0.005))
+            # reaching the band is worth a little worst-group accuracy; otherwise the candidate must be
+            # better on one count (worst-group accuracy, distance to the band) and not worse on the other
+            reaches_band = cfg.band.check(cand).inside and not cfg.band.check(current).inside
+            accepted = accuracy_ok and not crossed and (
+                (reaches_band and wga_gain > -0.02)
+                or (wga_gain > -0.01 and closer > -0.005 and (wga_gain > 0.005 or closer > 0.005)))
             if crossed:
                 reason = "rolled back: overshot the fair band (" + "; ".join(crossed) + ")"
             elif not accuracy_ok:
                 reason = (f"rolled back: validation accuracy {cand['accuracy']:.3f} is below the budget "
                           f"({initial['accuracy']:.3f} − {cfg.accuracy_budget})")
             elif not accepted:
-                reason = (f"rolled back: no gain (worst-group accuracy Δ {wga_gain:+.3f}, "
-                          f"distance to the band Δ {-closer:+.3f})")
+                reason = (f"rolled back: no gain (worst-group accuracy {wga_gain:+.3f}, "
+                          f"distance to the fair band {-closer:+.3f})")
             else:
                 reason = (f"accepted: worst-group accuracy {current['worst_group_accuracy']:.3f} → "
                           f"{cand['worst_group_accuracy']:.3f}, DI {current['disparate_impact']:.3f} → "

@@ -45,7 +45,7 @@ class RunConfig:
     llm: str = "rules"
     llm_model: str | None = None
     llm_base_url: str | None = None
-    max_iterations: int = 3
+    max_iterations: int = 4
     max_images: int = 12000           # over the whole run
     images_per_iteration: int = 6000
     accuracy_budget: float = 0.01     # max drop of validation accuracy vs the starting model

@@ -30,7 +30,7 @@ from fairloop.data.datasets import FaceDataset, ImageStream, read_image
 from fairloop.errors import ConfigError, DataError
 from fairloop.tools.metrics import FairBand, fairness_report
 from fairloop.vision.models import FaceClassifier, resolve_device
-from fairloop.vision.train import LabeledImages, Progress, _positive_probability, predict_proba, train_epoch
+from fairloop.vision.train import LabeledImages, Progress, positive_probability, predict_proba, train_epoch
 
 MODES = ("full", "head")
 #: Validation splits up to this many images are decoded once and kept in memory as uint8.
@@ -240,7 +240,7 @@ class _Validation:
             x = self.data[start:start + _EVAL_BATCH].to(self.device, non_blocking=True).float().div_(255.0)
             with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
                 logits = model(x)
-            out.append(_positive_probability(logits.float(), len(x)).cpu().numpy())
+            out.append(positive_probability(logits.float(), len(x)).cpu().numpy())
         model.train(was_training)
         return np.concatenate(out)
 
@@ -324,7 +324,8 @@ def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def finetune(model: FaceClassifier, dataset: FaceDataset, counterfactuals: pd.DataFrame | None, *, target: str,
              protected: str, privileged_value: int = 1, config: FinetuneConfig = FinetuneConfig(),
-             band: FairBand | None = None, progress: Progress | None = None) -> FinetuneResult:
+             band: FairBand | None = None, extra_training: pd.DataFrame | None = None,
+             progress: Progress | None = None) -> FinetuneResult:
     """Fine-tune a copy of ``model`` on counterfactuals mixed with real training images, then
     return the WiSE-FT interpolation at the α :func:`select_alpha` chooses on the val split.
 
@@ -332,6 +333,8 @@ def finetune(model: FaceClassifier, dataset: FaceDataset, counterfactuals: pd.Da
     sample of ``round(n_cf·(1 − r)/r)`` real training rows (r = ``mix_ratio``, capped at the training
     split); with r = 0 or no counterfactuals, on the whole training split. θ1 is the epoch with the
     best :func:`validation_objective`; training stops after ``patience`` epochs without improvement.
+    ``extra_training`` (``path``, ``label`` rows: counterfactuals kept from earlier iterations) joins
+    the real training rows, as seed 000's D ← D + D̂ does.
     """
     start_time = time.perf_counter()
     config.validate()
@@ -358,11 +361,16 @@ def finetune(model: FaceClassifier, dataset: FaceDataset, counterfactuals: pd.Da
     # ---- the training mix
     n_cf = len(cf)
     train_paths, train_labels = np.asarray(train.table["path"].tolist(), dtype=object), train.labels(target)
+    if extra_training is not None and len(extra_training):
+        extra = check_counterfactuals(extra_training)
+        train_paths = np.concatenate([train_paths, np.asarray(extra["path"].tolist(), dtype=object)])
+        train_labels = np.concatenate([train_labels, extra["label"].to_numpy(np.int64)])
+    n_pool = len(train_paths)
     if n_cf == 0 or config.mix_ratio == 0:
-        n_cf, n_real = 0, len(train)
+        n_cf, n_real = 0, n_pool
     else:
         r = config.mix_ratio
-        n_real = min(len(train), int(round(n_cf * (1 - r) / r)))
+        n_real = min(n_pool, int(round(n_cf * (1 - r) / r)))
     cf_paths, cf_labels = cf["path"].tolist()[:n_cf], cf["label"].to_numpy(np.int64)[:n_cf]
 
     for p in work.parameters():
@@ -376,7 +384,7 @@ def finetune(model: FaceClassifier, dataset: FaceDataset, counterfactuals: pd.Da
     best_key, best_state, best_epoch, stale = None, None, 0, 0
     for epoch in range(config.epochs):
         rng = np.random.default_rng([config.seed, epoch])
-        rows = np.arange(len(train)) if n_real == len(train) else np.sort(rng.choice(len(train), n_real, replace=False))
+        rows = np.arange(n_pool) if n_real == n_pool else np.sort(rng.choice(n_pool, n_real, replace=False))
         paths = cf_paths + train_paths[rows].tolist()
         labels = np.concatenate([cf_labels, train_labels[rows]])
         loader = DataLoader(

@@ -219,14 +219,14 @@ def predict_proba(model: nn.Module, images: Dataset, *, batch_size: int = 256, d
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         with torch.autocast(device.type, enabled=device.type == "cuda"):
             logits = model(x.to(device, non_blocking=True))
-        out.append(_positive_probability(logits.float(), len(x)).cpu().numpy())
+        out.append(positive_probability(logits.float(), len(x)).cpu().numpy())
         if progress:
             progress("predict", step + 1, len(loader))
     model.train(was_training)
     return np.concatenate(out) if out else np.empty(0, np.float32)
 
 
-def _positive_probability(logits: torch.Tensor, n: int) -> torch.Tensor:
+def positive_probability(logits: torch.Tensor, n: int) -> torch.Tensor:
     """P(class 1) from one logit per image ((N,) or (N, 1): sigmoid) or two-class logits ((N, 2): softmax)."""
     if logits.shape in ((n,), (n, 1)):
         return torch.sigmoid(logits.reshape(n))

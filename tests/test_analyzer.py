@@ -57,7 +57,7 @@ def test_rules_gray_hair_shortcut():
     assert "woman" in zero.description and "with gray hair" in zero.description
     assert "without" not in zero.description
     assert 0 < one.n_images + zero.n_images <= ctx.max_images
-    assert one.n_images == zero.n_images == 200            # 0.5 × 3780 each, scaled to the budget of 400
+    assert one.n_images == zero.n_images == 200            # the 3780 gap of each class, scaled to the budget of 400
     assert 0.05 <= d.mix_ratio <= 0.5
     assert d.negative_prompt == "blurry, distorted, cartoon, text, watermark"
     assert validate_decision(d, ctx.attributes, ctx.target, ctx.max_images) == []
@@ -66,12 +66,13 @@ def test_rules_gray_hair_shortcut():
     json.dumps(result.as_dict())
 
 
-def test_rules_damped_below_the_full_gap():
-    d = RulesAnalyzer().analyze(make_ctx(max_images=5000)).decision
+def test_rules_balance_the_training_data_and_never_go_beyond():
     gap = 3990 - 210
-    assert plan(d, 1).n_images == plan(d, 0).n_images == round(gap * 0.5)
-    assert all(p.n_images < gap for p in d.plans)
-    assert d.mix_ratio == pytest.approx(3780 / (3780 + 8400), abs=1e-3)
+    d = RulesAnalyzer().analyze(make_ctx(max_images=10000)).decision
+    assert plan(d, 1).n_images == plan(d, 0).n_images == gap     # exactly balance, though the budget allows more
+    assert d.mix_ratio == pytest.approx(2 * gap / (2 * gap + 8400), abs=1e-3)
+    half = RulesAnalyzer().analyze(make_ctx(max_images=gap)).decision
+    assert plan(half, 1).n_images + plan(half, 0).n_images == gap  # a smaller budget is shared between classes
 
 
 def test_rules_negative_importance_reverses_direction():

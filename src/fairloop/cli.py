@@ -237,7 +237,7 @@ def run(
 ) -> None:
     """Mitigate bias: measure, explain, analyze, generate counterfactuals, fine-tune, until fair."""
     from fairloop.errors import DataError
-    from fairloop.graphs.run import RunConfig, RunFolder, RunServices
+    from fairloop.graphs.run import RunConfig, RunFolder
 
     console = _console()
     if resume is not None:

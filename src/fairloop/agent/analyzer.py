@@ -41,8 +41,9 @@ log = logging.getLogger(__name__)
 
 ANALYZER_KINDS = ("rules", "openai")
 NEGATIVE_PROMPT = "blurry, distorted, cartoon, text, watermark"
-#: Share of a class's A-present/A-absent gap that one iteration closes (never overshoot).
-DAMPING = 0.5
+#: Share of a class's A-present/A-absent gap in the training data that one iteration closes: up to
+#: balance and never beyond it (WiSE-FT's α and the loop's roll-back guard the model itself).
+GAP_SHARE = 1.0
 MIX_RANGE = (0.05, 0.5)
 #: Mix ratio used when the training split's size is unknown.
 DEFAULT_MIX = 0.25
@@ -390,10 +391,10 @@ class RulesAnalyzer:
         if have_counts:
             for label, present in wanted.items():
                 gap = counts[(label, 1 - int(present))] - counts[(label, int(present))]
-                need[label] = max(0, round(gap * DAMPING))
+                need[label] = max(0, round(gap * GAP_SHARE))
                 if gap > 0:
                     need[label] = max(1, need[label])
-            sizing = "closing half of each class's with/without gap in the training split"
+            sizing = "closing each class's with/without gap in the training data, up to the budget"
         if not have_counts or sum(need.values()) == 0:
             gap = _worst_group_gap(ctx.metrics or {})
             share = 0.5 if gap is None else min(1.0, max(0.0, 2 * gap))

@@ -86,9 +86,17 @@ def evaluate_model(services: RunServices, relative: str) -> dict[str, Any]:
                                  target_name=cfg.target, protected_name=cfg.protected, n_bootstrap=100, seed=cfg.seed)
         out[split] = report.as_dict()
         probs_file = cache.with_name(f"{model_key(relative)}.{split}.npy")
-        atomic_write(probs_file, lambda tmp: np.save(open(tmp, "wb"), probs.astype(np.float32)))
+        _save_array(probs_file, probs.astype(np.float32))
     atomic_write_json(cache, out)
     return out
+
+
+def _save_array(path, array: np.ndarray) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a bare temp name
+            np.save(f, array)
+
+    atomic_write(path, write)
 
 
 def explain_model(services: RunServices, relative: str) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -153,7 +153,6 @@ class RunServices:
     folder: RunFolder
     progress: Any = None             # (stage, done, total) callback, or None
     log: Any = print                 # one-line messages for the user
-    _cache: dict[str, Any] = field(default_factory=dict)
 
     @cached_property
     def dataset(self):

@@ -363,7 +363,7 @@ class MitigationLoop:
             closer = band_distance(current, band) - band_distance(cand, band)
             # reaching the band is worth a little worst-group accuracy; otherwise the candidate must be
             # better on one count (worst-group accuracy, distance to the band) and not worse on the other
-            reaches_band = cfg.band.check(cand).inside and not cfg.band.check(current).inside
+            reaches_band = band.check(cand).inside and not band.check(current).inside
             accepted = accuracy_ok and not crossed and (
                 (reaches_band and wga_gain > -0.02)
                 or (wga_gain > -0.01 and closer > -0.005 and (wga_gain > 0.005 or closer > 0.005)))

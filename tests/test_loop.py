@@ -94,7 +94,7 @@ def test_run_end_to_end_writes_summary_report_trace_and_memory(synth_root, tiny_
 
     # running a finished run again redoes nothing
     before = len(folder.read_trace())
-    run_loop(RunServices(config, folder, log=messages.append), resume=True)
+    run_loop(RunServices(config, folder, log=messages.append))
     assert len(folder.read_trace()) == before
 
 

@@ -262,7 +262,7 @@ def run(
             raise DataError(f"{out} already holds a run", f"continue it with --resume {out}, or choose another --out")
         folder = RunFolder(out)
         folder.save_config(config)
-    _run_with_progress(config, folder, resume=resume is not None)
+    _run_with_progress(config, folder)
 
 
 def _parse_band(text: str) -> dict[str, float]:
@@ -290,14 +290,14 @@ def _default_synthfaces(seed: int, console) -> Path:
     return root
 
 
-def _run_with_progress(config, folder, *, resume: bool) -> None:
+def _run_with_progress(config, folder) -> None:
     from fairloop.graphs.loop import run_loop
     from fairloop.graphs.run import RunServices
 
     console = _console()
     with _progress() as progress:
         services = RunServices(config, folder, progress=progress, log=console.print)
-        state = run_loop(services, resume=resume)
+        state = run_loop(services)
     initial, final = state["initial"]["test"], state["current"]["test"]
     from rich.table import Table
 

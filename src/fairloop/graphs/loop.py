@@ -479,8 +479,12 @@ def build_graph(services: RunServices, checkpointer=None):
     return graph.compile(checkpointer=checkpointer)
 
 
-def run_loop(services: RunServices, *, resume: bool = False) -> dict[str, Any]:
-    """Run (or resume) the loop to its end; return the final state."""
+def run_loop(services: RunServices) -> dict[str, Any]:
+    """Run the loop to its end, or continue it from its last checkpoint; return the final state.
+
+    A run is finished once its report node has run. Any other saved state is continued: even an
+    empty ``next`` can mean a node finished but the step's checkpoint was not yet written.
+    """
     import sqlite3
 
     from langgraph.checkpoint.sqlite import SqliteSaver
@@ -490,9 +494,9 @@ def run_loop(services: RunServices, *, resume: bool = False) -> dict[str, Any]:
         graph = build_graph(services, SqliteSaver(conn))
         config = {"configurable": {"thread_id": "loop"}, "recursion_limit": 10 * services.config.max_iterations + 20}
         snapshot = graph.get_state(config)
-        if snapshot.values and not snapshot.next:
+        if snapshot.values.get("report"):
             return snapshot.values  # finished before: nothing to redo
-        graph.invoke(None if resume and snapshot.next else {}, config)
+        graph.invoke(None if snapshot.values else {}, config)
         return graph.get_state(config).values
     finally:
         conn.close()

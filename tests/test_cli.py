@@ -261,3 +261,20 @@ def test_cuda_without_a_gpu_is_a_clear_error(synth_root, tmp_path, monkeypatch, 
     assert code == 2 and "Traceback" not in out + err
     assert "error:" in err and "no CUDA GPU" in " ".join(err.split())
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("option", "expected"),
+    [(["--generator", "sd"], "unknown --generator"), (["--protected", "Gray_hair"], "did you mean Gray_Hair"),
+     (["--llm", "openai"], "needs a model name"), (["--fair-band", "0.9,0.95,0.05"], "perfect fairness")],
+)
+def test_bad_run_options_fail_before_a_run_folder_exists(synth_root, tmp_path, monkeypatch, capsys, option, expected):
+    out = tmp_path / "run"
+    code, stdout, stderr = run_main(monkeypatch, capsys, ["run", "--root", synth_root, "--out", out, *option])
+    assert code == 2 and expected in stderr and "fix:" in stderr and "Traceback" not in stdout + stderr
+    assert not out.exists()
+
+
+def test_resume_of_a_folder_that_is_no_run_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    code, _, stderr = run_main(monkeypatch, capsys, ["run", "--resume", tmp_path])
+    assert code == 2 and "not a fairloop run folder" in stderr

@@ -256,7 +256,9 @@ def run(
                            max_images=max_images, accuracy_budget=accuracy_budget, **_parse_band(fair_band),
                            baseline=str(baseline) if baseline else None,
                            memory=str(memory) if memory else None, seed=seed, device=device).validate()
-        _load(config.dataset, Path(config.root), csv).require_attribute(target, "target")
+        data = _load(config.dataset, Path(config.root), csv)  # bad input fails before a run folder exists
+        data.require_attribute(target, "target")
+        data.require_attribute(protected, "protected")
         out = out or Path("runs") / config.run_id()
         if (out / "config.json").exists():
             raise DataError(f"{out} already holds a run", f"continue it with --resume {out}, or choose another --out")

@@ -68,6 +68,10 @@ class RunConfig:
                               "use e.g. --max-iterations 3 --max-images 12000")
         if not 0 <= self.accuracy_budget < 1:
             raise ConfigError(f"--accuracy-budget {self.accuracy_budget} is not a fraction", "use e.g. 0.01 (1 point)")
+        from fairloop.tools.generate import GENERATORS
+
+        if self.generator not in GENERATORS:
+            raise ConfigError(f"unknown --generator {self.generator!r}", f"use one of {', '.join(GENERATORS)}")
         if self.llm not in ("rules", "openai"):
             raise ConfigError(f"unknown --llm {self.llm!r}", "use rules or openai")
         if self.llm == "openai" and not self.llm_model:

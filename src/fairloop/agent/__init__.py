@@ -1,1 +1,1 @@
-"""LLM backends and the analyzer (seed 000 §3.3). Filled in by the mitigation-loop issue."""
+"""The analyzer (seed 000 §3.3): its contract (``schema``) and its backends (``analyzer``)."""

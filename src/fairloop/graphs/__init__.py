@@ -1,1 +1,1 @@
-"""LangGraph graphs: the mitigation loop, the chat agent, the experiment runner (later issues)."""
+"""LangGraph graphs: the mitigation loop (``loop``, configured by ``run``); chat and experiments come later."""

@@ -1,4 +1,4 @@
-"""The chromadb store of past iterations (later issues)."""
+"""The chromadb store of past iterations, recalled across runs."""
 
 from fairloop.memory.store import (
     IterationRecord,

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from fairloop.data.datasets import FaceDataset
 from fairloop.errors import ConfigError
@@ -51,9 +50,6 @@ class GenerationRequest:
 class GenerationResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-    def table(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows)
 
 
 class Generator(ABC):

@@ -36,7 +36,8 @@ def tiny_checkpoint(synth_data, tmp_path_factory):
 
 
 def tiny_config(synth_root, tiny_checkpoint, memory, **overrides) -> RunConfig:
-    values = dict(root=str(synth_root), baseline=str(tiny_checkpoint), max_iterations=2, images_per_iteration=40,
+    values = dict(root=str(synth_root), baseline=str(tiny_checkpoint), generator="render", max_iterations=2,
+                  images_per_iteration=40,
                   max_images=200, finetune_epochs=1, memory=str(memory), explain_rows=30, device="cpu",
                   di_low=0.999, di_high=1.001, max_abs_diff=0.0001)  # a tiny model is never this fair
     return RunConfig(**(values | overrides)).validate()
@@ -96,6 +97,48 @@ def test_run_end_to_end_writes_summary_report_trace_and_memory(synth_root, tiny_
     before = len(folder.read_trace())
     run_loop(RunServices(config, folder, log=messages.append))
     assert len(folder.read_trace()) == before
+
+
+@pytest.fixture(scope="module")
+def tiny_oracle_folder(tmp_path_factory):
+    from fairloop.tools.quality import train_oracle
+
+    folder = tmp_path_factory.mktemp("oracle")
+    train_oracle(n=300, epochs=2, width=8, seed=0, device="cpu").save(folder)
+    return folder
+
+
+def test_generated_images_are_verified_and_rejects_are_not_trained_on(synth_root, tiny_checkpoint, tmp_path,
+                                                                         tiny_oracle_folder, monkeypatch):
+    """The embedded generator (untrained weights here) on SynthFaces: the attribute oracle checks
+    every image; the manifest keeps the rejects apart, and only passing images reach fine-tuning."""
+    import torch
+
+    import fairloop.tools.quality as quality
+    from fairloop.diffusion.embedded import build_unet, build_vae
+    from fairloop.diffusion.training import save_generator
+
+    torch.manual_seed(0)
+    weights = tmp_path / "generator"
+    save_generator(build_vae(), build_unet(), {"scaling_factor": 1.0}, weights)
+    monkeypatch.setattr(quality, "PACKAGED_ORACLE", tiny_oracle_folder)
+    config = tiny_config(synth_root, tiny_checkpoint, tmp_path / "memory", generator="embedded",
+                         generator_model=str(weights), max_iterations=1, images_per_iteration=12)
+    folder = RunFolder(tmp_path / "run")
+    folder.save_config(config)
+    state = run_loop(RunServices(config, folder, log=lambda m: None))
+
+    manifest = json.loads((folder.path / "manifests" / "it1.json").read_text())
+    check = manifest["verification"]
+    assert manifest["generator"] == "embedded" and manifest["exact_oracle"] is False
+    assert check["checked"] == len(manifest["images"]) + len(manifest["rejected"]) > 0
+    assert check["passed"] == len(manifest["images"])
+    summary = json.loads((folder.path / "summary.json").read_text())
+    assert summary["iterations"][0]["verification"] == check
+    assert summary["iterations"][0]["n_generated"] == check["passed"]
+    if check["passed"] == 0:  # noise from untrained weights: nothing to fine-tune on
+        assert state["status"] == "stopped: no generated image passed verification"
+    assert "Attribute-oracle check" in (folder.path / "report.html").read_text()
 
 
 def test_second_run_recalls_the_first(synth_root, tiny_checkpoint, tmp_path):

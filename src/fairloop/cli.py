@@ -20,6 +20,9 @@ app = typer.Typer(help="Debug and repair bias in image classifiers with counterf
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 data_app = typer.Typer(help="Datasets: synthesize the embedded SynthFaces dataset.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+generator_app = typer.Typer(help="The embedded generator: train it (and its attribute oracle) from scratch.",
+                            no_args_is_help=True)
+app.add_typer(generator_app, name="generator")
 
 DatasetOpt = Annotated[str, typer.Option("--dataset", help="Folder format: celeba, utkface or csv.")]
 RootOpt = Annotated[Path, typer.Option("--root", help="The dataset's folder.")]
@@ -220,7 +223,8 @@ def run(
     target: Annotated[str, typer.Option("--target")] = "Male",
     protected: Annotated[str, typer.Option("--protected")] = "Gray_Hair",
     privileged: Annotated[int, typer.Option("--privileged", help="Privileged value of the protected attribute.")] = 1,
-    generator: Annotated[str, typer.Option("--generator", help="Counterfactual generator: render (the SynthFaces oracle).")] = "render",
+    generator: Annotated[str, typer.Option("--generator", help="Counterfactual generator: embedded (fairloop's own diffusion model, CPU), sd (Stable Diffusion, --generator-model) or render (the SynthFaces oracle).")] = "render",
+    generator_model: Annotated[Optional[str], typer.Option("--generator-model", help="sd: a diffusers folder or a cached hub id; embedded: a folder of other trained weights.")] = None,
     llm: Annotated[str, typer.Option("--llm", help="Analyzer: rules, or openai (any OpenAI-compatible endpoint: OPENAI_BASE_URL, OPENAI_API_KEY).")] = "rules",
     llm_model: Annotated[Optional[str], typer.Option("--llm-model", help="Model name for --llm openai.")] = None,
     llm_base_url: Annotated[Optional[str], typer.Option("--llm-base-url", help="Endpoint (default: $OPENAI_BASE_URL).")] = None,
@@ -251,12 +255,17 @@ def run(
         if root is None:
             root = _default_synthfaces(seed, console)
         config = RunConfig(dataset=dataset, root=str(root.absolute()), csv=str(csv) if csv else None, target=target,
-                           protected=protected, privileged_value=privileged, generator=generator, llm=llm,
+                           protected=protected, privileged_value=privileged, generator=generator,
+                           generator_model=generator_model, llm=llm,
                            llm_model=llm_model, llm_base_url=llm_base_url, max_iterations=max_iterations,
                            max_images=max_images, accuracy_budget=accuracy_budget, **_parse_band(fair_band),
                            baseline=str(baseline) if baseline else None,
                            memory=str(memory) if memory else None, seed=seed, device=device).validate()
-        data = _load(config.dataset, Path(config.root), csv)  # bad input fails before a run folder exists
+        from fairloop.tools.generate import make_generator
+
+        # bad input fails before a run folder exists (the generator checks its weights without loading them)
+        make_generator(config.generator, model=config.generator_model, device=config.device)
+        data = _load(config.dataset, Path(config.root), csv)
         data.require_attribute(target, "target")
         data.require_attribute(protected, "protected")
         out = out or Path("runs") / config.run_id()
@@ -313,6 +322,70 @@ def _run_with_progress(config, folder) -> None:
     console.print(table)
     console.print(state["status"])
     console.print(f"wrote {folder.path / 'summary.json'} and {folder.path / 'report.html'}")
+
+
+# ------------------------------------------------------------------------------------ generation
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help='What to draw, e.g. "a woman with gray hair".')],
+    n: Annotated[int, typer.Option("-n", "--n", help="Number of images.")] = 16,
+    generator: Annotated[str, typer.Option("--generator", help="embedded, sd or render.")] = "embedded",
+    model: Annotated[Optional[str], typer.Option("--model", help="sd: a diffusers folder or cached hub id; embedded: other trained weights.")] = None,
+    negative: Annotated[str, typer.Option("--negative", help="Negative prompt.")] = "",
+    from_image: Annotated[Optional[Path], typer.Option("--from-image", help="Edit this image instead of drawing new ones (image-to-image).")] = None,
+    strength: Annotated[Optional[float], typer.Option("--strength", help="Image-to-image: how far the source may change (0-1).")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Denoising steps.")] = None,
+    guidance: Annotated[Optional[float], typer.Option("--guidance", help="Classifier-free guidance scale.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for the images, grid.png and manifest.json.")] = Path("fairloop-generate"),
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Generate counterfactual images from a prompt; writes a grid and the manifest."""
+    from fairloop.tools.generate import generate_to_folder
+
+    console = _console()
+    with _progress() as progress:
+        paths = generate_to_folder(prompt, n=n, generator=generator, model=model, negative_prompt=negative,
+                                   from_image=from_image, strength=strength, steps=steps, guidance=guidance,
+                                   out=out, seed=seed, device=device, progress=progress)
+    console.print(f"wrote {n} images, {paths['grid']} and {paths['manifest']}")
+
+
+@generator_app.command("train")
+def generator_train(
+    out: Annotated[Optional[Path], typer.Option("--out", help="Where the trained generator goes (default: the package's own weights, replaced atomically).")] = None,
+    work: Annotated[Path, typer.Option("--work", help="Work folder: data pool and checkpoints; run again to resume.")] = Path("fairloop-generator-work"),
+    n: Annotated[int, typer.Option("--n", help="Renders in the unbiased training pool.")] = 24000,
+    ae_steps: Annotated[int, typer.Option("--ae-steps", help="Autoencoder steps (batch 32).")] = 1500,
+    unet_steps: Annotated[int, typer.Option("--unet-steps", help="UNet steps (batch 32).")] = 4000,
+    threads: Annotated[int, typer.Option("--threads", help="torch threads (1 is faster when the machine is busy).")] = 2,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the training pool.")] = 20261123,
+) -> None:
+    """Train the embedded generator from scratch (about an hour and a half on 2 CPU cores)."""
+    from fairloop.diffusion.training import GeneratorTrainConfig, train_generator
+
+    console = _console()
+    config = GeneratorTrainConfig(n_images=n, data_seed=seed, ae_steps=ae_steps, unet_steps=unet_steps, threads=threads)
+    train_generator(config, work, out, log=console.print)
+
+
+@generator_app.command("train-oracle")
+def generator_train_oracle(
+    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for oracle.safetensors + oracle.json (default: the package's own).")] = None,
+    n: Annotated[int, typer.Option("--n", help="Renders to learn from (10 % are held out for its scores).")] = 20000,
+    epochs: Annotated[int, typer.Option("--epochs")] = 12,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Train the attribute oracle that checks generated SynthFaces images (about 25 min on 1 CPU core)."""
+    from fairloop.tools.quality import PACKAGED_ORACLE, train_oracle
+
+    console = _console()
+    with _progress() as progress:
+        oracle = train_oracle(n=n, epochs=epochs, seed=seed, device=device, progress=progress)
+    folder = oracle.save(out or PACKAGED_ORACLE)
+    worst = min(oracle.balanced_scores.items(), key=lambda kv: kv[1] if kv[1] is not None else 1.0)
+    console.print(f"wrote {folder}; held-out balanced accuracy: lowest {worst[0]} {worst[1]:.3f}")
 
 
 def main() -> None:

@@ -395,10 +395,30 @@ def _group_counts(table: pd.DataFrame, scenario: Scenario) -> dict[str, dict[str
             for split in ("train", "val", "test")}
 
 
+def render_pool(n: int, seed: int, progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, pd.DataFrame]:
+    """``n`` renders (uint8 N×64×64×3) from the natural attribute distribution, with no scenario and
+    random identities, and their attribute table: the unbiased pool that the embedded generator and
+    the attribute oracle learn from."""
+    rng = np.random.default_rng(seed)
+    table = sample_attributes(n, rng)[list(ATTRIBUTES)]
+    identities = rng.integers(0, 2**31 - 1, size=n, dtype=np.int64)
+    images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+    for i, (row, identity) in enumerate(zip(table.to_dict("records"), identities)):
+        images[i] = np.asarray(render_face(row, int(identity)))
+        if progress:
+            progress(i + 1, n)
+    return images, table
+
+
+def is_synthfaces(root: str | Path) -> bool:
+    """Whether ``root`` was written by ``fairloop data synth`` (the attribute oracle's domain)."""
+    return (Path(root) / "list_identity_synthfaces.txt").is_file()
+
+
 def read_identities(root: str | Path) -> pd.Series:
     """Identity seeds of a SynthFaces folder, indexed by image id (for exact counterfactuals)."""
     path = Path(root) / "list_identity_synthfaces.txt"
-    if not path.is_file():
+    if not is_synthfaces(root):
         raise DataError(f"{root} is not a SynthFaces folder (no list_identity_synthfaces.txt)",
                         "exact re-rendering needs a folder written by 'fairloop data synth'")
     ids = pd.read_csv(path, sep=" ", header=None, index_col=0).iloc[:, 0]

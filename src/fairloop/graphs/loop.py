@@ -282,6 +282,9 @@ class MitigationLoop:
         wanted = sum(p["n_images"] for p in decision["plans"])
         return "generate" if decision["counterfactuals_needed"] and wanted > 0 else "decide"
 
+    def after_generate(self, state: LoopState) -> str:
+        return "finetune" if state["generated"]["n"] > 0 else "decide"
+
     # generate ------------------------------------------------------------------------------
     @traced("generate")
     def generate(self, state: LoopState) -> dict[str, Any]:
@@ -315,11 +318,23 @@ class MitigationLoop:
                 source_value = train.at[row["source_id"], cfg.protected] if row.get("source_id") else None
                 row["protected"] = int(row.get("attributes", {}).get(cfg.protected, source_value if source_value is not None else -1))
             rows += result.rows
+        made = len(rows)
+        verification, rejected = None, []
+        if services.oracle is not None:  # non-exact generators on SynthFaces: keep what the oracle confirms
+            from fairloop.tools.quality import verify_generated
+
+            passed, verification = verify_generated(services.oracle, rows, cfg.target, services.folder.resolve)
+            rejected = [r for r, ok in zip(rows, passed) if not ok]
+            rows = [r for r, ok in zip(rows, passed) if ok]
+            services.log(f"  verification: {verification['passed']}/{verification['checked']} generated images show "
+                         f"what their prompt asked for")
         manifest = services.folder.path / "manifests" / f"it{state['iteration']}.json"
         atomic_write_json(manifest, {"generator": services.generator.name, "model_id": services.generator.model_id,
-                                     "exact_oracle": services.generator.exact, "notes": notes, "images": rows})
-        return {"generated": {"manifest": services.folder.relative(manifest), "n": len(rows), "notes": notes},
-                "images_used": state["images_used"] + len(rows)}
+                                     "exact_oracle": services.generator.exact, "notes": notes,
+                                     "verification": verification, "images": rows, "rejected": rejected})
+        return {"generated": {"manifest": services.folder.relative(manifest), "n": len(rows), "notes": notes,
+                              "verification": verification, "iteration": state["iteration"]},
+                "images_used": state["images_used"] + made}
 
     # finetune / evaluate -------------------------------------------------------------------
     @traced("finetune")
@@ -385,6 +400,7 @@ class MitigationLoop:
                 "n_generated": state["generated"]["n"], "mix_ratio": decision["mix_ratio"],
                 "alpha": state["candidate"]["alpha"], "model": state["candidate"]["model"],
                 "manifest": state["generated"]["manifest"],
+                "verification": state["generated"].get("verification"),
                 "analysis": state["analysis"],
             }
             if accepted:
@@ -396,10 +412,16 @@ class MitigationLoop:
                 after = current
             if crossed:
                 update["image_scale"] = state.get("image_scale", 1.0) * 0.5
-        else:  # the analyzer asked for no counterfactuals
-            reason = "no counterfactuals: " + decision["diagnosis"][:200]
+        else:  # no counterfactuals: the analyzer asked for none, or none passed verification
+            generated = state.get("generated") or {}
+            if generated.get("iteration") == iteration:
+                reason = (f"no usable counterfactuals: none of the {generated['verification']['checked']} generated "
+                          "images passed the attribute-oracle check")
+            else:
+                reason = "no counterfactuals: " + decision["diagnosis"][:200]
             entry = {"iteration": iteration, "accepted": False, "reason": reason, "metrics": state["current"]["test"],
                      "val_metrics": current, "n_generated": 0, "mix_ratio": 0.0, "alpha": None,
+                     "verification": generated.get("verification") if generated.get("iteration") == iteration else None,
                      "analysis": state["analysis"]}
             accepted, after = False, current
         entry["line"] = (f"iteration {iteration}: {entry['n_generated']} images, mix {entry['mix_ratio']:.2f} → "
@@ -418,7 +440,8 @@ class MitigationLoop:
         if cfg.band.check(after).inside:
             return "fair: the model is inside the fair band on the validation split"
         if entry["n_generated"] == 0:
-            return "stopped: the analyzer asked for no counterfactuals"
+            return "stopped: " + ("the analyzer asked for no counterfactuals" if entry.get("verification") is None
+                                  else "no generated image passed verification")
         if state["iteration"] >= cfg.max_iterations:
             return f"stopped: {cfg.max_iterations} iterations spent"
         if state["images_used"] >= cfg.max_images:
@@ -471,7 +494,7 @@ def build_graph(services: RunServices, checkpointer=None):
     graph.add_edge("explain", "recall")
     graph.add_edge("recall", "analyze")
     graph.add_conditional_edges("analyze", loop.after_analyze, ["generate", "decide"])
-    graph.add_edge("generate", "finetune")
+    graph.add_conditional_edges("generate", loop.after_generate, ["finetune", "decide"])
     graph.add_edge("finetune", "evaluate")
     graph.add_edge("evaluate", "decide")
     graph.add_conditional_edges("decide", loop.after_decide, ["measure", "report"])

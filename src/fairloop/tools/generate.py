@@ -5,9 +5,15 @@ carry, a seed and optionally source images for minimal-change edits. A backend w
 into a folder and returns one manifest row per image: prompt, negative prompt, source id, seed,
 backend, model id and the attributes the image is meant to show.
 
-``render`` is the exact oracle of the synthetic domain: it parses the prompt into attribute edits
-(:mod:`fairloop.tools.prompt_parser`) and re-renders SynthFaces identities with only those
-attributes changed. Reports label it as an oracle: real data needs a real generator.
+Backends (:data:`GENERATORS`):
+
+- ``embedded`` (the default): fairloop's own small latent diffusion model, trained on SynthFaces
+  renders and shipped with the package; runs on the CPU (:mod:`fairloop.diffusion.embedded`).
+- ``sd``: Stable Diffusion through diffusers, from a local folder or hub id, for users' GPUs
+  (:mod:`fairloop.diffusion.sd`).
+- ``render``: the exact oracle of the synthetic domain: it parses the prompt into attribute edits
+  (:mod:`fairloop.tools.prompt_parser`) and re-renders SynthFaces identities with only those
+  attributes changed. Reports label it as an oracle: real data needs a real generator.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import numpy as np
 from fairloop.data.datasets import FaceDataset
 from fairloop.errors import ConfigError
 
-GENERATORS = ("render",)
+GENERATORS = ("embedded", "sd", "render")
 
 
 @dataclass(frozen=True)
@@ -65,9 +71,23 @@ class Generator(ABC):
         """Write ``request.n`` images into ``out_dir`` and return their manifest rows."""
 
 
-def make_generator(name: str, **options: Any) -> Generator:
+def make_generator(name: str, *, model: str | None = None, device: str = "auto", **options: Any) -> Generator:
+    """The backend ``name``; ``model`` is the Stable Diffusion path or hub id (``sd``) or a folder
+    with other embedded-generator weights (``embedded``). Heavy libraries load only here."""
     if name == "render":
         return RenderGenerator()
+    if name == "embedded":
+        from fairloop.diffusion.embedded import EmbeddedGenerator
+
+        return EmbeddedGenerator(model, device=device, **options)
+    if name == "sd":
+        if not model:
+            raise ConfigError("the sd generator needs a Stable Diffusion checkpoint",
+                              "pass --generator-model PATH_OR_HUB_ID (a diffusers folder, or a hub id you have "
+                              "cached)")
+        from fairloop.diffusion.sd import SDGenerator
+
+        return SDGenerator(model, device=device, **options)
     raise ConfigError(f"unknown generator {name!r}", f"use one of {', '.join(GENERATORS)}")
 
 
@@ -165,10 +185,62 @@ def apply_edits(attributes: dict[str, int], edits: dict[str, int], rng: np.rando
     return out
 
 
+def image_grid(paths: list[str | Path], columns: int = 8, size: int = 64):
+    """One PIL image with ``paths`` tiled in rows of ``columns`` (``fairloop generate``'s preview)."""
+    from PIL import Image
+
+    rows = max(1, -(-len(paths) // columns))
+    grid = Image.new("RGB", (min(columns, max(1, len(paths))) * size, rows * size), "white")
+    for k, path in enumerate(paths):
+        with Image.open(path) as img:
+            grid.paste(img.convert("RGB").resize((size, size)), ((k % columns) * size, (k // columns) * size))
+    return grid
+
+
+def generate_to_folder(prompt: str, *, n: int, out: str | Path, generator: str = "embedded", model: str | None = None,
+                       negative_prompt: str = "", from_image: str | Path | None = None, strength: float | None = None,
+                       steps: int | None = None, guidance: float | None = None, seed: int = 0, device: str = "auto",
+                       progress: Callable[[str, int, int], None] | None = None) -> dict[str, Path]:
+    """What ``fairloop generate`` does: images, ``grid.png`` and ``manifest.json`` in ``out``.
+
+    The class of every image is whatever the prompt says of gender ("a woman…" → Male = 0);
+    ``from_image`` edits one image ``n`` times with different seeds.
+    """
+    import pandas as pd
+
+    from fairloop.data.synthfaces import ATTRIBUTES
+    from fairloop.io import atomic_write_json
+    from fairloop.tools.prompt_parser import parse_prompt
+
+    out = Path(out)
+    options = {k: v for k, v in {"steps": steps, "guidance": guidance, "strength": strength}.items() if v is not None}
+    if generator == "render" and options:
+        raise ConfigError("--steps, --guidance and --strength do not apply to the render oracle",
+                          "leave them out, or use --generator embedded")
+    backend = make_generator(generator, model=model, device=device, **options)
+    sources, source_ids = None, ()
+    if from_image is not None:
+        from_image = Path(from_image)
+        if not from_image.is_file():
+            raise ConfigError(f"--from-image {from_image} is not a file", "pass the path of a JPEG or PNG image")
+        table = pd.DataFrame({"path": [str(from_image.absolute())], "split": ["train"]}, index=[from_image.name])
+        sources, source_ids = FaceDataset(name="from-image", root=from_image.parent, table=table), (from_image.name,)
+    label = parse_prompt(prompt, ATTRIBUTES).edits.get("Male", 1)
+    request = GenerationRequest(prompt=prompt, n=n, label=label, target="Male", negative_prompt=negative_prompt,
+                                source_ids=source_ids * n, seed=seed).validate()
+    result = backend.generate(request, out / "images", sources=sources, progress=progress)
+    grid = out / "grid.png"
+    image_grid([row["path"] for row in result.rows]).save(grid)
+    manifest = out / "manifest.json"
+    atomic_write_json(manifest, {"generator": backend.name, "model_id": backend.model_id, "exact_oracle": backend.exact,
+                                 "notes": result.notes, "images": result.rows})
+    return {"grid": grid, "manifest": manifest}
+
+
 def manifest_digest(rows: list[dict[str, Any]]) -> str:
     """A content hash of a manifest: names the image set in the run folder."""
     return hashlib.sha256("".join(sorted(r["file"] for r in rows)).encode()).hexdigest()[:16]
 
 
-__all__ = ["GenerationRequest", "GenerationResult", "Generator", "RenderGenerator", "make_generator", "apply_edits",
-           "manifest_digest"]
+__all__ = ["GENERATORS", "GenerationRequest", "GenerationResult", "Generator", "RenderGenerator", "apply_edits",
+           "generate_to_folder", "image_grid", "make_generator", "manifest_digest"]

@@ -111,13 +111,18 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` → CUDA when torch sees a GPU, else the CPU; any other name is checked."""
+    if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {device!r}", "use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {device} was asked for, but torch sees no CUDA GPU",
                           "use --device cpu (or auto), or install a CUDA build of torch on a GPU machine")
-    return torch.device(device)
+    return resolved
 
 
 # ------------------------------------------------------------------------------------ checkpoints

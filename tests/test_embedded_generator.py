@@ -1,0 +1,184 @@
+"""The embedded generator's mechanics: captions, sampling, the backend contract, training, CLI.
+
+These use untrained (random) or minutes-old weights: they check plumbing — seeds, shapes, edits'
+captions, resume, manifests — not image quality, which ``bench/bench_generator.py`` measures.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fairloop.data.synthfaces import ATTRIBUTES, sample_attributes
+from fairloop.diffusion.captions import ACCESSORIES, caption, intended_attributes, training_caption
+from fairloop.errors import ConfigError
+from fairloop.tools.generate import GenerationRequest, make_generator
+
+
+# ----------------------------------------------------------------------------------------- captions
+def test_every_caption_reads_back_as_the_attributes_it_describes():
+    rng = np.random.default_rng(0)
+    for row in sample_attributes(500, rng).to_dict("records"):
+        for text in (caption(row), training_caption(row, rng)):
+            intent = intended_attributes(text)
+            assert {k: v for k, v in intent.items() if row[k] != v} == {}, text
+            assert set(ACCESSORIES) <= set(intent)
+
+
+def test_canonical_caption_names_gender_age_hair_and_present_accessories():
+    face = {a: 0 for a in ATTRIBUTES} | {"Male": 0, "Young": 1, "Gray_Hair": 1, "Eyeglasses": 1}
+    assert caption(face) == "a photo of a young woman with gray hair and wearing eyeglasses"
+
+
+def test_intent_leaves_unnamed_gender_age_and_hair_free():
+    intent = intended_attributes("a person wearing a hat")
+    assert intent["Wearing_Hat"] == 1 and intent["Eyeglasses"] == 0
+    assert not {"Male", "Young", "Gray_Hair", "Black_Hair"} & set(intent)
+    gray = intended_attributes("a woman with gray hair")
+    assert gray["Male"] == 0 and gray["Gray_Hair"] == 1 and gray["Black_Hair"] == 0 and gray["Bald"] == 0
+
+
+# -------------------------------------------------------------------------------- random weights
+@pytest.fixture(scope="module")
+def random_generator(tmp_path_factory):
+    """A folder with untrained weights in the packaged layout: loads through the real path."""
+    from fairloop.diffusion.embedded import build_unet, build_vae
+    from fairloop.diffusion.training import save_generator
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("gen") / "embedded"
+    save_generator(build_vae(), build_unet(), {"scaling_factor": 1.0, "note": "random weights for tests"}, folder)
+    return folder
+
+
+def test_weights_are_fp16_safetensors_and_load_as_fp32(random_generator):
+    from fairloop.diffusion.embedded import EmbeddedPipeline
+
+    assert (random_generator / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    pipe = EmbeddedPipeline.load(random_generator)
+    assert next(pipe.unet.parameters()).dtype == torch.float32
+
+
+def test_text_to_image_is_seeded_per_image_not_per_batch(random_generator):
+    gen = make_generator("embedded", model=str(random_generator), device="cpu", steps=2)
+    pipe = gen.pipeline
+    one = pipe.text_to_image(["a man"], [7], config=gen.sampling)[0]
+    batch = pipe.text_to_image(["a woman", "a man"], [3, 7], config=gen.sampling)
+    assert one.size == (64, 64)
+    assert np.abs(np.asarray(one, int) - np.asarray(batch[1], int)).max() <= 1  # batched matmuls may round
+    assert np.asarray(batch[0]).tolist() != np.asarray(batch[1]).tolist()
+
+
+def test_edits_of_synthfaces_sources_are_conditioned_on_the_edited_caption(random_generator, synth_data, tmp_path):
+    gen = make_generator("embedded", model=str(random_generator), device="cpu", steps=2, strength=0.5)
+    train = synth_data.split("train").table
+    sources = tuple(train[(train["Male"] == 1) & (train["Gray_Hair"] == 1)].index[:3])
+    request = GenerationRequest("a man without gray hair", n=3, label=1, target="Male", source_ids=sources, seed=1)
+    result = gen.generate(request, tmp_path, sources=synth_data)
+    for row, source in zip(result.rows, sources):
+        assert row["source_id"] == source and row["strength"] == 0.5
+        assert row["attributes"]["Gray_Hair"] == 0 and row["attributes"]["Male"] == 1
+        kept = {a: int(train.at[source, a]) for a in ACCESSORIES}
+        assert {a: row["attributes"][a] for a in ACCESSORIES} == kept  # everything else stays
+        assert row["conditioning"] == caption(row["attributes"])
+        assert row["intended"] == row["attributes"]
+        assert (tmp_path / row["file"]).is_file()
+
+
+def test_generate_is_resumable_and_content_addressed(random_generator, tmp_path, monkeypatch):
+    gen = make_generator("embedded", model=str(random_generator), device="cpu", steps=2)
+    request = GenerationRequest("a woman with gray hair", n=4, label=0, target="Male", seed=5)
+    first = gen.generate(request, tmp_path)
+    assert first.rows[0]["intended"]["Gray_Hair"] == 1 and first.rows[0]["intended"]["Male"] == 0
+    assert first.rows[0]["strength"] is None
+    calls = []
+    monkeypatch.setattr(type(gen.pipeline), "text_to_image", lambda *a, **k: calls.append(a) or [])
+    again = gen.generate(request, tmp_path)
+    assert calls == [] and [r["file"] for r in again.rows] == [r["file"] for r in first.rows]
+
+
+def test_class_label_wins_over_the_prompt(random_generator, tmp_path):
+    gen = make_generator("embedded", model=str(random_generator), device="cpu", steps=1)
+    result = gen.generate(GenerationRequest("a woman", n=1, label=1, target="Male"), tmp_path)
+    assert result.rows[0]["intended"]["Male"] == 1
+    assert any("class wins" in note for note in result.notes)
+
+
+def test_cancel_stops_between_batches_and_keeps_finished_images(random_generator, tmp_path):
+    import threading
+
+    cancel = threading.Event()
+    gen = make_generator("embedded", model=str(random_generator), device="cpu", steps=1, batch_size=2, cancel=cancel)
+
+    def stop_after_first(stage, done, total):
+        cancel.set()
+
+    with pytest.raises(ConfigError, match="cancelled after 2 of 6"):
+        gen.generate(GenerationRequest("a man", n=6, label=1, target="Male"), tmp_path, progress=stop_after_first)
+    assert len(list(tmp_path.glob("*.png"))) == 2
+
+
+def test_missing_weights_and_bad_settings_are_clear_errors(tmp_path, random_generator):
+    with pytest.raises(ConfigError, match="fairloop generator train"):
+        make_generator("embedded", model=str(tmp_path / "nothing"))
+    gen = make_generator("embedded", model=str(random_generator), device="cpu", strength=1.5)
+    with pytest.raises(ConfigError, match="strength"):
+        gen.pipeline.text_to_image(["a man"], [0], config=gen.sampling)
+    with pytest.raises(ConfigError, match="--generator-model"):
+        make_generator("sd")
+
+
+# -------------------------------------------------------------------------------------- training
+def test_training_runs_every_stage_resumes_and_writes_a_loadable_generator(tmp_path):
+    from fairloop.diffusion.embedded import EmbeddedPipeline
+    from fairloop.diffusion.training import GeneratorTrainConfig, train_generator
+
+    cfg = GeneratorTrainConfig(n_images=560, ae_steps=2, unet_steps=2, batch_size=4, checkpoint_every=1, threads=1)
+    out = train_generator(cfg, tmp_path / "work", tmp_path / "out", log=lambda m: None)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["data"]["seed"] == cfg.data_seed and manifest["config"]["unet_steps"] == 2
+    assert manifest["scaling_factor"] > 0 and "autoencoder_psnr_db" in manifest["scores"]
+    assert json.loads((tmp_path / "work" / "unet" / "step.json").read_text())["step"] == 2
+
+    # more steps later: the finished stages are reused and the UNet continues from step 2
+    logs: list[str] = []
+    train_generator(GeneratorTrainConfig(**{**cfg.__dict__, "unet_steps": 3}), tmp_path / "work", tmp_path / "out",
+                    log=logs.append)
+    assert not any(m.startswith(("pool", "autoencoder: step", "encode")) for m in logs)
+    assert [m for m in logs if m.startswith("unet: step")] == [m for m in logs if "step 3/3" in m]
+    assert EmbeddedPipeline.load(out).text_to_image(["a man"], [0])[0].size == (64, 64)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def test_cli_generate_writes_images_grid_and_manifest(random_generator, tmp_path):
+    from typer.testing import CliRunner
+
+    from fairloop.cli import app
+
+    out = tmp_path / "gen"
+    result = CliRunner().invoke(app, ["generate", "a woman with gray hair", "-n", "3", "--model", str(random_generator),
+                                      "--steps", "1", "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["images"]) == 3 and manifest["generator"] == "embedded"
+    assert (out / "grid.png").is_file()
+    from PIL import Image
+
+    assert Image.open(out / "grid.png").size == (3 * 64, 64)
+
+
+def test_cli_generate_from_image(random_generator, synth_data, tmp_path):
+    from typer.testing import CliRunner
+
+    from fairloop.cli import app
+
+    source = synth_data.table["path"].iloc[0]
+    result = CliRunner().invoke(app, ["generate", "a man with gray hair", "-n", "2", "--model", str(random_generator),
+                                      "--from-image", source, "--strength", "0.4", "--steps", "2",
+                                      "--out", str(tmp_path / "edit"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "edit" / "manifest.json").read_text())["images"]
+    assert [r["strength"] for r in rows] == [0.4, 0.4] and rows[0]["seed"] != rows[1]["seed"]

@@ -265,7 +265,10 @@ def test_cuda_without_a_gpu_is_a_clear_error(synth_root, tmp_path, monkeypatch, 
 
 @pytest.mark.parametrize(
     ("option", "expected"),
-    [(["--generator", "sd"], "unknown --generator"), (["--protected", "Gray_hair"], "did you mean Gray_Hair"),
+    [(["--generator", "dalle"], "unknown --generator"), (["--generator", "sd"], "needs a Stable Diffusion checkpoint"),
+     (["--generator", "sd", "--generator-model", "/no/such/sd"], "neither an existing folder"),
+     (["--generator", "embedded", "--generator-model", "/no/such/weights"], "no embedded generator"),
+     (["--protected", "Gray_hair"], "did you mean Gray_Hair"),
      (["--llm", "openai"], "needs a model name"), (["--fair-band", "0.9,0.95,0.05"], "perfect fairness")],
 )
 def test_bad_run_options_fail_before_a_run_folder_exists(synth_root, tmp_path, monkeypatch, capsys, option, expected):

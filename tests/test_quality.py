@@ -260,3 +260,27 @@ def test_as_image_tensor_resizes_and_rejects_non_rgb_batches():
     assert as_image_tensor(torch.rand(2, 3, 32, 48)).shape == (2, 3, 64, 64)
     with pytest.raises(ConfigError):
         as_image_tensor(torch.rand(3, 64, 64))
+
+
+def test_verify_generated_checks_named_attributes_strictly_and_tolerates_one_other(tmp_path):
+    """With the shipped oracle, on renders whose attributes are known exactly."""
+    from fairloop.data.synthfaces import render_face, sample_attributes
+    from fairloop.tools.quality import verify_generated
+
+    oracle = AttributeOracle.packaged()
+    faces = sample_attributes(4, np.random.default_rng(3), {"Male": np.array([1, 1, 0, 0], np.int8),
+                                                           "Gray_Hair": np.zeros(4, np.int8),
+                                                           "Eyeglasses": np.zeros(4, np.int8),
+                                                           "Wearing_Hat": np.zeros(4, np.int8)})
+    rows = []
+    for i, face in enumerate(faces.to_dict("records")):
+        render_face(face, 300 + i).save(tmp_path / f"{i}.png")
+        rows.append({"path": str(tmp_path / f"{i}.png"), "prompt": "a man without gray hair", "intended": dict(face)})
+    rows[1]["intended"] = {**rows[1]["intended"], "Eyeglasses": 1}                      # one other wrong: tolerated
+    rows[2]["prompt"] = "a woman without gray hair"
+    rows[2]["intended"] = {**rows[2]["intended"], "Eyeglasses": 1, "Wearing_Hat": 1}   # two others wrong
+    rows[3]["intended"] = {**rows[3]["intended"], "Male": 1}                           # the class is wrong
+    passed, summary = verify_generated(oracle, rows, "Male")
+    assert passed.tolist() == [True, True, False, False]
+    assert summary["checked"] == 4 and summary["passed"] == 2 and summary["named_missed"] == {"Male": 1}
+    assert verify_generated(oracle, [], "Male")[1]["checked"] == 0

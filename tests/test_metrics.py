@@ -315,6 +315,17 @@ def test_fair_band():
         FairBand(di_low=1.1)
 
 
+def test_shrunk_band_moves_every_edge_towards_perfect_fairness():
+    target = FairBand().shrunk(0.2)
+    assert (target.di_low, target.di_high, target.max_abs_diff) == pytest.approx((0.84, 1.2, 0.04))
+    assert FairBand().shrunk(0) == FairBand()
+    edge = {"disparate_impact": 0.82, "statistical_parity_difference": -0.045, "equal_opportunity_difference": 0.0,
+            "average_odds_difference": 0.0}
+    assert FairBand().check(edge).inside and not target.check(edge).inside
+    with pytest.raises(ConfigError):
+        FairBand().shrunk(1.0)
+
+
 def test_aif360_import_prints_nothing():
     code = ("from fairloop.tools.metrics import fairness_report; "
             "fairness_report(y_true=[0, 1, 1, 0], y_pred=[0, 1, 0, 0], protected=[0, 0, 1, 1], "

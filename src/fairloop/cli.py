@@ -231,6 +231,7 @@ def run(
     max_iterations: Annotated[int, typer.Option("--max-iterations")] = 4,
     max_images: Annotated[int, typer.Option("--max-images", help="Counterfactual images over the whole run.")] = 12000,
     fair_band: Annotated[str, typer.Option("--fair-band", help="DI_LOW,DI_HIGH,MAX_ABS_DIFF: the run stops inside it.")] = "0.8,1.25,0.05",
+    stop_margin: Annotated[float, typer.Option("--stop-margin", help="The loop stops once inside the band by this share of its width (validation metrics are estimates); 0 stops at the edge.")] = 0.2,
     accuracy_budget: Annotated[float, typer.Option("--accuracy-budget", help="Max drop of validation accuracy (0.01 = 1 point).")] = 0.01,
     baseline: Annotated[Optional[Path], typer.Option("--baseline", help="Start from this checkpoint instead of training one.")] = None,
     memory: Annotated[Optional[Path], typer.Option("--memory", help="Memory folder (default: $FAIRLOOP_HOME/memory, ~/.fairloop/memory).")] = None,
@@ -258,7 +259,7 @@ def run(
                            protected=protected, privileged_value=privileged, generator=generator,
                            generator_model=generator_model, llm=llm,
                            llm_model=llm_model, llm_base_url=llm_base_url, max_iterations=max_iterations,
-                           max_images=max_images, accuracy_budget=accuracy_budget, **_parse_band(fair_band),
+                           max_images=max_images, accuracy_budget=accuracy_budget, **_parse_band(fair_band), stop_margin=stop_margin,
                            baseline=str(baseline) if baseline else None,
                            memory=str(memory) if memory else None, seed=seed, device=device).validate()
         from fairloop.tools.generate import make_generator

@@ -243,12 +243,12 @@ class MitigationLoop:
             importances=[(k, v) for k, v in state["explanation"]["as_list"]],
             train_groups=self._train_groups(state), max_images=budget, iteration=state["iteration"],
             recalled=state.get("recalled", []),
-            history=[it["line"] for it in state.get("iterations", [])], band=cfg.band,
+            history=[it["line"] for it in state.get("iterations", [])], band=cfg.target_band,
         )
-        if cfg.band.check(state["current"]["val"]).inside:  # one notion of "fair" in the loop: the band
+        if cfg.target_band.check(state["current"]["val"]).inside:  # one notion of "fair" in the loop
             return {"analysis": {"backend": "loop", "model": None, "prompt": "", "raw": [], "attempts": 0, "errors": [],
                                  "fell_back": False, "seconds": 0.0, "budget": budget, "decision": {
-                                     "diagnosis": "The model is inside the fair band on the validation split.",
+                                     "diagnosis": "The model is inside the fair band, with its margin, on validation.",
                                      "counterfactuals_needed": False, "shortcut_attributes": [],
                                      "change_attributes": [], "plans": [], "negative_prompt": "", "mix_ratio": 0.0}}}
         result = self.services.analyzer.analyze(context)
@@ -350,7 +350,7 @@ class MitigationLoop:
                                 accuracy_budget=cfg.accuracy_budget, image_size=meta.get("image_size", 64),
                                 seed=cfg.seed + state["iteration"], device=cfg.device)
         result = finetune(model, services.dataset, table, target=cfg.target, protected=cfg.protected,
-                          privileged_value=cfg.privileged_value, config=ft_cfg, band=cfg.band,
+                          privileged_value=cfg.privileged_value, config=ft_cfg, band=cfg.target_band,
                           extra_training=kept, progress=services.progress)
         relative = save_model(services, result.model, {**meta, "role": f"iteration {state['iteration']} candidate",
                                                        "parent": state["model"], "alpha": result.alpha})
@@ -364,7 +364,7 @@ class MitigationLoop:
     # decide --------------------------------------------------------------------------------
     @traced("decide")
     def decide(self, state: LoopState) -> dict[str, Any]:
-        cfg, band = self.config, self.config.band
+        cfg, band = self.config, self.config.target_band
         decision = state["analysis"]["decision"]
         current, initial = state["current"]["val"], state["initial"]["val"]
         iteration = state["iteration"]
@@ -372,7 +372,7 @@ class MitigationLoop:
 
         if (state.get("candidate") or {}).get("iteration") == iteration and "eval" in state["candidate"]:
             cand = state["candidate"]["eval"]["val"]
-            crossed = overshoots(initial, cand, band)
+            crossed = overshoots(initial, cand, cfg.band)
             accuracy_ok = cand["accuracy"] >= initial["accuracy"] - cfg.accuracy_budget
             wga_gain = (cand["worst_group_accuracy"] or 0) - (current["worst_group_accuracy"] or 0)
             closer = band_distance(current, band) - band_distance(cand, band)
@@ -437,8 +437,8 @@ class MitigationLoop:
 
     def _stop_reason(self, state: LoopState, update: dict[str, Any], after: dict[str, Any], entry: dict) -> str:
         cfg = self.config
-        if cfg.band.check(after).inside:
-            return "fair: the model is inside the fair band on the validation split"
+        if cfg.target_band.check(after).inside:
+            return "fair: the model is inside the fair band, with its margin, on the validation split"
         if entry["n_generated"] == 0:
             return "stopped: " + ("the analyzer asked for no counterfactuals" if entry.get("verification") is None
                                   else "no generated image passed verification")

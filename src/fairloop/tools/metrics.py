@@ -256,6 +256,14 @@ class FairBand:
                 "use 0 < di_low <= 1 <= di_high and max_abs_diff >= 0",
             )
 
+    def shrunk(self, margin: float) -> FairBand:
+        """The band with ``margin`` (a fraction) of its width taken off each side, towards perfect
+        fairness: 0.2 turns DI [0.8, 1.25] into [0.84, 1.2] and |diff| ≤ 0.05 into ≤ 0.04."""
+        if not 0 <= margin < 1:
+            raise ConfigError(f"a band margin of {margin} is not a fraction in [0, 1)", "use e.g. 0.2")
+        return FairBand(1 - (1 - self.di_low) * (1 - margin), 1 + (self.di_high - 1) * (1 - margin),
+                        self.max_abs_diff * (1 - margin))
+
     def check(self, result: FairnessReport | Mapping[str, Any]) -> BandCheck:
         """Check a report, or its :meth:`FairnessReport.as_dict`; an undefined metric is outside."""
         values = result.as_dict() if isinstance(result, FairnessReport) else result

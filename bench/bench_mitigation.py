@@ -1,7 +1,7 @@
 """Does fairloop beat the standard bias mitigations? One table on the same data, model and budget.
 
 Usage: python bench/bench_mitigation.py [--n 12000] [--arch smallcnn] [--epochs 8] [--seed 0] [--workdir DIR]
-                                        [--llm rules] [--llm-model NAME] [--max-iterations 4]
+                                        [--llm rules] [--llm-model NAME] [--generator G] [--max-iterations 4]
                                         [--max-images 12000] [--images-per-iteration 6000] [--device auto]
 
 On SynthFaces' default scenario (target Male, training split with P(Gray_Hair == Male) = 0.95,
@@ -115,7 +115,7 @@ def run_fairloop(args, data: FaceDataset, checkpoint: Path, session: Path):
 
     config = RunConfig(dataset="celeba", root=str(data.root), target=TARGET, protected=PROTECTED,
                        privileged_value=PRIVILEGED, llm=args.llm, llm_model=args.llm_model,
-                       max_iterations=args.max_iterations, max_images=args.max_images,
+                       generator=args.generator, max_iterations=args.max_iterations, max_images=args.max_images,
                        images_per_iteration=args.images_per_iteration, arch=args.arch, baseline_epochs=args.epochs,
                        baseline=str(checkpoint), seed=args.seed, device=args.device,
                        memory=str(session / "memory")).validate()
@@ -196,6 +196,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/fairloop-bench-mitigation"))
     parser.add_argument("--llm", default="rules", help="fairloop's analyzer: rules or openai")
+    parser.add_argument("--generator", default=RunConfig.generator, help="fairloop's generator: embedded or render")
     parser.add_argument("--llm-model", default=None, help="model name for --llm openai")
     parser.add_argument("--max-iterations", type=int, default=RunConfig.max_iterations)
     parser.add_argument("--max-images", type=int, default=RunConfig.max_images, help="fairloop's counterfactual images, whole run")
@@ -251,7 +252,7 @@ def main() -> None:
     print()
     print(f"SynthFaces n={args.n} (train {len(train)}, test {len(test)}), {TARGET} vs {PROTECTED}, training "
           f"P(Gray_Hair == Male) = 0.95; {args.arch}, {args.epochs} epochs, seed {args.seed}, device {args.device}; "
-          f"fairloop: --llm {args.llm}, ≤ {args.max_iterations} iterations, ≤ {args.max_images} images, fine-tuning "
+          f"fairloop: --llm {args.llm}, --generator {args.generator}, ≤ {args.max_iterations} iterations, ≤ {args.max_images} images, fine-tuning "
           f"{run_config.finetune_epochs} epochs per iteration")
     print("balanced test split of the biased folder for every row"
           + ("" if same_test else " (the unbiased folder's own test rows differ; the oracle is measured on these)"))

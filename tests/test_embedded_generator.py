@@ -136,18 +136,19 @@ def test_training_runs_every_stage_resumes_and_writes_a_loadable_generator(tmp_p
     from fairloop.diffusion.embedded import EmbeddedPipeline
     from fairloop.diffusion.training import GeneratorTrainConfig, train_generator
 
-    cfg = GeneratorTrainConfig(n_images=560, ae_steps=2, unet_steps=2, batch_size=4, checkpoint_every=1, threads=1)
+    cfg = GeneratorTrainConfig(n_images=560, ae_steps=2, decoder_steps=2, unet_steps=2, batch_size=4, checkpoint_every=1,
+                               threads=1)
     out = train_generator(cfg, tmp_path / "work", tmp_path / "out", log=lambda m: None)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["data"]["seed"] == cfg.data_seed and manifest["config"]["unet_steps"] == 2
-    assert manifest["scaling_factor"] > 0 and "autoencoder_psnr_db" in manifest["scores"]
+    assert manifest["scaling_factor"] > 0 and {"autoencoder_psnr_db", "decoder_psnr_db"} <= set(manifest["scores"])
     assert json.loads((tmp_path / "work" / "unet" / "step.json").read_text())["step"] == 2
 
     # more steps later: the finished stages are reused and the UNet continues from step 2
     logs: list[str] = []
     train_generator(GeneratorTrainConfig(**{**cfg.__dict__, "unet_steps": 3}), tmp_path / "work", tmp_path / "out",
                     log=logs.append)
-    assert not any(m.startswith(("pool", "autoencoder: step", "encode")) for m in logs)
+    assert not any(m.startswith(("pool", "autoencoder: step", "encode", "decoder: step")) for m in logs)
     assert [m for m in logs if m.startswith("unet: step")] == [m for m in logs if "step 3/3" in m]
     assert EmbeddedPipeline.load(out).text_to_image(["a man"], [0])[0].size == (64, 64)
 

@@ -358,15 +358,17 @@ def generator_train(
     work: Annotated[Path, typer.Option("--work", help="Work folder: data pool and checkpoints; run again to resume.")] = Path("fairloop-generator-work"),
     n: Annotated[int, typer.Option("--n", help="Renders in the unbiased training pool.")] = 24000,
     ae_steps: Annotated[int, typer.Option("--ae-steps", help="Autoencoder steps (batch 32).")] = 1500,
+    decoder_steps: Annotated[int, typer.Option("--decoder-steps", help="Decoder-only fine-tuning steps (batch 32).")] = 1500,
     unet_steps: Annotated[int, typer.Option("--unet-steps", help="UNet steps (batch 32).")] = 4000,
     threads: Annotated[int, typer.Option("--threads", help="torch threads (1 is faster when the machine is busy).")] = 2,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the training pool.")] = 20261123,
 ) -> None:
-    """Train the embedded generator from scratch (about an hour and a half on 2 CPU cores)."""
+    """Train the embedded generator from scratch, resumably (about 2 hours on 2 CPU cores)."""
     from fairloop.diffusion.training import GeneratorTrainConfig, train_generator
 
     console = _console()
-    config = GeneratorTrainConfig(n_images=n, data_seed=seed, ae_steps=ae_steps, unet_steps=unet_steps, threads=threads)
+    config = GeneratorTrainConfig(n_images=n, data_seed=seed, ae_steps=ae_steps, decoder_steps=decoder_steps,
+                                  unet_steps=unet_steps, threads=threads)
     train_generator(config, work, out, log=console.print)
 
 

@@ -29,7 +29,7 @@ from PIL import Image
 
 from fairloop import minilm
 from fairloop.errors import ConfigError
-from fairloop.tools.generate import GenerationResult, Generator, apply_edits
+from fairloop.tools.generate import GenerationResult, Generator, apply_edits, request_edits
 from fairloop.vision.models import resolve_device
 
 IMAGE_SIZE = 64
@@ -245,19 +245,12 @@ class EmbeddedGenerator(Generator):
         from fairloop.data.datasets import read_image
         from fairloop.data.synthfaces import ATTRIBUTES
         from fairloop.diffusion.captions import caption, intended_attributes
-        from fairloop.tools.prompt_parser import parse_prompt
 
         request.validate()
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        parsed = parse_prompt(request.prompt, ATTRIBUTES)
-        result = GenerationResult(notes=list(parsed.conflicts))
-        edits = dict(parsed.edits)
-        if request.target in edits and edits[request.target] != request.label:
-            result.notes.append(f"the prompt asks for {request.target}={edits[request.target]} but the plan is for "
-                                f"class {request.label}; the class wins")
-        edits[request.target] = request.label
-        avoid = {k for k, v in parse_prompt(request.negative_prompt, ATTRIBUTES).edits.items() if v == 1}
+        edits, avoid, notes = request_edits(request, ATTRIBUTES)
+        result = GenerationResult(notes=notes)
         rng = np.random.default_rng(request.seed)
         seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=request.n)]
         cfg = self.sampling

@@ -33,13 +33,7 @@ from fairloop.data.datasets import FaceDataset
 from fairloop.data.synthfaces import ATTRIBUTES
 from fairloop.errors import ConfigError, DataError
 from fairloop.io import atomic_write
-from fairloop.tools.generate import (
-    GenerationRequest,
-    GenerationResult,
-    Generator,
-    apply_edits,
-)
-from fairloop.tools.prompt_parser import parse_prompt
+from fairloop.tools.generate import GenerationRequest, GenerationResult, Generator, apply_edits, request_edits
 from fairloop.vision.models import resolve_device
 
 GIB = 1024**3
@@ -197,14 +191,8 @@ class SDGenerator(Generator):
                 raise ConfigError(f"{len(unknown)} source ids are not in the {sources.name} dataset "
                                   f"(e.g. {', '.join(unknown[:3])})", "ask only for image ids of the source dataset")
         vocabulary = sources.attributes if sources is not None else list(ATTRIBUTES)
-        parsed = parse_prompt(request.prompt, vocabulary)
-        result = GenerationResult(notes=list(parsed.conflicts))
-        edits = dict(parsed.edits)
-        if request.target in edits and edits[request.target] != request.label:
-            result.notes.append(f"the prompt asks for {request.target}={edits[request.target]} but the plan is for "
-                                f"class {request.label}; the class wins")
-        edits[request.target] = request.label
-        avoid = {k for k, v in parse_prompt(request.negative_prompt, vocabulary).edits.items() if v == 1}
+        edits, avoid, notes = request_edits(request, vocabulary)
+        result = GenerationResult(notes=notes)
 
         rng = np.random.default_rng(request.seed)
         seeds = rng.integers(0, 2**31 - 1, size=request.n).tolist()

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fairloop.diffusion.embedded import ASSETS, IMAGE_SIZE, SCHEDULE, TextEncoder, build_unet, build_vae
+from fairloop.diffusion.embedded import ASSETS, SCHEDULE, TextEncoder, build_unet, build_vae
 from fairloop.io import atomic_write_json
 
 Log = Callable[[str], None]
@@ -70,17 +70,6 @@ def build_pool(cfg: GeneratorTrainConfig, work: Path, log: Log) -> Path:
 
     images, table = render_pool(cfg.n_images, cfg.data_seed, report)
     _save_npz(path, images=images, attributes=table.to_numpy(np.int8), names=np.array(ATTRIBUTES))
-    return path
-    rng = np.random.default_rng(cfg.data_seed)
-    table = sample_attributes(cfg.n_images, rng)
-    identities = rng.integers(0, 2**31 - 1, size=cfg.n_images)
-    images = np.empty((cfg.n_images, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
-    for i, (row, identity) in enumerate(zip(table[list(ATTRIBUTES)].to_dict("records"), identities)):
-        images[i] = np.asarray(render_face(row, int(identity)))
-        if (i + 1) % 4000 == 0:
-            log(f"pool: {i + 1}/{cfg.n_images} renders")
-    _save_npz(path, images=images, attributes=table[list(ATTRIBUTES)].to_numpy(np.int8),
-              names=np.array(ATTRIBUTES), identities=identities)
     return path
 
 

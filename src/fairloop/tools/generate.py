@@ -103,19 +103,12 @@ class RenderGenerator(Generator):
 
     def generate(self, request, out_dir, *, sources=None, progress=None) -> GenerationResult:
         from fairloop.data.synthfaces import ATTRIBUTES, read_identities, render_face, sample_attributes
-        from fairloop.tools.prompt_parser import parse_prompt
 
         request.validate()
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        parsed = parse_prompt(request.prompt, ATTRIBUTES)
-        result = GenerationResult(notes=list(parsed.conflicts))
-        edits = dict(parsed.edits)
-        if request.target in edits and edits[request.target] != request.label:
-            result.notes.append(f"the prompt asks for {request.target}={edits[request.target]} but the plan is for "
-                                f"class {request.label}; the class wins")
-        edits[request.target] = request.label
-        negative = {k for k, v in parse_prompt(request.negative_prompt, ATTRIBUTES).edits.items() if v == 1}
+        edits, negative, notes = request_edits(request, ATTRIBUTES)
+        result = GenerationResult(notes=notes)
         rng = np.random.default_rng(request.seed)
 
         identities = None
@@ -155,6 +148,22 @@ class RenderGenerator(Generator):
             if progress:
                 progress("generate", k + 1, request.n)
         return result
+
+
+def request_edits(request: GenerationRequest, vocabulary) -> tuple[dict[str, int], set[str], list[str]]:
+    """What a request asks of each attribute (its class always wins), the attributes its negative
+    prompt names (to avoid), and notes on what the parser could not place."""
+    from fairloop.tools.prompt_parser import parse_prompt
+
+    parsed = parse_prompt(request.prompt, vocabulary)
+    notes = list(parsed.conflicts)
+    edits = dict(parsed.edits)
+    if request.target in edits and edits[request.target] != request.label:
+        notes.append(f"the prompt asks for {request.target}={edits[request.target]} but the plan is for "
+                     f"class {request.label}; the class wins")
+    edits[request.target] = request.label
+    avoid = {k for k, v in parse_prompt(request.negative_prompt, vocabulary).edits.items() if v == 1}
+    return edits, avoid, notes
 
 
 def apply_edits(attributes: dict[str, int], edits: dict[str, int], rng: np.random.Generator,
@@ -243,4 +252,4 @@ def manifest_digest(rows: list[dict[str, Any]]) -> str:
 
 
 __all__ = ["GENERATORS", "GenerationRequest", "GenerationResult", "Generator", "RenderGenerator", "apply_edits",
-           "generate_to_folder", "image_grid", "make_generator", "manifest_digest"]
+           "generate_to_folder", "image_grid", "make_generator", "manifest_digest", "request_edits"]

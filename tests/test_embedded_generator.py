@@ -183,3 +183,17 @@ def test_cli_generate_from_image(random_generator, synth_data, tmp_path):
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "edit" / "manifest.json").read_text())["images"]
     assert [r["strength"] for r in rows] == [0.4, 0.4] and rows[0]["seed"] != rows[1]["seed"]
+
+
+def test_the_shipped_weights_load_and_draw(tmp_path):
+    """The packaged generator (not random weights): its manifest says how it was made, and it draws."""
+    from fairloop.diffusion.embedded import ASSETS
+
+    manifest = json.loads((ASSETS / "manifest.json").read_text())
+    assert manifest["data"]["seed"] and manifest["config"]["unet_steps"] > 0 and manifest["seconds"]["unet"] > 0
+    gen = make_generator("embedded", device="cpu", steps=2)
+    assert gen.model_id.startswith("fairloop-embedded-ldm@")
+    result = gen.generate(GenerationRequest("a woman with gray hair", n=2, label=0, target="Male", seed=1), tmp_path)
+    from PIL import Image
+
+    assert [Image.open(tmp_path / r["file"]).size for r in result.rows] == [(64, 64), (64, 64)]

@@ -259,7 +259,8 @@ def run(
                            protected=protected, privileged_value=privileged, generator=generator,
                            generator_model=generator_model, llm=llm,
                            llm_model=llm_model, llm_base_url=llm_base_url, max_iterations=max_iterations,
-                           max_images=max_images, accuracy_budget=accuracy_budget, **_parse_band(fair_band), stop_margin=stop_margin,
+                           max_images=max_images, accuracy_budget=accuracy_budget, stop_margin=stop_margin,
+                           **_parse_band(fair_band),
                            baseline=str(baseline) if baseline else None,
                            memory=str(memory) if memory else None, seed=seed, device=device).validate()
         from fairloop.tools.generate import make_generator

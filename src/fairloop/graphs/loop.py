@@ -414,15 +414,15 @@ class MitigationLoop:
                 update["image_scale"] = state.get("image_scale", 1.0) * 0.5
         else:  # no counterfactuals: the analyzer asked for none, or none passed verification
             generated = state.get("generated") or {}
-            if generated.get("iteration") == iteration:
-                reason = (f"no usable counterfactuals: none of the {generated['verification']['checked']} generated "
-                          "images passed the attribute-oracle check")
+            verification = generated.get("verification") if generated.get("iteration") == iteration else None
+            if verification is not None:
+                reason = (f"no usable counterfactuals: none of the {verification['checked']} generated images passed "
+                          "the attribute-oracle check")
             else:
                 reason = "no counterfactuals: " + decision["diagnosis"][:200]
             entry = {"iteration": iteration, "accepted": False, "reason": reason, "metrics": state["current"]["test"],
                      "val_metrics": current, "n_generated": 0, "mix_ratio": 0.0, "alpha": None,
-                     "verification": generated.get("verification") if generated.get("iteration") == iteration else None,
-                     "analysis": state["analysis"]}
+                     "verification": verification, "analysis": state["analysis"]}
             accepted, after = False, current
         entry["line"] = (f"iteration {iteration}: {entry['n_generated']} images, mix {entry['mix_ratio']:.2f} → "
                          f"{reason}")

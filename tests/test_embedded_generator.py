@@ -136,8 +136,8 @@ def test_training_runs_every_stage_resumes_and_writes_a_loadable_generator(tmp_p
     from fairloop.diffusion.embedded import EmbeddedPipeline
     from fairloop.diffusion.training import GeneratorTrainConfig, train_generator
 
-    cfg = GeneratorTrainConfig(n_images=560, ae_steps=2, decoder_steps=2, unet_steps=2, batch_size=4, checkpoint_every=1,
-                               threads=1)
+    cfg = GeneratorTrainConfig(n_images=48, held_out=8, ae_steps=2, decoder_steps=2, unet_steps=2, batch_size=4,
+                               checkpoint_every=1, threads=1)
     out = train_generator(cfg, tmp_path / "work", tmp_path / "out", log=lambda m: None)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["data"]["seed"] == cfg.data_seed and manifest["config"]["unet_steps"] == 2

@@ -47,6 +47,7 @@ class GeneratorTrainConfig:
     decoder_steps: int = 1_500
     unet_steps: int = 5_000
     batch_size: int = 32
+    held_out: int = 512               # pool images kept out of autoencoder training, for its PSNR
     ae_lr: float = 1e-3
     unet_lr: float = 3e-4
     caption_dropout: float = 0.1
@@ -78,17 +79,20 @@ def _to_unit(images: np.ndarray) -> torch.Tensor:
 
 
 def _psnr(vae, images: np.ndarray) -> float:
+    errors = []
     with torch.inference_mode():
-        x = _to_unit(images)
-        recon = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
-        mse = ((recon - x) / 2).pow(2).mean().item()
+        for start in range(0, len(images), 64):
+            x = _to_unit(images[start:start + 64])
+            recon = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+            errors.append(((recon - x) / 2).pow(2).flatten(1).mean(1))
+    mse = torch.cat(errors).mean().item()
     return 10 * math.log10(1 / max(mse, 1e-12))
 
 
 def train_autoencoder(cfg: GeneratorTrainConfig, work: Path, images: np.ndarray, log: Log):
     """Train (or resume) the autoencoder; returns it with its held-out PSNR."""
     vae = build_vae()
-    held_out, train = images[:512], images[512:]
+    held_out, train = images[:cfg.held_out], images[cfg.held_out:]
     done = _resume(work / "vae", vae)
     if done < cfg.ae_steps:
         opt = torch.optim.AdamW(vae.parameters(), lr=cfg.ae_lr, weight_decay=0.0)
@@ -164,7 +168,7 @@ def finetune_decoder(cfg: GeneratorTrainConfig, work: Path, vae, images: np.ndar
         started = time.time()
         for step in range(done, cfg.decoder_steps):
             _set_lr(opt, cfg.ae_lr / 3, step, cfg.decoder_steps)
-            idx = rng.integers(512, len(images), size=cfg.batch_size)  # the first 512 stay held out
+            idx = rng.integers(cfg.held_out, len(images), size=cfg.batch_size)  # the held-out images stay out
             x = _to_unit(images[idx])
             recon = vae.decode(latents[torch.from_numpy(idx)].float()).sample
             loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + _gradient_loss(recon, x)
@@ -176,7 +180,7 @@ def finetune_decoder(cfg: GeneratorTrainConfig, work: Path, vae, images: np.ndar
                 rate = (step + 1 - done) * cfg.batch_size / (time.time() - started)
                 log(f"decoder: step {step + 1}/{cfg.decoder_steps}, loss {loss.item():.4f}, {rate:.0f} images/s")
     vae.eval()
-    return vae, _psnr(vae, images[:512])
+    return vae, _psnr(vae, images[:cfg.held_out])
 
 
 def train_unet(cfg: GeneratorTrainConfig, work: Path, encoded: dict, log: Log):

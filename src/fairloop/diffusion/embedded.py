@@ -29,6 +29,7 @@ from PIL import Image
 
 from fairloop import minilm
 from fairloop.errors import ConfigError
+from fairloop.io import atomic_write
 from fairloop.tools.generate import GenerationResult, Generator, apply_edits, request_edits
 from fairloop.vision.models import resolve_device
 
@@ -129,12 +130,7 @@ class EmbeddedPipeline:
         from diffusers import AutoencoderKL, UNet2DConditionModel
 
         folder = Path(folder) if folder else ASSETS
-        manifest_path = folder / "manifest.json"
-        if not manifest_path.is_file():
-            raise ConfigError(f"no embedded generator at {folder} (manifest.json is missing)",
-                              "train it with `fairloop generator train`, or reinstall fairloop to get the "
-                              "packaged weights")
-        manifest = json.loads(manifest_path.read_text())
+        manifest = read_manifest(folder)
         try:
             vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32, local_files_only=True)
             unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32,
@@ -209,7 +205,7 @@ class EmbeddedPipeline:
 
 # ------------------------------------------------------------------------------- the backend
 class EmbeddedGenerator(Generator):
-    """The default generator of ``fairloop run``: text-to-image, or SDEdit edits of source images.
+    """fairloop's own generator (``--generator embedded``): text-to-image, or SDEdit edits of source images.
 
     With sources whose attribute table covers the SynthFaces vocabulary, an edit is conditioned on
     the full caption of the edited attributes (the source's attributes with the prompt's edits
@@ -229,12 +225,7 @@ class EmbeddedGenerator(Generator):
         self.sampling = SamplingConfig(**{k: v for k, v in chosen.items() if v is not None})
         self.cancel = cancel
         self._pipeline: EmbeddedPipeline | None = None
-        manifest = self.folder / "manifest.json"
-        if not manifest.is_file():
-            raise ConfigError(f"no embedded generator at {self.folder} (manifest.json is missing)",
-                              "train it with `fairloop generator train`, or reinstall fairloop to get the "
-                              "packaged weights")
-        self.model_id = model_id_of(json.loads(manifest.read_text()))
+        self.model_id = model_id_of(read_manifest(self.folder))  # checks the weights exist, without loading them
 
     @property
     def pipeline(self) -> EmbeddedPipeline:
@@ -271,13 +262,12 @@ class EmbeddedGenerator(Generator):
                 prompts = [request.prompt] * request.n
                 result.notes.append("sources lack SynthFaces attributes: edits are conditioned on the prompt "
                                     "as written")
-            intended = wanted
             strength = cfg.strength
         else:
             ids = [None] * request.n
             prompts = [request.prompt] * request.n
-            intent = intended_attributes(request.prompt) | {request.target: request.label}
-            intended, wanted, strength = [intent] * request.n, [intent] * request.n, None
+            wanted = [intended_attributes(request.prompt) | {request.target: request.label}] * request.n
+            strength = None
 
         names = [self._file_name(p, request.negative_prompt, s, i, strength) for p, s, i in zip(prompts, seeds, ids)]
         todo = [k for k, name in enumerate(names) if not (out_dir / name).exists()]
@@ -296,7 +286,7 @@ class EmbeddedGenerator(Generator):
                 images = self.pipeline.image_to_image(src, batch_prompts, batch_seeds,
                                                       negative_prompt=request.negative_prompt, config=cfg)
             for k, image in zip(chunk, images):
-                _save_png(image, out_dir / names[k])
+                atomic_write(out_dir / names[k], lambda tmp, image=image: image.save(tmp, format="PNG"))
             done += len(chunk)
             if progress:
                 progress("generate", done, request.n)
@@ -306,7 +296,7 @@ class EmbeddedGenerator(Generator):
                 "file": names[k], "path": str(out_dir / names[k]), "prompt": request.prompt,
                 "conditioning": prompts[k], "negative_prompt": request.negative_prompt, "source_id": ids[k],
                 "seed": seeds[k], "backend": self.name, "model_id": self.model_id, "label": request.label,
-                "intended": intended[k], "attributes": wanted[k], "strength": strength,
+                "intended": wanted[k], "attributes": wanted[k], "strength": strength,
                 "steps": cfg.steps, "guidance": cfg.guidance,
             })
         return result
@@ -318,16 +308,19 @@ class EmbeddedGenerator(Generator):
         return hashlib.sha256(key.encode()).hexdigest()[:16] + ".png"
 
 
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """The ``manifest.json`` of a generator folder; a folder without one is a clear error."""
+    path = folder / "manifest.json"
+    if not path.is_file():
+        raise ConfigError(f"no embedded generator at {folder} (manifest.json is missing)",
+                          "train it with `fairloop generator train`, or reinstall fairloop to get the packaged weights")
+    return json.loads(path.read_text())
+
+
 def model_id_of(manifest: dict[str, Any]) -> str:
     """Names the weights: the packaged name plus a hash of the manifest (training seed, steps)."""
     digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:12]
     return f"fairloop-embedded-ldm@{digest}"
-
-
-def _save_png(image: Image.Image, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    image.save(tmp, format="PNG")
-    tmp.replace(path)
 
 
 __all__ = ["ASSETS", "IMAGE_SIZE", "EmbeddedGenerator", "EmbeddedPipeline", "SamplingConfig", "TextEncoder",

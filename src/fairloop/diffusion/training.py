@@ -28,13 +28,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from fairloop.diffusion.embedded import ASSETS, SCHEDULE, TextEncoder, build_unet, build_vae
-from fairloop.io import atomic_write_json
+from fairloop.io import atomic_write, atomic_write_json
 
 Log = Callable[[str], None]
 
@@ -109,10 +110,8 @@ def train_autoencoder(cfg: GeneratorTrainConfig, work: Path, images: np.ndarray,
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.ae_steps:
-                _checkpoint(work / "vae", vae, opt, step + 1)
-                rate = (step + 1 - done) * cfg.batch_size / (time.time() - started)
-                log(f"autoencoder: step {step + 1}/{cfg.ae_steps}, loss {loss.item():.4f}, {rate:.0f} images/s")
+            _checkpoint_and_log("autoencoder", [(work / "vae", vae, opt)], step, cfg.ae_steps, done, started, loss, cfg,
+                                log)
     vae.eval()
     return vae, _psnr(vae, held_out)
 
@@ -150,8 +149,8 @@ def encode_pool(cfg: GeneratorTrainConfig, work: Path, vae, pool: dict, log: Log
         if (start // 256) % 16 == 15:
             log(f"encode: {start + 256}/{len(images)} captions")
     empty = encoder([""])[0].half()
-    _atomic_torch_save(path, {"latents": latents.half(), "texts": texts, "empty": empty,
-                              "scaling_factor": torch.tensor(scaling)})
+    encoded = {"latents": latents.half(), "texts": texts, "empty": empty, "scaling_factor": torch.tensor(scaling)}
+    atomic_write(path, lambda tmp: torch.save(encoded, tmp))
     return path
 
 
@@ -175,10 +174,8 @@ def finetune_decoder(cfg: GeneratorTrainConfig, work: Path, vae, images: np.ndar
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.decoder_steps:
-                _checkpoint(work / "decoder", vae, opt, step + 1)
-                rate = (step + 1 - done) * cfg.batch_size / (time.time() - started)
-                log(f"decoder: step {step + 1}/{cfg.decoder_steps}, loss {loss.item():.4f}, {rate:.0f} images/s")
+            _checkpoint_and_log("decoder", [(work / "decoder", vae, opt)], step, cfg.decoder_steps, done, started, loss,
+                                cfg, log)
     vae.eval()
     return vae, _psnr(vae, images[:cfg.held_out])
 
@@ -216,11 +213,8 @@ def train_unet(cfg: GeneratorTrainConfig, work: Path, encoded: dict, log: Log):
             torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
             opt.step()
             _ema_update(ema, unet, min(cfg.ema_decay, (1 + step) / (10 + step)))
-            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.unet_steps:
-                _checkpoint(work / "unet", unet, opt, step + 1)
-                _checkpoint(work / "unet-ema", ema, None, step + 1)
-                rate = (step + 1 - done) * cfg.batch_size / (time.time() - started)
-                log(f"unet: step {step + 1}/{cfg.unet_steps}, loss {loss.item():.4f}, {rate:.0f} images/s")
+            _checkpoint_and_log("unet", [(work / "unet", unet, opt), (work / "unet-ema", ema, None)], step,
+                                cfg.unet_steps, done, started, loss, cfg, log)
     return ema.eval()
 
 
@@ -306,13 +300,22 @@ def _ema_update(ema, model, decay: float) -> None:
 def _checkpoint(folder: Path, model, opt, step: int) -> None:
     from safetensors.torch import save_file
 
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / "weights.safetensors.tmp"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
-    os.replace(tmp, folder / "weights.safetensors")
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    atomic_write(folder / "weights.safetensors", lambda tmp: save_file(state, tmp))
     if opt is not None:
-        _atomic_torch_save(folder / "optimizer.pt", opt.state_dict())
-    atomic_write_json(folder / "step.json", {"step": step})
+        atomic_write(folder / "optimizer.pt", lambda tmp: torch.save(opt.state_dict(), tmp))
+    atomic_write_json(folder / "step.json", {"step": step})  # last: a step counts once everything is saved
+
+
+def _checkpoint_and_log(name: str, folders: list[tuple[Path, Any, Any]], step: int, total: int, done: int,
+                        started: float, loss: torch.Tensor, cfg: GeneratorTrainConfig, log: Log) -> None:
+    """Every ``checkpoint_every`` steps and at the end: save ``(folder, model, optimizer)`` and report."""
+    if (step + 1) % cfg.checkpoint_every and step + 1 != total:
+        return
+    for folder, model, opt in folders:
+        _checkpoint(folder, model, opt, step + 1)
+    rate = (step + 1 - done) * cfg.batch_size / (time.time() - started)
+    log(f"{name}: step {step + 1}/{total}, loss {loss.item():.4f}, {rate:.0f} images/s")
 
 
 def _resume(folder: Path, model) -> int:
@@ -330,16 +333,12 @@ def _resume_optimizer(folder: Path, opt) -> None:
         opt.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
 
 
-def _atomic_torch_save(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _save_npz(path: Path, **arrays) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a bare temp name
+            np.savez(f, **arrays)
+
+    atomic_write(path, write)
 
 
 __all__ = ["GeneratorTrainConfig", "save_generator", "train_generator"]

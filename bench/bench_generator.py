@@ -1,7 +1,8 @@
 """How good is the embedded generator? Text-to-image, edits, realism and speed, scored by the oracle.
 
 Usage: python bench/bench_generator.py [--model FOLDER] [--per-prompt 16] [--edits 64] [--real 512]
-       [--steps S] [--guidance G] [--strength T] [--json OUT]
+       [--steps S] [--guidance G] [--strength T] [--edit sdedit|invert]
+       [--parts t2i,edits,reconstruction,realism] [--json OUT]
 
 Everything is measured with the packaged attribute oracle (``fairloop generator train-oracle``),
 which never saw a generated image:
@@ -11,14 +12,17 @@ which never saw a generated image:
    the attributes the prompt's intent fixes without naming them (accessories it does not name are
    absent; a named hair colour turns the others off — see :mod:`fairloop.diffusion.captions`), the
    share that match.
-2. **Edits** (SDEdit with the edited caption): black-haired women → gray hair, gray-haired men →
+2. **Edits** (SDEdit, or with --edit invert negative-prompt inversion, towards the edited caption):
+   black-haired women → gray hair, gray-haired men →
    black hair (the loop's direction on the default scenario), and adding eyeglasses. *Shown*: the
    new attribute is there. *Kept*: gender, age and every other attribute match the source's.
-3. **Realism**: Fréchet and kernel distances on the oracle's features between generated images
+3. **Reconstruction**: the autoencoder alone on fresh renders, per attribute: the ceiling of every
+   edit.
+4. **Realism**: Fréchet and kernel distances on the oracle's features between generated images
    (captions of fresh unbiased attribute draws) and fresh renders; the held-out accuracy of a small
    CNN trained to tell them apart (0.5 = indistinguishable); the same figures for two samples of
    renders, as the floor.
-4. **Speed and size**: images/s of text-to-image and of edits at the default settings, and the
+5. **Speed and size**: images/s of text-to-image and of edits at the default settings, and the
    weights on disk.
 
 Prints one table per part and, with --json, writes every figure.
@@ -111,7 +115,9 @@ def edits(pipe, oracle, cfg, n: int, seed: int) -> dict:
         src_images = [render_face(s, int(i)) for s, i in zip(sources, identities)]
         targets = [apply_edits(s, change, rng) for s in sources]
         t0 = time.perf_counter()
-        edited = pipe.image_to_image(src_images, [caption(t) for t in targets], list(range(n)), config=cfg)
+        source_prompts = [caption(s) for s in sources] if cfg.edit == "invert" else None
+        edited = pipe.image_to_image(src_images, [caption(t) for t in targets], list(range(n)), config=cfg,
+                                     source_prompts=source_prompts)
         total_seconds += time.perf_counter() - t0
         total_images += n
         seen = oracle_view(oracle, edited)
@@ -131,6 +137,23 @@ def edits(pipe, oracle, cfg, n: int, seed: int) -> dict:
 
 
 _HAIR = {"Gray_Hair", "Black_Hair", "Blond_Hair", "Brown_Hair", "Bald"}
+
+
+def reconstruction(pipe, oracle, n: int, seed: int) -> dict:
+    """The autoencoder alone (encode → decode fresh renders): the ceiling of every edit, since an
+    inversion edit reproduces it where the captions agree."""
+    from fairloop.data.synthfaces import render_face, sample_attributes
+    from fairloop.diffusion.embedded import to_images, to_tensor
+
+    rng = np.random.default_rng(seed)
+    faces = sample_attributes(n, rng).to_dict("records")
+    sources = [render_face(f, int(i)) for f, i in zip(faces, rng.integers(0, 2**31 - 1, size=n))]
+    rebuilt = to_images(pipe.decode_latents(pipe.encode_images(to_tensor(sources))))
+    truth = np.array([[f[a] for a in oracle.attributes] for f in faces], bool)
+    agree = oracle_view(oracle, rebuilt) == truth
+    return {"n": n, "all_attributes_kept": float(agree.all(1).mean()),
+            "per_attribute": {a: float(v) for a, v in zip(oracle.attributes, agree.mean(0))},
+            "oracle_on_renders_all": float((oracle_view(oracle, sources) == truth).all(1).mean())}
 
 
 def realism(pipe, oracle, cfg, n: int, seed: int) -> dict:
@@ -169,6 +192,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int)
     parser.add_argument("--guidance", type=float)
     parser.add_argument("--strength", type=float)
+    parser.add_argument("--edit", choices=("invert", "sdedit"), help="image-to-image method (default: sdedit)")
+    parser.add_argument("--parts", default="t2i,edits,reconstruction,realism", help="which parts to run")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=12345)
     parser.add_argument("--grid", type=Path, help="write example grids into this folder")
@@ -182,37 +207,47 @@ def main() -> None:
     folder = Path(args.model) if args.model else ASSETS
     pipe = EmbeddedPipeline.load(folder)
     oracle = AttributeOracle.packaged()
-    chosen = {"steps": args.steps, "guidance": args.guidance, "strength": args.strength}
+    chosen = {"steps": args.steps, "guidance": args.guidance, "strength": args.strength, "edit": args.edit}
     cfg = SamplingConfig(**{k: v for k, v in chosen.items() if v is not None})
     size_mb = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
     print(f"generator {pipe.model_id} at {folder} ({size_mb:.1f} MB); sampling {cfg}; oracle held-out balanced "
           f"accuracy ≥ {min(v for v in oracle.balanced_scores.values() if v is not None):.3f}")
 
-    t2i = text_to_image(pipe, oracle, cfg, args.per_prompt)
-    print(f"\ntext-to-image, {len(PROMPTS)} prompts × {args.per_prompt} images (oracle agreement)")
-    print(f"{'prompt':<62} {'named':>6} {'unmentioned':>11} {'all right':>9}")
-    for r in t2i["prompts"]:
-        print(f"{r['prompt']:<62} {r['named']:>6.3f} {r['unmentioned']:>11.3f} {r['all_right']:>9.3f}")
-    print(f"{'ALL':<62} {t2i['named']:>6.3f} {t2i['unmentioned']:>11.3f} {t2i['all_right']:>9.3f}")
+    parts = set(args.parts.split(","))
+    t2i = ed = real = rec = None
+    if "t2i" in parts:
+        t2i = text_to_image(pipe, oracle, cfg, args.per_prompt)
+        print(f"\ntext-to-image, {len(PROMPTS)} prompts × {args.per_prompt} images (oracle agreement)")
+        print(f"{'prompt':<62} {'named':>6} {'unmentioned':>11} {'all right':>9}")
+        for r in t2i["prompts"]:
+            print(f"{r['prompt']:<62} {r['named']:>6.3f} {r['unmentioned']:>11.3f} {r['all_right']:>9.3f}")
+        print(f"{'ALL':<62} {t2i['named']:>6.3f} {t2i['unmentioned']:>11.3f} {t2i['all_right']:>9.3f}")
+        print(f"text-to-image speed ({torch.get_num_threads()} threads, batch {cfg.batch_size}): "
+              f"{t2i['images_per_second']:.1f} images/s at {cfg.steps} steps")
+    if "edits" in parts:
+        ed = edits(pipe, oracle, cfg, args.edits, args.seed)
+        print(f"\nimage-to-image edits ({cfg.edit}, strength {cfg.strength}), {args.edits} sources each")
+        print(f"{'edit':<28} {'shown':>6} {'gender+age kept':>15} {'all others kept':>15} {'per attribute':>13} "
+              f"{'oracle on sources':>17}")
+        for r in ed["edits"]:
+            print(f"{r['edit']:<28} {r['shown']:>6.3f} {r['gender_age_kept']:>15.3f} {r['all_others_kept']:>15.3f} "
+                  f"{r['others_kept_per_attribute']:>13.3f} {r['oracle_on_sources_all_others']:>17.3f}")
+        print(f"edit speed: {ed['images_per_second']:.1f} images/s")
+    if "reconstruction" in parts:
+        rec = reconstruction(pipe, oracle, args.edits, args.seed)
+        worst = sorted(rec["per_attribute"].items(), key=lambda kv: kv[1])[:6]
+        print(f"\nautoencoder reconstructions of {rec['n']} fresh renders: all attributes kept "
+              f"{rec['all_attributes_kept']:.3f} (oracle on the renders themselves {rec['oracle_on_renders_all']:.3f}); "
+              "weakest: " + ", ".join(f"{a} {v:.2f}" for a, v in worst))
+    if "realism" in parts:
+        real = realism(pipe, oracle, cfg, args.real, args.seed)
+        print(f"\nrealism on oracle features, {args.real} images per side (renders vs renders is the floor)")
+        print(f"FID {real['fid_generated']:.2f} (renders {real['fid_renders']:.2f}); KID {real['kid_generated']:.4f} "
+              f"(renders {real['kid_renders']:.4f}); real-vs-generated detector accuracy "
+              f"{real['detector_generated']:.3f} (renders {real['detector_renders']:.3f})")
+    print(f"\nweights {size_mb:.1f} MB")
 
-    ed = edits(pipe, oracle, cfg, args.edits, args.seed)
-    print(f"\nimage-to-image edits (strength {cfg.strength}), {args.edits} sources each")
-    print(f"{'edit':<28} {'shown':>6} {'gender+age kept':>15} {'all others kept':>15} {'per attribute':>13} "
-          f"{'oracle on sources':>17}")
-    for r in ed["edits"]:
-        print(f"{r['edit']:<28} {r['shown']:>6.3f} {r['gender_age_kept']:>15.3f} {r['all_others_kept']:>15.3f} "
-              f"{r['others_kept_per_attribute']:>13.3f} {r['oracle_on_sources_all_others']:>17.3f}")
-
-    real = realism(pipe, oracle, cfg, args.real, args.seed)
-    print(f"\nrealism on oracle features, {args.real} images per side (renders vs renders is the floor)")
-    print(f"FID {real['fid_generated']:.2f} (renders {real['fid_renders']:.2f}); KID {real['kid_generated']:.4f} "
-          f"(renders {real['kid_renders']:.4f}); real-vs-generated detector accuracy "
-          f"{real['detector_generated']:.3f} (renders {real['detector_renders']:.3f})")
-    print(f"\nspeed ({torch.get_num_threads()} threads, batch {cfg.batch_size}): text-to-image "
-          f"{t2i['images_per_second']:.1f} images/s at {cfg.steps} steps; edits {ed['images_per_second']:.1f} "
-          f"images/s; weights {size_mb:.1f} MB")
-
-    if args.grid:
+    if args.grid and t2i:
         from fairloop.tools.generate import image_grid
 
         args.grid.mkdir(parents=True, exist_ok=True)
@@ -224,12 +259,24 @@ def main() -> None:
                 im.save(p)
                 paths.append(p)
             image_grid(paths).save(args.grid / f"prompt-{k:02d}.png")
+    if args.grid and ed:
+        from fairloop.tools.generate import image_grid
+
+        for k, r in enumerate(ed["edits"]):
+            paths = []
+            for i, im in enumerate(r["sources"] + r["edited"]):
+                p = args.grid / f"edit-{k}-{i:02d}.png"
+                im.save(p)
+                paths.append(p)
+            image_grid(paths, columns=len(r["sources"])).save(args.grid / f"edit-{k}.png")
     if args.json:
-        for r in ed["edits"]:
+        for r in (ed or {}).get("edits", []):
             r.pop("edited"), r.pop("sources")
-        t2i.pop("images")
+        if t2i:
+            t2i.pop("images")
         args.json.write_text(json.dumps({"model_id": pipe.model_id, "sampling": cfg.__dict__, "size_mb": size_mb,
-                                         "text_to_image": t2i, "edits": ed, "realism": real}, indent=2))
+                                         "text_to_image": t2i, "edits": ed, "reconstruction": rec,
+                                         "realism": real}, indent=2))
 
 
 if __name__ == "__main__":

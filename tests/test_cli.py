@@ -269,7 +269,8 @@ def test_cuda_without_a_gpu_is_a_clear_error(synth_root, tmp_path, monkeypatch, 
      (["--generator", "sd", "--generator-model", "/no/such/sd"], "neither an existing folder"),
      (["--generator", "embedded", "--generator-model", "/no/such/weights"], "no embedded generator"),
      (["--protected", "Gray_hair"], "did you mean Gray_Hair"),
-     (["--llm", "openai"], "needs a model name"), (["--fair-band", "0.9,0.95,0.05"], "perfect fairness")],
+     (["--llm", "openai"], "needs a model name"), (["--fair-band", "0.9,0.95,0.05"], "perfect fairness"),
+     (["--finetune-epochs", "0"], "trains nothing")],
 )
 def test_bad_run_options_fail_before_a_run_folder_exists(synth_root, tmp_path, monkeypatch, capsys, option, expected):
     out = tmp_path / "run"

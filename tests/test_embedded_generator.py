@@ -88,6 +88,43 @@ def test_edits_of_synthfaces_sources_are_conditioned_on_the_edited_caption(rando
         assert (tmp_path / row["file"]).is_file()
 
 
+def test_inversion_with_the_source_caption_retraces_the_source_and_sdedit_does_not():
+    """Negative-prompt inversion: where target and source captions agree, guidance cancels and the
+    sampler walks the inversion back, so the edit returns (close to) the autoencoder's reconstruction.
+    DDIM inversion is only that exact for a trained (smooth) UNet: this uses the shipped weights."""
+    from fairloop.data.synthfaces import render_face
+    from fairloop.diffusion.embedded import EmbeddedPipeline, SamplingConfig, to_images, to_tensor
+
+    pipe = EmbeddedPipeline.load()
+    faces = sample_attributes(3, np.random.default_rng(0)).to_dict("records")
+    sources = [render_face(f, k) for k, f in enumerate(faces)]
+    captions = [caption(f) for f in faces]
+    recon = np.stack([np.asarray(im, float) for im in to_images(pipe.decode_latents(pipe.encode_images(
+        to_tensor(sources))))])
+    cfg = SamplingConfig(steps=20, strength=0.8, guidance=5.0)
+
+    def distance(images):
+        return float(np.abs(np.stack([np.asarray(im, float) for im in images]) - recon).mean())
+
+    inverted = pipe.image_to_image(sources, captions, [1, 2, 3], source_prompts=captions, config=cfg)
+    sdedit = pipe.image_to_image(sources, captions, [1, 2, 3], config=cfg)
+    assert distance(inverted) < 0.2 * distance(sdedit), (distance(inverted), distance(sdedit))
+
+
+def test_edit_mode_is_recorded_and_part_of_the_file_name(random_generator, synth_data, tmp_path):
+    train = synth_data.split("train").table
+    sources = tuple(train[(train["Male"] == 0) & (train["Gray_Hair"] == 0)].index[:2])
+    request = GenerationRequest("a woman with gray hair", n=2, label=0, target="Male", source_ids=sources, seed=1)
+    rows = {}
+    for mode in ("invert", "sdedit"):
+        gen = make_generator("embedded", model=str(random_generator), device="cpu", steps=2, edit=mode)
+        rows[mode] = gen.generate(request, tmp_path / mode, sources=synth_data).rows
+        assert {r["edit"] for r in rows[mode]} == {mode}
+    assert {r["file"] for r in rows["invert"]}.isdisjoint(r["file"] for r in rows["sdedit"])
+    with pytest.raises(ConfigError, match="edit mode"):
+        make_generator("embedded", model=str(random_generator), edit="warp")
+
+
 def test_generate_is_resumable_and_content_addressed(random_generator, tmp_path, monkeypatch):
     gen = make_generator("embedded", model=str(random_generator), device="cpu", steps=2)
     request = GenerationRequest("a woman with gray hair", n=4, label=0, target="Male", seed=5)

@@ -234,6 +234,7 @@ def run(
     stop_margin: Annotated[float, typer.Option("--stop-margin", help="The loop stops once inside the band by this share of its width (validation metrics are estimates); 0 stops at the edge.")] = 0.2,
     accuracy_budget: Annotated[float, typer.Option("--accuracy-budget", help="Max drop of validation accuracy (0.01 = 1 point).")] = 0.01,
     baseline: Annotated[Optional[Path], typer.Option("--baseline", help="Start from this checkpoint instead of training one.")] = None,
+    finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="Fine-tuning epochs per iteration (early-stopped on validation).")] = 2,
     memory: Annotated[Optional[Path], typer.Option("--memory", help="Memory folder (default: $FAIRLOOP_HOME/memory, ~/.fairloop/memory).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default: runs/<run id>).")] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this folder after a crash.")] = None,
@@ -261,7 +262,7 @@ def run(
                            llm_model=llm_model, llm_base_url=llm_base_url, max_iterations=max_iterations,
                            max_images=max_images, accuracy_budget=accuracy_budget, stop_margin=stop_margin,
                            **_parse_band(fair_band),
-                           baseline=str(baseline) if baseline else None,
+                           baseline=str(baseline) if baseline else None, finetune_epochs=finetune_epochs,
                            memory=str(memory) if memory else None, seed=seed, device=device).validate()
         from fairloop.tools.generate import make_generator
 
@@ -358,9 +359,9 @@ def generator_train(
     out: Annotated[Optional[Path], typer.Option("--out", help="Where the trained generator goes (default: the package's own weights, replaced atomically).")] = None,
     work: Annotated[Path, typer.Option("--work", help="Work folder: data pool and checkpoints; run again to resume.")] = Path("fairloop-generator-work"),
     n: Annotated[int, typer.Option("--n", help="Renders in the unbiased training pool.")] = 24000,
-    ae_steps: Annotated[int, typer.Option("--ae-steps", help="Autoencoder steps (batch 32).")] = 1500,
+    ae_steps: Annotated[int, typer.Option("--ae-steps", help="Autoencoder steps (batch 32).")] = 5000,
     decoder_steps: Annotated[int, typer.Option("--decoder-steps", help="Decoder-only fine-tuning steps (batch 32).")] = 1500,
-    unet_steps: Annotated[int, typer.Option("--unet-steps", help="UNet steps (batch 32).")] = 4000,
+    unet_steps: Annotated[int, typer.Option("--unet-steps", help="UNet steps (batch 32).")] = 8000,
     threads: Annotated[int, typer.Option("--threads", help="torch threads (1 is faster when the machine is busy).")] = 2,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the training pool.")] = 20261123,
 ) -> None:

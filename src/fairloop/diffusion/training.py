@@ -44,9 +44,9 @@ Log = Callable[[str], None]
 class GeneratorTrainConfig:
     n_images: int = 24_000
     data_seed: int = 20261123
-    ae_steps: int = 1_500
+    ae_steps: int = 5_000
     decoder_steps: int = 1_500
-    unet_steps: int = 5_000
+    unet_steps: int = 8_000
     batch_size: int = 32
     held_out: int = 512               # pool images kept out of autoencoder training, for its PSNR
     ae_lr: float = 1e-3

@@ -68,6 +68,8 @@ class RunConfig:
         if self.max_iterations < 1 or self.max_images < 0 or self.images_per_iteration < 1:
             raise ConfigError("--max-iterations, --max-images and --images-per-iteration must be positive",
                               "use e.g. --max-iterations 3 --max-images 12000")
+        if self.finetune_epochs < 1:
+            raise ConfigError(f"--finetune-epochs {self.finetune_epochs} trains nothing", "use e.g. --finetune-epochs 2")
         if not 0 <= self.stop_margin < 1:
             raise ConfigError(f"--stop-margin {self.stop_margin} is not a fraction", "use e.g. 0.2 (0 stops at the band's edge)")
         if not 0 <= self.accuracy_budget < 1:

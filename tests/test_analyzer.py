@@ -262,7 +262,7 @@ def test_llm_http_500_falls_back_without_exception():
         analyzer = llm(stub, max_retries=2)
         result = analyzer.analyze(make_ctx())
     assert result.fell_back and result.raw == [] and len(stub.requests) == 3   # 1 + the client's 2 retries
-    assert len(result.errors) == 1 and "endpoint error" in result.errors[0] and "500" in result.errors[0]
+    assert len(result.errors) == 1 and "model error" in result.errors[0] and "500" in result.errors[0]
     assert result.decision == RulesAnalyzer().analyze(make_ctx()).decision
     assert all(r["headers"].get("authorization") == f"Bearer {KEY}" for r in stub.requests)
     assert_no_key(result, analyzer)
@@ -271,7 +271,7 @@ def test_llm_http_500_falls_back_without_exception():
 def test_llm_timeout_falls_back():
     with Stub([("sleep", 1.0, json.dumps(good_answer()))]) as stub:
         result = llm(stub, timeout=0.2).analyze(make_ctx())
-    assert result.fell_back and "endpoint error" in result.errors[0]
+    assert result.fell_back and "model error" in result.errors[0]
 
 
 def test_llm_echoed_key_is_scrubbed():

@@ -225,7 +225,7 @@ def run(
     privileged: Annotated[int, typer.Option("--privileged", help="Privileged value of the protected attribute.")] = 1,
     generator: Annotated[str, typer.Option("--generator", help="Counterfactual generator: embedded (fairloop's own diffusion model, CPU), sd (Stable Diffusion, --generator-model) or render (the SynthFaces oracle).")] = "render",
     generator_model: Annotated[Optional[str], typer.Option("--generator-model", help="sd: a diffusers folder or a cached hub id; embedded: a folder of other trained weights.")] = None,
-    llm: Annotated[str, typer.Option("--llm", help="Analyzer: rules, or openai (any OpenAI-compatible endpoint: OPENAI_BASE_URL, OPENAI_API_KEY).")] = "rules",
+    llm: Annotated[str, typer.Option("--llm", help="Analyzer: rules (deterministic), local (the packaged LLM, offline) or openai (any OpenAI-compatible endpoint: OPENAI_BASE_URL, OPENAI_API_KEY).")] = "rules",
     llm_model: Annotated[Optional[str], typer.Option("--llm-model", help="Model name for --llm openai.")] = None,
     llm_base_url: Annotated[Optional[str], typer.Option("--llm-base-url", help="Endpoint (default: $OPENAI_BASE_URL).")] = None,
     max_iterations: Annotated[int, typer.Option("--max-iterations")] = 4,

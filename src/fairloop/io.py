@@ -1,4 +1,4 @@
-"""Writing files so that a crash never leaves a half-written one behind."""
+"""Writing files so that a crash never leaves a half-written one behind, and where fairloop keeps them."""
 
 from __future__ import annotations
 
@@ -32,3 +32,9 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def atomic_write_json(path: str | Path, data: Any) -> Path:
     """JSON with no NaN or Infinity (they are not JSON): callers must turn them into None first."""
     return atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+def fairloop_home() -> Path:
+    """``$FAIRLOOP_HOME``, or ``~/.fairloop``: where memory and the joined local LLM live."""
+    home = os.environ.get("FAIRLOOP_HOME")
+    return Path(home).expanduser() if home else Path.home() / ".fairloop"

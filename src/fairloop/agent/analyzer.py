@@ -653,13 +653,24 @@ class OpenAIAnalyzer(LLMAnalyzer):
         return f"OpenAIAnalyzer(model={self.model!r}, base_url={self.where!r})"
 
 
+def grammar_schema(schema: Any) -> Any:
+    """``schema`` without string length bounds, for llama.cpp's grammar: a bound of hundreds of
+    characters becomes a repetition its grammar parser refuses (and llama-cpp-python 0.3.36 then
+    crashes). Lengths are still enforced by pydantic validation and ``max_tokens``."""
+    if isinstance(schema, dict):
+        return {k: grammar_schema(v) for k, v in schema.items() if k not in ("maxLength", "minLength")}
+    if isinstance(schema, list):
+        return [grammar_schema(v) for v in schema]
+    return schema
+
+
 class LocalAnalyzer(LLMAnalyzer):
     """The LLM analyzer on the packaged local LLM, its output constrained to the decision's JSON schema."""
 
     def __init__(self, *, max_attempts: int = 2, threads: int | None = None) -> None:
         from fairloop.llm.local import MODEL_NAME, local_chat_model
 
-        client = local_chat_model(json_schema=AnalyzerDecision.model_json_schema(), threads=threads)
+        client = local_chat_model(json_schema=grammar_schema(AnalyzerDecision.model_json_schema()), threads=threads)
         super().__init__(client, name="local", model=MODEL_NAME, where="llama.cpp on this machine",
                          max_attempts=max_attempts)
 

@@ -32,8 +32,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import ValidationError
 
-from fairloop.agent.schema import AnalyzerContext, AnalyzerDecision, ClassPlan, validate_decision
+from fairloop.agent.schema import (
+    AnalyzerContext,
+    AnalyzerDecision,
+    ClassPlan,
+    validate_decision,
+)
 from fairloop.errors import ConfigError
+from fairloop.llm import content_text
 from fairloop.prompts import load_prompt
 from fairloop.tools.metrics import METRIC_LABELS, METRIC_NAMES, FairBand
 
@@ -549,15 +555,6 @@ def _validation_errors(error: ValidationError) -> list[str]:
     return problems
 
 
-def _content_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(part if isinstance(part, str) else str(part.get("text", "")) if isinstance(part, dict)
-                       else "" for part in content)
-    return "" if content is None else str(content)
-
-
 class LLMAnalyzer:
     """Seed 000's LLM analyzer over any LangChain chat model: validated, retried with the validation
     errors, and falling back to the rules analyzer, so a run never stops on a bad answer."""
@@ -594,7 +591,7 @@ class LLMAnalyzer:
                 errors.append(f"attempt {attempts}: model error after retries ({self.where}): {summary}")
                 log.warning("analyzer model failed: %s", summary)
                 break
-            text = self._scrub(_content_text(getattr(reply, "content", "")))
+            text = self._scrub(content_text(getattr(reply, "content", "")))
             raw.append(text if len(text) <= _MAX_RAW
                        else text[:_MAX_RAW] + f"[... {len(text) - _MAX_RAW} characters cut]")
             problems = self._problems(text, ctx)

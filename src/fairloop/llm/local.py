@@ -24,6 +24,7 @@ from typing import Any
 
 from fairloop.errors import ConfigError, DataError
 from fairloop.io import atomic_write, fairloop_home
+from fairloop.llm import content_text
 
 MODEL_NAME = "qwen2.5-coder-1.5b-instruct-q4_k_m"
 PARTS = 22
@@ -126,14 +127,6 @@ def _role(message) -> str:
     return {"system": "system", "human": "user", "ai": "assistant", "tool": "tool"}.get(kind, "user")
 
 
-def _message_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p if isinstance(p, str) else str(p.get("text", "")) for p in content if isinstance(p, (str, dict)))
-    return "" if content is None else str(content)
-
-
 def _chat_model_class():
     """Built lazily: langchain-core is imported only when the local LLM is used."""
     from langchain_core.language_models.chat_models import BaseChatModel
@@ -160,7 +153,7 @@ def _chat_model_class():
 
         def _generate(self, messages, stop=None, run_manager=None, **kwargs) -> ChatResult:
             llm = load_llama(Path(self.model_file), threads=self.threads or None, context=self.context)
-            chat = [{"role": _role(m), "content": _message_text(m.content)} for m in messages]
+            chat = [{"role": _role(m), "content": content_text(m.content)} for m in messages]
             options: dict[str, Any] = {"temperature": self.temperature, "max_tokens": self.max_tokens,
                                        "stop": stop}
             if self.json_schema is not None:

@@ -225,7 +225,7 @@ def run(
     privileged: Annotated[int, typer.Option("--privileged", help="Privileged value of the protected attribute.")] = 1,
     generator: Annotated[str, typer.Option("--generator", help="Counterfactual generator: embedded (fairloop's own diffusion model, CPU), sd (Stable Diffusion, --generator-model) or render (the SynthFaces oracle).")] = "render",
     generator_model: Annotated[Optional[str], typer.Option("--generator-model", help="sd: a diffusers folder or a cached hub id; embedded: a folder of other trained weights.")] = None,
-    llm: Annotated[str, typer.Option("--llm", help="Analyzer: rules (deterministic), local (the packaged LLM, offline) or openai (any OpenAI-compatible endpoint: OPENAI_BASE_URL, OPENAI_API_KEY).")] = "rules",
+    llm: Annotated[str, typer.Option("--llm", help="Analyzer: auto (openai when --llm-model/$FAIRLOOP_LLM_MODEL is set, else local when installed, else rules), rules (deterministic), local (the packaged LLM, offline) or openai (any OpenAI-compatible endpoint: OPENAI_BASE_URL, OPENAI_API_KEY).")] = "auto",
     llm_model: Annotated[Optional[str], typer.Option("--llm-model", help="Model name for --llm openai.")] = None,
     llm_base_url: Annotated[Optional[str], typer.Option("--llm-base-url", help="Endpoint (default: $OPENAI_BASE_URL).")] = None,
     max_iterations: Annotated[int, typer.Option("--max-iterations")] = 4,
@@ -254,8 +254,11 @@ def run(
         config = folder.load_config()
         console.print(f"resuming {folder.path}")
     else:
+        from fairloop.llm import resolve_llm
+
         if root is None:
             root = _default_synthfaces(seed, console)
+        llm = resolve_llm(llm, llm_model)
         config = RunConfig(dataset=dataset, root=str(root.absolute()), csv=str(csv) if csv else None, target=target,
                            protected=protected, privileged_value=privileged, generator=generator,
                            generator_model=generator_model, llm=llm,
@@ -272,6 +275,8 @@ def run(
             from fairloop.llm.local import check_available
 
             check_available()
+        console.print(f"analyzer: {config.llm}" + (" (no endpoint configured and no local LLM installed: "
+                                                    "pip install -e '.[local]')" if config.llm == "rules" else ""))
         data = _load(config.dataset, Path(config.root), csv)
         data.require_attribute(target, "target")
         data.require_attribute(protected, "protected")
@@ -329,6 +334,104 @@ def _run_with_progress(config, folder) -> None:
     console.print(table)
     console.print(state["status"])
     console.print(f"wrote {folder.path / 'summary.json'} and {folder.path / 'report.html'}")
+
+
+@app.command()
+def chat(
+    run_dir: Annotated[Optional[Path], typer.Option("--run", help="Run folder to work in: an existing run (its final model becomes the current one) or a new folder.")] = None,
+    thread: Annotated[Optional[str], typer.Option("--thread", help="Resume this thread (it remembers its run), or name a new one.")] = None,
+    llm: Annotated[str, typer.Option("--llm", help="auto (an endpoint when --llm-model/$FAIRLOOP_LLM_MODEL is set, else the packaged local LLM), local or openai.")] = "auto",
+    llm_model: Annotated[Optional[str], typer.Option("--llm-model", help="Model name on the OpenAI-compatible endpoint.")] = None,
+    llm_base_url: Annotated[Optional[str], typer.Option("--llm-base-url", help="Endpoint (default: $OPENAI_BASE_URL).")] = None,
+    root: Annotated[Optional[Path], typer.Option("--root", help="New run: dataset folder (default: SynthFaces in data/synthfaces).")] = None,
+    dataset: DatasetOpt = "celeba",
+    target: Annotated[str, typer.Option("--target", help="New run: the attribute the classifier predicts.")] = "Male",
+    protected: Annotated[str, typer.Option("--protected", help="New run: the protected attribute.")] = "Gray_Hair",
+    generator: Annotated[str, typer.Option("--generator", help="New run: embedded, sd or render.")] = "render",
+    confirm_over: Annotated[int, typer.Option("--confirm-over", help="Ask before generating more images than this.")] = 10,
+    max_images: Annotated[int, typer.Option("--max-images", help="Image budget of the thread.")] = 2000,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Token budget of the thread.")] = 300_000,
+    max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", help="Wall-time budget of this session.")] = None,
+    max_steps: Annotated[int, typer.Option("--max-steps", help="Model calls per message before it must answer.")] = 8,
+    yes: Annotated[bool, typer.Option("--yes", help="Approve every expensive step without asking.")] = False,
+    export: Annotated[Optional[Path], typer.Option("--export", help="Write the transcript of --thread to this file and exit.")] = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """A bias-debugging conversation: an agent that audits, explains, recalls, generates, fine-tunes and compares."""
+    from fairloop.chat.agent import Budgets, ChatAgent
+    from fairloop.chat.session import ChatSession, check_thread_id, new_thread_id, open_checkpointer, saved_run
+    from fairloop.chat.terminal import chat_loop
+    from fairloop.chat.tools import Workspace
+    from fairloop.errors import ConfigError, DataError
+    from fairloop.graphs.run import RunConfig, RunFolder, RunServices
+    from fairloop.llm import make_chat_model, resolve_llm
+
+    console = _console()
+    if min(confirm_over, max_images, max_tokens, max_steps) < 0 or max_steps < 1:
+        raise ConfigError("--confirm-over, --max-images and --max-tokens must be ≥ 0 and --max-steps ≥ 1",
+                          "e.g. --max-images 2000 --max-steps 8")
+    checkpointer = open_checkpointer()
+    thread = check_thread_id(thread) if thread else new_thread_id()
+    saved = saved_run(checkpointer, thread)
+    if saved and run_dir is not None and Path(saved).resolve() != run_dir.resolve():
+        raise ConfigError(f"thread {thread} works in {saved}, not {run_dir}", "leave out --run to resume it, or start a new thread")
+    if export is not None and not saved:
+        raise DataError(f"there is no thread {thread!r} to export", "pass the id that 'fairloop chat' printed")
+    folder_path = Path(saved) if saved else run_dir
+    if folder_path is not None and (folder_path / "config.json").is_file():
+        folder = RunFolder(folder_path)
+        config = folder.load_config()
+    elif saved:
+        raise DataError(f"thread {thread}'s run folder {saved} is gone", "start a new thread")
+    else:
+        root = root or _default_synthfaces(seed, console)
+        config = RunConfig(dataset=dataset, root=str(root.absolute()), target=target, protected=protected,
+                           generator=generator, seed=seed, device=device).validate()
+        data = _load(config.dataset, Path(config.root), None)
+        data.require_attribute(target, "target")
+        data.require_attribute(protected, "protected")
+        folder = RunFolder(folder_path or Path("runs") / f"chat-{config.run_id()[4:]}")
+        folder.save_config(config)
+    services = RunServices(config, folder, progress=_line_progress(console), log=console.print)
+    workspace = Workspace(services, confirm_images=confirm_over, max_images=max_images)
+    if export is not None:
+        session = ChatSession(ChatAgent(_NoModel(), workspace), thread, checkpointer)
+        console.print(f"wrote {session.save_transcript(export)}")
+        return
+    kind = resolve_llm(llm, llm_model)
+    if kind == "rules":
+        raise ConfigError("the chat needs a language model, and none is installed or configured",
+                          "install the packaged local LLM (.venv/bin/pip install -e '.[local]') or pass "
+                          "--llm openai --llm-model NAME with OPENAI_BASE_URL/OPENAI_API_KEY")
+    model, where, scrub = make_chat_model(kind, model=llm_model, base_url=llm_base_url)
+    budgets = Budgets(max_steps=max_steps, max_tokens=max_tokens,
+                      max_seconds=None if max_minutes is None else max_minutes * 60)
+    agent = ChatAgent(model, workspace, budgets=budgets, auto_approve=yes, where=where, scrub=scrub)
+    chat_loop(ChatSession(agent, thread, checkpointer), console)
+
+
+class _NoModel:
+    """Stands in for a chat model where none is called (exporting a transcript)."""
+
+    def bind_tools(self, tools):
+        return self
+
+
+def _line_progress(console):
+    """A progress callback that prints a line per quarter of each stage (a live bar would fight the prompt)."""
+    shown: dict[str, int] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        quarter = 4 * done // max(total, 1)
+        if done < shown.get(stage + "#", 0):
+            shown.pop(stage, None)
+        shown[stage + "#"] = done
+        if quarter > shown.get(stage, -1):
+            shown[stage] = quarter
+            console.print(f"[dim]  {stage}: {done}/{total}[/]", highlight=False)
+
+    return update
 
 
 # ------------------------------------------------------------------------------------ generation

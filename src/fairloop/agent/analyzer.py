@@ -23,12 +23,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import ValidationError
 
@@ -39,7 +37,7 @@ from fairloop.agent.schema import (
     validate_decision,
 )
 from fairloop.errors import ConfigError
-from fairloop.llm import content_text
+from fairloop.llm import content_text, grammar_schema
 from fairloop.prompts import load_prompt
 from fairloop.tools.metrics import METRIC_LABELS, METRIC_NAMES, FairBand
 
@@ -60,7 +58,6 @@ PROTECTED_TOP = 3
 _MAX_PER_CLASS = 5000          # ClassPlan.n_images' upper bound
 _MAX_RAW = 50_000              # characters of one raw answer that are kept
 _MAX_ECHO = 8_000              # characters of a rejected answer sent back to the model
-_PLACEHOLDER_KEY = "not-needed"
 
 PRESET_QUERIES = (
     "1. Why is the model biased?",
@@ -631,34 +628,14 @@ class OpenAIAnalyzer(LLMAnalyzer):
     def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
                  timeout: float = 120, max_attempts: int = 3, temperature: float = 0.0,
                  max_retries: int = 2) -> None:
-        if not model or not str(model).strip():
-            raise ConfigError("The openai analyzer needs a model name.",
-                              "pass the model your endpoint serves, e.g. gpt-4o-mini or llama3.1")
-        from langchain_openai import ChatOpenAI
+        from fairloop.llm.endpoint import endpoint_chat_model
 
-        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_BASE")
-        self.timeout = float(timeout)
-        self.temperature = float(temperature)
-        key = api_key or os.environ.get("OPENAI_API_KEY") or _PLACEHOLDER_KEY
-        # The key is only inside the client (a SecretStr) and inside the scrubber's closure.
-        client = ChatOpenAI(model=str(model), base_url=self.base_url, api_key=key, temperature=self.temperature,
-                            timeout=self.timeout, max_retries=max_retries)
-        super().__init__(client, name="openai", model=str(model), where=_safe_url(self.base_url),
-                         max_attempts=max_attempts, scrub=_scrubber(key))
+        client, where, scrub = endpoint_chat_model(model, base_url=base_url, api_key=api_key, timeout=timeout,
+                                                   max_retries=max_retries, temperature=temperature)
+        super().__init__(client, name="openai", model=str(model), where=where, max_attempts=max_attempts, scrub=scrub)
 
     def __repr__(self) -> str:
         return f"OpenAIAnalyzer(model={self.model!r}, base_url={self.where!r})"
-
-
-def grammar_schema(schema: Any) -> Any:
-    """``schema`` without string length bounds, for llama.cpp's grammar: a bound of hundreds of
-    characters becomes a repetition its grammar parser refuses (and llama-cpp-python 0.3.36 then
-    crashes). Lengths are still enforced by pydantic validation and ``max_tokens``."""
-    if isinstance(schema, dict):
-        return {k: grammar_schema(v) for k, v in schema.items() if k not in ("maxLength", "minLength")}
-    if isinstance(schema, list):
-        return [grammar_schema(v) for v in schema]
-    return schema
 
 
 class LocalAnalyzer(LLMAnalyzer):
@@ -670,24 +647,6 @@ class LocalAnalyzer(LLMAnalyzer):
         client = local_chat_model(json_schema=grammar_schema(AnalyzerDecision.model_json_schema()), threads=threads)
         super().__init__(client, name="local", model=MODEL_NAME, where="llama.cpp on this machine",
                          max_attempts=max_attempts)
-
-
-def _safe_url(url: str | None) -> str:
-    """``url`` without user info, query or fragment, for errors and repr."""
-    if not url:
-        return "default endpoint"
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", "")) if parts.scheme else "custom endpoint"
-
-
-def _scrubber(key: str):
-    """A function that replaces the key in a text; a placeholder key is no secret."""
-    if not key or key == _PLACEHOLDER_KEY or len(key) < 4:
-        return lambda text: text
-    return lambda text: text.replace(key, "[redacted]")
 
 
 def make_analyzer(kind: str, *, model: str | None = None,

@@ -145,6 +145,119 @@ def _compact(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: metrics.get(k) for k in MEMORY_KEYS}
 
 
+# ------------------------------------------------------- counterfactuals and fine-tuning (shared with chat)
+
+
+def make_counterfactuals(services: RunServices, plans: list[dict[str, Any]], negative_prompt: str = "", *,
+                         seed_key: tuple[int, ...], manifest) -> dict[str, Any]:
+    """Generate the images of ``plans`` (label, description, n_images) as minimal edits of training
+    images, keep those the attribute oracle confirms (when there is one), and write ``manifest``.
+
+    Returns ``{"manifest": relative path, "n": images kept, "made": images generated, "notes",
+    "verification"}``."""
+    from fairloop.tools.generate import GenerationRequest
+    from fairloop.tools.prompt_parser import parse_prompt
+
+    cfg = services.config
+    train = services.dataset.split("train").table
+    rows, notes = [], []
+    for k, plan in enumerate(plans):
+        if plan["n_images"] <= 0:
+            continue
+        edits = parse_prompt(plan["description"], services.dataset.attributes).edits
+        pool = train[train[cfg.target] == plan["label"]]
+        # minimal-change edits start from the images that the edit really changes
+        changes = [a for a in edits if a != cfg.target and a in pool.columns]
+        if changes:
+            differs = (pool[changes] != pd.Series({a: edits[a] for a in changes})).any(axis=1)
+            pool = pool[differs] if differs.any() else pool
+        rng = np.random.default_rng([*seed_key, k])
+        chosen = rng.choice(pool.index.to_numpy(), size=min(plan["n_images"], len(pool)), replace=False)
+        request = GenerationRequest(prompt=plan["description"], n=plan["n_images"], label=plan["label"],
+                                    target=cfg.target, negative_prompt=negative_prompt,
+                                    source_ids=tuple(chosen), seed=int(rng.integers(2**31 - 1)))
+        result = services.generator.generate(request, services.folder.path / "images", sources=services.dataset,
+                                             progress=services.progress)
+        notes += result.notes
+        for row in result.rows:
+            row["path"] = services.folder.relative(row["path"])
+            source_value = train.at[row["source_id"], cfg.protected] if row.get("source_id") else None
+            row["protected"] = int(row.get("attributes", {}).get(cfg.protected, source_value if source_value is not None else -1))
+        rows += result.rows
+    made = len(rows)
+    verification, rejected = None, []
+    if services.oracle is not None:  # non-exact generators on SynthFaces: keep what the oracle confirms
+        from fairloop.tools.quality import verify_generated
+
+        passed, verification = verify_generated(services.oracle, rows, cfg.target, services.folder.resolve)
+        rejected = [r for r, ok in zip(rows, passed) if not ok]
+        rows = [r for r, ok in zip(rows, passed) if ok]
+        services.log(f"  verification: {verification['passed']}/{verification['checked']} generated images show "
+                     f"what their prompt asked for")
+    atomic_write_json(manifest, {"generator": services.generator.name, "model_id": services.generator.model_id,
+                                 "exact_oracle": services.generator.exact, "notes": notes,
+                                 "verification": verification, "images": rows, "rejected": rejected})
+    return {"manifest": services.folder.relative(manifest), "n": len(rows), "made": made, "notes": notes,
+            "verification": verification}
+
+
+def analyzer_context(services: RunServices, metrics: dict[str, Any], explanation: dict[str, Any], *,
+                     train_groups: dict[str, int], max_images: int, iteration: int = 1,
+                     recalled: list[str] | None = None, history: list[str] | None = None):
+    """Seed 000's prompt P for this run: validation metrics, LIME importances and training counts."""
+    from fairloop.agent.schema import AnalyzerContext
+
+    cfg = services.config
+    return AnalyzerContext(
+        task=f"classify {cfg.target} from face images without bias towards any attribute",
+        target=cfg.target, protected=cfg.protected, privileged_value=cfg.privileged_value,
+        attributes=[a for a in services.dataset.attributes if a != cfg.target], metrics=metrics,
+        importances=[(k, v) for k, v in explanation["as_list"]], train_groups=train_groups, max_images=max_images,
+        iteration=iteration, recalled=list(recalled or []), history=list(history or []), band=cfg.target_band)
+
+
+def counterfactual_table(services: RunServices, manifests: list[str]) -> pd.DataFrame:
+    """(path, label, protected) of the images in these manifests, ready for fine-tuning."""
+    rows = []
+    for relative in manifests:
+        for r in json.loads(services.folder.resolve(relative).read_text())["images"]:
+            rows.append({"path": str(services.folder.resolve(r["path"])), "label": r["label"],
+                         "protected": r["protected"]})
+    table = pd.DataFrame(rows, columns=["path", "label", "protected"])
+    return table[table["protected"].isin([0, 1])]
+
+
+def train_groups(services: RunServices, kept_manifests: list[str]) -> dict[str, int]:
+    """Group counts of the training data as the next fine-tuning sees it: real rows plus the
+    counterfactuals of accepted iterations (seed 000's D ← D + D̂)."""
+    cfg = services.config
+    counts = services.dataset.split("train").table.groupby([cfg.target, cfg.protected]).size().to_dict()
+    kept = counterfactual_table(services, kept_manifests)
+    for (label, protected), n in kept.groupby(["label", "protected"]).size().items():
+        counts[(label, protected)] = counts.get((label, protected), 0) + int(n)
+    return {f"{cfg.target}={t}, {cfg.protected}={p}": int(n) for (t, p), n in sorted(counts.items())}
+
+
+def finetune_model(services: RunServices, model: str, manifests: list[str], kept_manifests: list[str], *,
+                   mix_ratio: float, seed: int, role: str, epochs: int | None = None):
+    """Fine-tune checkpoint ``model`` on the images of ``manifests`` mixed in at ``mix_ratio`` (with
+    the images of ``kept_manifests`` as extra training data) and save the result; returns its
+    relative path and the :class:`~fairloop.tools.finetune.FinetuneResult`."""
+    from fairloop.tools.finetune import FinetuneConfig, finetune
+
+    cfg = services.config
+    base, meta = services.load_model(model)
+    ft_cfg = FinetuneConfig(mode=cfg.finetune_mode, epochs=epochs or cfg.finetune_epochs, mix_ratio=mix_ratio,
+                            accuracy_budget=cfg.accuracy_budget, image_size=meta.get("image_size", 64),
+                            seed=seed, device=cfg.device)
+    result = finetune(base, services.dataset, counterfactual_table(services, manifests), target=cfg.target,
+                      protected=cfg.protected, privileged_value=cfg.privileged_value, config=ft_cfg,
+                      band=cfg.target_band, extra_training=counterfactual_table(services, kept_manifests),
+                      progress=services.progress)
+    relative = save_model(services, result.model, {**meta, "role": role, "parent": model, "alpha": result.alpha})
+    return relative, result
+
+
 # ----------------------------------------------------------------------------------------- nodes
 
 
@@ -230,21 +343,13 @@ class MitigationLoop:
     # analyze -------------------------------------------------------------------------------
     @traced("analyze")
     def analyze(self, state: LoopState) -> dict[str, Any]:
-        from fairloop.agent.schema import AnalyzerContext
-
-        cfg, data = self.config, self.services.dataset
+        cfg = self.config
         remaining = max(0, cfg.max_images - state["images_used"])
         budget = int(min(cfg.images_per_iteration * state.get("image_scale", 1.0), remaining))
-        context = AnalyzerContext(
-            task=f"classify {cfg.target} from face images without bias towards any attribute",
-            target=cfg.target, protected=cfg.protected, privileged_value=cfg.privileged_value,
-            attributes=[a for a in data.attributes if a != cfg.target],
-            metrics=state["current"]["val"],
-            importances=[(k, v) for k, v in state["explanation"]["as_list"]],
-            train_groups=self._train_groups(state), max_images=budget, iteration=state["iteration"],
-            recalled=state.get("recalled", []),
-            history=[it["line"] for it in state.get("iterations", [])], band=cfg.target_band,
-        )
+        context = analyzer_context(self.services, state["current"]["val"], state["explanation"],
+                                   train_groups=train_groups(self.services, state.get("kept_manifests", [])), max_images=budget,
+                                   iteration=state["iteration"], recalled=state.get("recalled", []),
+                                   history=[it["line"] for it in state.get("iterations", [])])
         if cfg.target_band.check(state["current"]["val"]).inside:  # one notion of "fair" in the loop
             return {"analysis": {"backend": "loop", "model": None, "prompt": "", "raw": [], "attempts": 0, "errors": [],
                                  "fell_back": False, "seconds": 0.0, "budget": budget, "decision": {
@@ -255,27 +360,6 @@ class MitigationLoop:
         for error in result.errors:
             self.services.log(f"  analyzer answer rejected: {error}")
         return {"analysis": result.as_dict() | {"budget": budget}}
-
-    def _train_groups(self, state: LoopState) -> dict[str, int]:
-        """Group counts of the training data as the next fine-tuning sees it: real rows plus the
-        counterfactuals of accepted iterations (seed 000's D ← D + D̂)."""
-        cfg = self.config
-        train = self.services.dataset.split("train").table
-        counts = train.groupby([cfg.target, cfg.protected]).size().to_dict()
-        kept = self._counterfactual_table(state.get("kept_manifests", []))
-        for (label, protected), n in kept.groupby(["label", "protected"]).size().items():
-            counts[(label, protected)] = counts.get((label, protected), 0) + int(n)
-        return {f"{cfg.target}={t}, {cfg.protected}={p}": int(n) for (t, p), n in sorted(counts.items())}
-
-    def _counterfactual_table(self, manifests: list[str]) -> pd.DataFrame:
-        """(path, label, protected) of the images in these manifests, ready for fine-tuning."""
-        rows = []
-        for relative in manifests:
-            for r in json.loads(self.services.folder.resolve(relative).read_text())["images"]:
-                rows.append({"path": str(self.services.folder.resolve(r["path"])), "label": r["label"],
-                             "protected": r["protected"]})
-        table = pd.DataFrame(rows, columns=["path", "label", "protected"])
-        return table[table["protected"].isin([0, 1])]
 
     def after_analyze(self, state: LoopState) -> str:
         decision = state["analysis"]["decision"]
@@ -288,72 +372,22 @@ class MitigationLoop:
     # generate ------------------------------------------------------------------------------
     @traced("generate")
     def generate(self, state: LoopState) -> dict[str, Any]:
-        from fairloop.tools.generate import GenerationRequest
-        from fairloop.tools.prompt_parser import parse_prompt
-
-        cfg, services = self.config, self.services
         decision = state["analysis"]["decision"]
-        train = services.dataset.split("train").table
-        rows, notes = [], []
-        for k, plan in enumerate(decision["plans"]):
-            if plan["n_images"] <= 0:
-                continue
-            edits = parse_prompt(plan["description"], services.dataset.attributes).edits
-            pool = train[train[cfg.target] == plan["label"]]
-            # minimal-change edits start from the images that the edit really changes
-            changes = [a for a in edits if a != cfg.target and a in pool.columns]
-            if changes:
-                differs = (pool[changes] != pd.Series({a: edits[a] for a in changes})).any(axis=1)
-                pool = pool[differs] if differs.any() else pool
-            rng = np.random.default_rng([cfg.seed, state["iteration"], k])
-            chosen = rng.choice(pool.index.to_numpy(), size=min(plan["n_images"], len(pool)), replace=False)
-            request = GenerationRequest(prompt=plan["description"], n=plan["n_images"], label=plan["label"],
-                                        target=cfg.target, negative_prompt=decision.get("negative_prompt", ""),
-                                        source_ids=tuple(chosen), seed=int(rng.integers(2**31 - 1)))
-            result = services.generator.generate(request, services.folder.path / "images", sources=services.dataset,
-                                                 progress=services.progress)
-            notes += result.notes
-            for row in result.rows:
-                row["path"] = services.folder.relative(row["path"])
-                source_value = train.at[row["source_id"], cfg.protected] if row.get("source_id") else None
-                row["protected"] = int(row.get("attributes", {}).get(cfg.protected, source_value if source_value is not None else -1))
-            rows += result.rows
-        made = len(rows)
-        verification, rejected = None, []
-        if services.oracle is not None:  # non-exact generators on SynthFaces: keep what the oracle confirms
-            from fairloop.tools.quality import verify_generated
-
-            passed, verification = verify_generated(services.oracle, rows, cfg.target, services.folder.resolve)
-            rejected = [r for r, ok in zip(rows, passed) if not ok]
-            rows = [r for r, ok in zip(rows, passed) if ok]
-            services.log(f"  verification: {verification['passed']}/{verification['checked']} generated images show "
-                         f"what their prompt asked for")
-        manifest = services.folder.path / "manifests" / f"it{state['iteration']}.json"
-        atomic_write_json(manifest, {"generator": services.generator.name, "model_id": services.generator.model_id,
-                                     "exact_oracle": services.generator.exact, "notes": notes,
-                                     "verification": verification, "images": rows, "rejected": rejected})
-        return {"generated": {"manifest": services.folder.relative(manifest), "n": len(rows), "notes": notes,
-                              "verification": verification, "iteration": state["iteration"]},
-                "images_used": state["images_used"] + made}
+        manifest = self.services.folder.path / "manifests" / f"it{state['iteration']}.json"
+        made = make_counterfactuals(self.services, decision["plans"], decision.get("negative_prompt", ""),
+                                    seed_key=(self.config.seed, state["iteration"]), manifest=manifest)
+        return {"generated": {"manifest": made["manifest"], "n": made["n"], "notes": made["notes"],
+                              "verification": made["verification"], "iteration": state["iteration"]},
+                "images_used": state["images_used"] + made["made"]}
 
     # finetune / evaluate -------------------------------------------------------------------
     @traced("finetune")
     def finetune(self, state: LoopState) -> dict[str, Any]:
-        from fairloop.tools.finetune import FinetuneConfig, finetune
-
-        cfg, services = self.config, self.services
-        table = self._counterfactual_table([state["generated"]["manifest"]])
-        kept = self._counterfactual_table(state.get("kept_manifests", []))
-        model, meta = services.load_model(state["model"])
-        ft_cfg = FinetuneConfig(mode=cfg.finetune_mode, epochs=cfg.finetune_epochs,
-                                mix_ratio=state["analysis"]["decision"]["mix_ratio"],
-                                accuracy_budget=cfg.accuracy_budget, image_size=meta.get("image_size", 64),
-                                seed=cfg.seed + state["iteration"], device=cfg.device)
-        result = finetune(model, services.dataset, table, target=cfg.target, protected=cfg.protected,
-                          privileged_value=cfg.privileged_value, config=ft_cfg, band=cfg.target_band,
-                          extra_training=kept, progress=services.progress)
-        relative = save_model(services, result.model, {**meta, "role": f"iteration {state['iteration']} candidate",
-                                                       "parent": state["model"], "alpha": result.alpha})
+        relative, result = finetune_model(self.services, state["model"], [state["generated"]["manifest"]],
+                                          state.get("kept_manifests", []),
+                                          mix_ratio=state["analysis"]["decision"]["mix_ratio"],
+                                          seed=self.config.seed + state["iteration"],
+                                          role=f"iteration {state['iteration']} candidate")
         return {"candidate": {"model": relative, "alpha": result.alpha, "finetune": result.as_dict(),
                               "iteration": state["iteration"]}}
 

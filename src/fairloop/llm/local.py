@@ -24,7 +24,6 @@ from typing import Any
 
 from fairloop.errors import ConfigError, DataError
 from fairloop.io import atomic_write, fairloop_home
-from fairloop.llm import content_text
 
 MODEL_NAME = "qwen2.5-coder-1.5b-instruct-q4_k_m"
 PARTS = 22
@@ -122,19 +121,18 @@ def load_llama(path: Path | None = None, *, threads: int | None = None, context:
         return _LOADED[key]
 
 
-def _role(message) -> str:
-    kind = getattr(message, "type", "")
-    return {"system": "system", "human": "user", "ai": "assistant", "tool": "tool"}.get(kind, "user")
-
-
 def _chat_model_class():
     """Built lazily: langchain-core is imported only when the local LLM is used."""
     from langchain_core.language_models.chat_models import BaseChatModel
     from langchain_core.messages import AIMessage
     from langchain_core.outputs import ChatGeneration, ChatResult
 
+    from fairloop.llm import router
+
     class LocalChatModel(BaseChatModel):
-        """A LangChain chat model over the process's llama.cpp model; ``json_schema`` constrains output."""
+        """A LangChain chat model over the process's llama.cpp model. ``json_schema`` constrains
+        the output; with tools bound, every reply is one constrained router decision (a tool call
+        or an answer, see :mod:`fairloop.llm.router`)."""
 
         model_file: str = ""
         threads: int = 0
@@ -142,6 +140,7 @@ def _chat_model_class():
         temperature: float = 0.0
         max_tokens: int = 768
         json_schema: dict | None = None
+        tools: list[dict] | None = None
 
         @property
         def _llm_type(self) -> str:
@@ -151,17 +150,32 @@ def _chat_model_class():
         def _identifying_params(self) -> dict[str, Any]:
             return {"model_file": Path(self.model_file).name, "threads": self.threads, "context": self.context}
 
+        def bind_tools(self, tools, **kwargs):
+            return self.model_copy(update={"tools": router.tool_specs(list(tools))})
+
         def _generate(self, messages, stop=None, run_manager=None, **kwargs) -> ChatResult:
             llm = load_llama(Path(self.model_file), threads=self.threads or None, context=self.context)
-            chat = [{"role": _role(m), "content": content_text(m.content)} for m in messages]
+            chat = router.render_history(list(messages))
             options: dict[str, Any] = {"temperature": self.temperature, "max_tokens": self.max_tokens,
                                        "stop": stop}
-            if self.json_schema is not None:
-                options["response_format"] = {"type": "json_object", "schema": self.json_schema}
+            schema = router.router_schema(self.tools) if self.tools else self.json_schema
+            if self.tools:
+                instructions = router.router_instructions(self.tools)
+                if chat and chat[0]["role"] == "system":
+                    chat[0] = {"role": "system", "content": chat[0]["content"] + "\n\n" + instructions}
+                else:
+                    chat.insert(0, {"role": "system", "content": instructions})
+            if schema is not None:
+                options["response_format"] = {"type": "json_object", "schema": schema}
             reply = llm.create_chat_completion(messages=chat, **options)
             choice = reply["choices"][0]
-            usage = reply.get("usage", {})
-            message = AIMessage(content=choice["message"].get("content") or "",
+            text = choice["message"].get("content") or ""
+            answer, calls = router.parse_reply(text, self.tools) if self.tools else (text, [])
+            usage = reply.get("usage") or {}
+            tokens = {"input_tokens": int(usage.get("prompt_tokens", 0)),
+                      "output_tokens": int(usage.get("completion_tokens", 0)),
+                      "total_tokens": int(usage.get("total_tokens", 0))}
+            message = AIMessage(content=answer, tool_calls=calls, usage_metadata=tokens,
                                 response_metadata={"finish_reason": choice.get("finish_reason"), "usage": usage})
             return ChatResult(generations=[ChatGeneration(message=message)], llm_output={"usage": usage})
 

@@ -1,0 +1,161 @@
+"""The chat agent with a scripted chat model: tools over a real (tiny) run folder, approvals through
+LangGraph interrupts, threads resumed from SQLite, guards against bad calls and runaway loops."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from langchain_core.language_models.chat_models import BaseChatModel
+from langchain_core.messages import AIMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+
+from fairloop.chat.agent import Budgets, ChatAgent
+from fairloop.chat.session import ChatSession, open_checkpointer, saved_run
+from fairloop.chat.tools import Workspace
+from fairloop.graphs.run import RunFolder, RunServices
+
+
+class ScriptedChat(BaseChatModel):
+    """Replies from a script in order; a step is a tool call ``(name, args)`` or answer text."""
+
+    script: list = []
+    seen: list = []
+
+    @property
+    def _llm_type(self) -> str:
+        return "scripted"
+
+    def bind_tools(self, tools, **kwargs):
+        self.seen.append(sorted(t["function"]["name"] for t in tools))
+        return self
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+        self.seen.append(messages)
+        step = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        if isinstance(step, tuple):
+            message = AIMessage(content="", tool_calls=[{"name": step[0], "args": step[1], "id": f"c{len(self.seen)}"}],
+                                usage_metadata={"input_tokens": 10, "output_tokens": 5, "total_tokens": 15})
+        else:
+            message = AIMessage(content=step, usage_metadata={"input_tokens": 10, "output_tokens": 5, "total_tokens": 15})
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+@pytest.fixture()
+def workspace(synth_root, tmp_path):
+    from test_loop import tiny_config
+
+    config = tiny_config(synth_root, None, tmp_path / "memory", baseline=None, baseline_epochs=1)
+    folder = RunFolder(tmp_path / "runs" / "chat-run")
+    folder.save_config(config)
+    return Workspace(RunServices(config, folder, log=lambda *a: None), confirm_images=4, max_images=50)
+
+
+def session(ws, script, tmp_path, thread="t1", **budgets):
+    model = ScriptedChat(script=list(script), seen=[])
+    agent = ChatAgent(model, ws, budgets=Budgets(**budgets))
+    return ChatSession(agent, thread, open_checkpointer(tmp_path / "threads.sqlite")), model
+
+
+def events(iterator, kind=None):
+    out = list(iterator)
+    return [e for e in out if kind is None or e["kind"] == kind]
+
+
+def test_a_scripted_session_audits_generates_with_approval_finetunes_and_resumes(workspace, tmp_path):
+    chat, model = session(workspace, [("audit", {}), "The baseline is biased."], tmp_path)
+    first = events(chat.send("audit the model"))
+    assert [e["kind"] for e in first] == ["call", "question"]          # training the baseline needs a yes
+    assert "Train the baseline" in chat.pending()
+    after = events(chat.answer(True))
+    result = json.loads(next(e for e in after if e["kind"] == "result")["text"])
+    assert "baseline was trained" in result["note"] and 0 <= result["accuracy"] <= 1 and "disparate_impact" in result
+    assert after[-1] == {"kind": "answer", "text": "The baseline is biased.", "streamed": True}
+    baseline = chat.values["model"]
+    assert baseline and chat.values["tokens_used"] == 30
+
+    # a new process: the same thread, from the SQLite file
+    again, _ = session(workspace, [("generate", {"description": "a woman with gray hair", "label": 0, "n_images": 6}),
+                                   ("finetune", {"mix_ratio": 0.3, "epochs": 1}), "Done: fine-tuned."], tmp_path)
+    assert saved_run(open_checkpointer(tmp_path / "threads.sqlite"), "t1") == str(workspace.folder.resolve())
+    asked = events(again.send("make 6 gray-haired women and fine-tune"))
+    assert asked[-1]["kind"] == "question" and "Generate 6 images" in asked[-1]["text"]
+    made = events(again.answer(True))
+    generated = json.loads(next(e for e in made if e["kind"] == "result" and e["name"] == "generate")["text"])
+    assert generated["kept"] == 6 and generated["preview"].endswith(".png")
+    assert made[-1]["kind"] == "question" and "Fine-tune" in made[-1]["text"]
+    tuned = events(again.answer(True))
+    result = json.loads(next(e for e in tuned if e["kind"] == "result")["text"])
+    assert result["now_current"] and again.values["model"] != baseline
+    assert again.values["images_used"] == 6 and again.values["baseline"] == baseline
+    assert len(workspace.services.memory.records()) == 1   # the chat's fine-tune is remembered
+
+    transcript = again.transcript_path().read_text()
+    for part in ("**you:** audit the model", "→ `audit`", "(approved by the user)", "→ `generate`",
+                 "**fairloop:** Done: fine-tuned."):
+        assert part in transcript
+
+
+def test_declined_steps_bad_arguments_and_repeats_go_back_to_the_model(workspace, tmp_path):
+    chat, model = session(workspace, [("generate", {"description": "a woman", "label": 7, "n_images": 2}),
+                                      ("nonsense", {}), ("audit", {"split": "val"})], tmp_path, max_steps=20)
+    out = events(chat.send("go"))
+    assert out[-1]["kind"] == "question"
+    out += events(chat.answer(False))                                  # declined: no baseline is trained
+    results = [json.loads(e["text"]) for e in out if e["kind"] == "result"]
+    assert "label" in results[0]["error"] and "unknown tool" in results[1]["error"]
+    assert results[2]["declined"] and chat.values["model"] is None
+    # the model repeats the declined call: not asked again, refused twice, then a last answer
+    assert [r.get("error", "")[:25] for r in results[3:]] == ["this exact call was alrea"] * 2
+    assert out[-1] == {"kind": "answer", "text": "I stopped here: the same tool calls keep repeating.",
+                       "streamed": True}
+    assert "".join(e["text"] for e in out if e["kind"] == "token") == out[-1]["text"]   # shown once
+
+
+def test_runaway_loops_end_with_an_answer(workspace, tmp_path):
+    chat, model = session(workspace, [("recall", {"query": "gray hair"}), "summary after the limit"], tmp_path)
+    model.script[:] = [("recall", {"query": "gray hair"})] * 3 + ["summary after the limit"]
+    out = events(chat.send("what did we try for Gray_Hair?"))
+    results = [json.loads(e["text"]) for e in out if e["kind"] == "result"]
+    assert results[0]["past_iterations"] == ["nothing in memory matches"]
+    assert all("already made" in r["error"] for r in results[1:]) and len(results) == 3
+    assert out[-1]["kind"] == "answer" and out[-1]["text"] == "summary after the limit"
+    # the final message was written without tools, after a stop note
+    assert "Stop calling tools" in model.seen[-1][-1].content
+
+
+def test_step_and_token_budgets(workspace, tmp_path):
+    chat, model = session(workspace, [("compare_runs", {"runs": ["../etc"]})], tmp_path, thread="t2", max_steps=2)
+    model.script[:] = [("compare_runs", {"runs": ["../etc"]}), ("compare_runs", {}), "two steps done"]
+    out = events(chat.send("compare"))
+    first = json.loads(next(e for e in out if e["kind"] == "result")["text"])
+    assert "not a run folder" in first["error"] and "chat-run" in first["error"]
+    assert out[-1]["text"] == "two steps done"
+    spent, _ = session(workspace, ["never"], tmp_path, thread="t3", max_tokens=0)
+    spent.agent._plain.script[:] = ["budget answer"]
+    assert events(spent.send("hi"))[-1]["text"] == "budget answer"
+
+
+def test_tool_results_are_compact_and_long_ones_go_to_files(workspace, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from fairloop.chat import tools
+
+    long_recall = replace(tools.TOOLS_BY_NAME["recall"],
+                          run=lambda ws, args, state: tools.ToolOutcome({"past_iterations": ["x" * 500] * 20}))
+    monkeypatch.setitem(tools.TOOLS_BY_NAME, "recall", long_recall)
+    chat, _ = session(workspace, [("recall", {"query": "anything"}), "ok"], tmp_path, thread="t4")
+    result = next(e for e in events(chat.send("recall")) if e["kind"] == "result")
+    assert len(result["text"]) <= tools.MAX_RESULT and "[cut" in result["text"]
+    assert json.loads(open(result["files"][0]).read())["past_iterations"][0] == "x" * 500
+
+
+def test_generate_takes_the_class_from_the_description_and_refuses_a_contradiction(workspace):
+    from fairloop.chat.tools import GenerateArgs, call_tool
+
+    state = workspace.initial_state("t5")
+    wrong = call_tool(workspace, "generate", GenerateArgs(description="a man without gray hair", label=0, n_images=2), state)
+    assert "class Male=1, but label is 0" in wrong.result["error"] and not wrong.update
+    unnamed = call_tool(workspace, "generate", GenerateArgs(description="a person with gray hair", n_images=2), state)
+    assert "say which class" in unnamed.result["error"]
+    assert workspace.generate_label(GenerateArgs(description="a woman with gray hair", n_images=2)) == 0

@@ -6,7 +6,8 @@ Per backend and case: *valid* (the first answer parsed and passed validation), *
 answer did, so the rules fallback was not needed), *shortcut* (every true shortcut named; for a fair
 model, no counterfactuals asked), *direction* (every class's description asks for the shortcut
 values that argue against that class, read back by fairloop's prompt parser), *count* (total images in the
-case's sensible range) and latency. openai needs OPENAI_BASE_URL/OPENAI_API_KEY and --llm-model.
+case's sensible range) and latency. Shortcut, direction and count score the backend's own usable
+answer: a case that fell back to the rules scores 0 on them. openai needs OPENAI_BASE_URL/OPENAI_API_KEY and --llm-model.
 """
 
 from __future__ import annotations
@@ -45,9 +46,10 @@ def score(case, result) -> dict:
         direction = d.counterfactuals_needed and bool(plans) and all(
             all(edits.get(a) == v for a, v in case["wanted"][label].items()) for label, edits in plans.items())
     lo, hi = case["images"]
-    return {"case": case["name"], "valid": result.attempts == 1 and not result.fell_back,
-            "usable": not result.fell_back, "shortcut": bool(shortcut), "direction": bool(direction),
-            "count": lo <= total <= hi, "images": total, "seconds": result.seconds,
+    own = not result.fell_back   # a rules fallback is not the backend's answer: it scores nothing
+    return {"case": case["name"], "valid": result.attempts == 1 and own,
+            "usable": own, "shortcut": own and bool(shortcut), "direction": own and bool(direction),
+            "count": own and lo <= total <= hi, "images": total, "seconds": result.seconds,
             "shortcuts": d.shortcut_attributes, "plans": [p.model_dump() for p in d.plans], "errors": result.errors}
 
 

@@ -8,6 +8,31 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+def assistant_message(step):
+    """A scripted step as an assistant message: text, or ``{"tool": name, "args": {...}}`` as a tool call."""
+    if isinstance(step, dict):
+        call = {"id": f"call_{step['tool']}_{abs(hash(json.dumps(step, sort_keys=True))) % 10**8}", "type": "function",
+                "function": {"name": step["tool"], "arguments": json.dumps(step.get("args", {}))}}
+        return {"role": "assistant", "content": None, "tool_calls": [call]}, "tool_calls"
+    return {"role": "assistant", "content": step}, "stop"
+
+
+def stream_payload(step) -> bytes:
+    """The same step as server-sent events, text word by word (what ``stream: true`` asks for)."""
+    message, finish = assistant_message(step)
+    if message.get("tool_calls"):
+        deltas = [{"role": "assistant", "tool_calls": [dict(message["tool_calls"][0], index=0)]}]
+    else:
+        words = message["content"].split(" ")
+        deltas = [{"role": "assistant", "content": w + (" " if k < len(words) - 1 else "")} for k, w in enumerate(words)]
+    events = [{"id": "chatcmpl-stub", "object": "chat.completion.chunk", "created": 0, "model": "stub",
+               "choices": [{"index": 0, "delta": delta, "finish_reason": None}]} for delta in deltas]
+    events.append({"id": "chatcmpl-stub", "object": "chat.completion.chunk", "created": 0, "model": "stub",
+                   "choices": [{"index": 0, "delta": {}, "finish_reason": finish}],
+                   "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}})
+    return b"".join(f"data: {json.dumps(e)}\n\n".encode() for e in events) + b"data: [DONE]\n\n"
+
+
 class Stub:
     """POST /v1/chat/completions returning scripted answers in order (the last repeats)."""
 
@@ -30,16 +55,19 @@ class Stub:
                     step = step[2]
                 if isinstance(step, int):
                     payload, status = b'{"error": {"message": "boom", "type": "server_error"}}', step
+                elif body.get("stream"):
+                    status, payload = 200, stream_payload(step)
                 else:
                     status = 200
+                    message, finish = assistant_message(step)
                     payload = json.dumps({
                         "id": "chatcmpl-stub", "object": "chat.completion", "created": 0, "model": "stub",
-                        "choices": [{"index": 0, "finish_reason": "stop",
-                                     "message": {"role": "assistant", "content": step}}],
+                        "choices": [{"index": 0, "finish_reason": finish, "message": message}],
                         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
                     }).encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", "text/event-stream" if body.get("stream") and status == 200
+                                 else "application/json")
                 self.send_header("Content-Length", str(len(payload)))
                 self.send_header("retry-after-ms", "1")      # keeps the client's own retries fast
                 self.end_headers()

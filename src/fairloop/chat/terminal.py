@@ -46,8 +46,12 @@ def render(console: Console, events) -> str | None:
 
 
 def ask(console: Console, question: str) -> bool:
-    answer = console.input(f"[bold yellow]approve?[/] {escape(question)} [y/N] ")
-    return answer.strip().lower() in ("y", "yes")
+    """y/yes approves, n/no/empty declines; anything else asks again (a typed message is not an answer)."""
+    while True:
+        answer = console.input(f"[bold yellow]approve?[/] {escape(question)} [y/N] ").strip().lower()
+        if answer in ("y", "yes", "n", "no", ""):
+            return answer in ("y", "yes")
+        console.print("answer y or n")
 
 
 def chat_loop(session, console: Console) -> None:

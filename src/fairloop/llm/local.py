@@ -14,6 +14,7 @@ second call with the same system prompt skips re-reading it.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib.util
 import os
@@ -117,8 +118,19 @@ def load_llama(path: Path | None = None, *, threads: int | None = None, context:
             llm = llama_cpp.Llama(model_path=str(path), n_ctx=context, n_threads=threads,
                                   n_threads_batch=threads, verbose=False, seed=0)
             llm.set_cache(llama_cpp.LlamaRAMCache(capacity_bytes=1 << 30))
+            if not _LOADED:
+                atexit.register(_close_all)
             _LOADED[key] = llm
         return _LOADED[key]
+
+
+def _close_all() -> None:
+    """Free the models before interpreter shutdown (llama-cpp-python's finalizer fails after it)."""
+    for llm in _LOADED.values():
+        close = getattr(llm, "close", None)
+        if close is not None:
+            close()
+    _LOADED.clear()
 
 
 def _chat_model_class():

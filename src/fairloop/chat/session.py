@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -29,7 +30,8 @@ def threads_db() -> Path:
 
 
 def new_thread_id() -> str:
-    return time.strftime("chat-%Y%m%d-%H%M%S")
+    """``chat-YYYYMMDD-HHMMSS-xxxx``: sortable, and two chats started in the same second differ."""
+    return time.strftime("chat-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
 
 
 def check_thread_id(thread: str) -> str:

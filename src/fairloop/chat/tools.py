@@ -151,11 +151,11 @@ class Workspace:
 
     # --- the tools ---------------------------------------------------------------------------
     def audit(self, args: AuditArgs, state: dict[str, Any]) -> ToolOutcome:
-        from fairloop.graphs.loop import evaluate_model
+        from fairloop.graphs.loop import evaluate_model, train_baseline
 
         update: dict[str, Any] = {}
         if not state.get("model") and args.model in ("current", "baseline"):
-            relative = self._train_baseline()
+            relative = train_baseline(self.services)
             update = {"model": relative, "baseline": relative}
             state = {**state, **update}
         relative = self.resolve_model(args.model, state)
@@ -170,17 +170,6 @@ class Workspace:
         if update:
             result["note"] = "there was no model: the baseline was trained first"
         return ToolOutcome(result, update)
-
-    def _train_baseline(self) -> str:
-        from fairloop.graphs.loop import save_model
-        from fairloop.vision.train import TrainConfig, train_classifier
-
-        cfg, services = self.services.config, self.services
-        train_cfg = TrainConfig(arch=cfg.arch, epochs=cfg.baseline_epochs, seed=cfg.seed, device=cfg.device)
-        model, history = train_classifier(services.dataset, cfg.target, train_cfg, progress=services.progress)
-        meta = {"arch": cfg.arch, "target": cfg.target, "image_size": train_cfg.image_size,
-                "data_hash": services.dataset.fingerprint(), "history": history, "role": "baseline"}
-        return save_model(services, model, meta)
 
     def explain(self, args: ExplainArgs, state: dict[str, Any]) -> ToolOutcome:
         from fairloop.graphs.loop import explain_model

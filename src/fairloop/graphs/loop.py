@@ -66,6 +66,18 @@ def save_model(services: RunServices, model, meta: dict[str, Any]) -> str:
     return services.folder.relative(path.with_name(path.name + ".safetensors"))
 
 
+def train_baseline(services: RunServices) -> str:
+    """Train the run's starting classifier (ERM on the training split) and save it; its relative path."""
+    from fairloop.vision.train import TrainConfig, train_classifier
+
+    cfg = services.config
+    train_cfg = TrainConfig(arch=cfg.arch, epochs=cfg.baseline_epochs, seed=cfg.seed, device=cfg.device)
+    model, history = train_classifier(services.dataset, cfg.target, train_cfg, progress=services.progress)
+    meta = {"arch": cfg.arch, "target": cfg.target, "image_size": train_cfg.image_size,
+            "data_hash": services.dataset.fingerprint(), "history": history, "role": "baseline"}
+    return save_model(services, model, meta)
+
+
 def evaluate_model(services: RunServices, relative: str) -> dict[str, Any]:
     """Val and test metrics of a checkpoint, computed once and kept in ``RUN/evals``."""
     from fairloop.tools.metrics import fairness_report
@@ -295,7 +307,6 @@ class MitigationLoop:
     @traced("setup")
     def setup(self, state: LoopState) -> dict[str, Any]:
         from fairloop.vision.models import load_checkpoint
-        from fairloop.vision.train import TrainConfig, train_classifier
 
         cfg, services = self.config, self.services
         if cfg.baseline:
@@ -305,12 +316,9 @@ class MitigationLoop:
 
                 raise ConfigError(f"--baseline {cfg.baseline} was trained for {meta['target']!r}, not {cfg.target!r}",
                                   "pass a checkpoint for the run's target, or none to train one")
+            relative = save_model(services, model, meta)
         else:
-            train_cfg = TrainConfig(arch=cfg.arch, epochs=cfg.baseline_epochs, seed=cfg.seed, device=cfg.device)
-            model, history = train_classifier(services.dataset, cfg.target, train_cfg, progress=services.progress)
-            meta = {"arch": cfg.arch, "target": cfg.target, "image_size": train_cfg.image_size,
-                    "data_hash": services.dataset.fingerprint(), "history": history, "role": "baseline"}
-        relative = save_model(services, model, meta)
+            relative = train_baseline(services)
         return {"model": relative, "initial_model": relative, "iteration": 1, "iterations": [], "images_used": 0, "no_gain": 0,
                 "image_scale": 1.0, "status": "running"}
 

@@ -159,3 +159,33 @@ def test_generate_takes_the_class_from_the_description_and_refuses_a_contradicti
     unnamed = call_tool(workspace, "generate", GenerateArgs(description="a person with gray hair", n_images=2), state)
     assert "say which class" in unnamed.result["error"]
     assert workspace.generate_label(GenerateArgs(description="a woman with gray hair", n_images=2)) == 0
+
+
+def test_an_endpoint_that_keeps_failing_is_retried_then_reported_without_the_key(workspace, tmp_path, monkeypatch):
+    from chat_stub import Stub
+
+    from fairloop.llm.endpoint import endpoint_chat_model
+
+    key = "sk-test-" + "z" * 30
+    with Stub([500]) as stub:
+        client, where, scrub = endpoint_chat_model("stub-model", base_url=stub.url, api_key=key, timeout=5,
+                                                   max_retries=2)
+        chat = ChatSession(ChatAgent(client, workspace, where=where, scrub=scrub), "t6",
+                           open_checkpointer(tmp_path / "threads.sqlite"))
+        out = events(chat.send("audit please"))
+    assert len(stub.requests) == 3                                # the first try and two retries
+    assert out[-1]["kind"] == "answer" and "The language model failed (http://127.0.0.1" in out[-1]["text"]
+    assert key not in chat.transcript() and key not in out[-1]["text"]
+
+
+def test_run_loop_from_the_chat_makes_a_run_that_compare_runs_lists(workspace, tmp_path):
+    chat, _ = session(workspace, [("audit", {}), ("run_loop", {"max_iterations": 1, "max_images": 40}),
+                                  ("compare_runs", {}), "done"], tmp_path, thread="t7")
+    chat.agent.auto_approve = True
+    out = events(chat.send("repair it"))
+    results = {e["name"]: json.loads(e["text"]) for e in out if e["kind"] == "result"}
+    loop = results["run_loop"]
+    assert loop["run"].startswith("chat-run-loop-") and loop["report"].endswith("report.html")
+    assert len(loop["iterations"]) == 1 and "start_test" in loop and "final_test" in loop
+    runs = {row["run"]: row for row in results["compare_runs"]["runs"]}
+    assert runs[loop["run"]]["iterations"] == 1 and runs["chat-run"]["status"].startswith("unfinished")

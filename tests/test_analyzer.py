@@ -306,6 +306,10 @@ def test_plans_that_reinforce_the_shortcut_or_contradict_their_class_are_sent_ba
     # a non-protected shortcut takes its direction from the LIME sign (Eyeglasses pushes away from Male)
     glasses = check_decision(decision("a man without eyeglasses", "a woman with eyeglasses", ["Eyeglasses"]), ctx)
     assert len(glasses) == 2 and "Eyeglasses=1" in glasses[0]
+    silent = check_decision(decision("a man with a beard", "a woman with gray hair"), ctx)
+    assert silent == ["the plan for label 1 ('a man with a beard') names none of the shortcut attributes "
+                      "['Gray_Hair']: a counterfactual shows a shortcut's opposite value"]
+    assert "would take 3780 images of Male=1 and 3780 images of Male=0" in render_prompt(ctx)
     fair = make_ctx(metrics={**BIASED, "disparate_impact": 1.0, "statistical_parity_difference": 0.0,
                              "equal_opportunity_difference": 0.0, "average_odds_difference": 0.0,
                              "worst_group_accuracy": BIASED["accuracy"]})

@@ -253,8 +253,12 @@ def _direction_problems(decision: AnalyzerDecision, ctx: AnalyzerContext) -> lis
         if stated is not None and stated != plan.label:
             problems.append(f"the plan for label {plan.label} describes an image with {ctx.target}={stated} "
                             f"('{plan.description}'); each plan describes an image of its own class")
-        for attribute in decision.shortcut_attributes:
-            if attribute in edits and edits[attribute] == _aligned_value(attribute, plan.label, ctx):
+        named = [a for a in decision.shortcut_attributes if a in edits]
+        if decision.shortcut_attributes and not named:
+            problems.append(f"the plan for label {plan.label} ('{plan.description}') names none of the shortcut "
+                            f"attributes {decision.shortcut_attributes}: a counterfactual shows a shortcut's opposite value")
+        for attribute in named:
+            if edits[attribute] == _aligned_value(attribute, plan.label, ctx):
                 problems.append(f"the plan for label {plan.label} shows {attribute}={edits[attribute]}, which the "
                                 f"model already pairs with {ctx.target}={plan.label}; its counterfactuals must show "
                                 f"{attribute}={1 - edits[attribute]}")
@@ -508,6 +512,13 @@ def format_metrics(ctx: AnalyzerContext) -> str:
     return "\n".join(lines)
 
 
+def _balancing_gaps(ctx: AnalyzerContext) -> dict[int, int]:
+    """Per class, the images that would even out the protected attribute's two groups in training."""
+    cells, _ = _group_counts(ctx.train_groups, ctx.target, ctx.protected)
+    return {label: abs(cells.get((label, 1), 0) - cells.get((label, 0), 0)) for label in (1, 0)
+            if (label, 0) in cells or (label, 1) in cells}
+
+
 def render_prompt(ctx: AnalyzerContext) -> str:
     """Seed 000's Appendix A prompt P, then the preset queries Q, the counts, budget, memory and
     the answer format."""
@@ -520,6 +531,11 @@ def render_prompt(ctx: AnalyzerContext) -> str:
     if ctx.train_groups:
         sections.append("Training split group counts:\n" + "\n".join(
             f"- {_one_line(key, 100)}: {count}" for key, count in ctx.train_groups.items()))
+        gaps = _balancing_gaps(ctx)
+        if gaps:
+            sections.append(f"Balancing {ctx.protected} within each class of the training split would take "
+                            + " and ".join(f"{n} images of {ctx.target}={label}" for label, n in gaps.items())
+                            + " (more than the budget is scaled down to it).")
     sections.append(f"Iteration {ctx.iteration}. Image budget of this iteration: at most {ctx.max_images} "
                     "counterfactual images in total over both classes.")
     if ctx.history:
@@ -712,8 +728,9 @@ class LocalAnalyzer(LLMAnalyzer):
 def decision_grammar(ctx: AnalyzerContext) -> dict[str, Any]:
     """AnalyzerDecision's schema narrowed to what the context already settles, for a small model:
     ``counterfactuals_needed`` is the band check's verdict (a fair model gets no plans), attribute
-    lists hold only the dataset's names, and each plan carries its label and starts with its class's
-    noun ("a man …" for Male = 1), so the model spends its choices on the shortcut and the direction."""
+    lists hold only the dataset's names, and each plan carries its label and, for face targets with a
+    noun, starts with it ("a man …" for Male = 1), so the model spends its choices on the shortcut and
+    the direction."""
     schema = grammar_schema(AnalyzerDecision.model_json_schema())
     props = schema["properties"]
     fair = is_fair(ctx.metrics, ctx.band)
@@ -726,10 +743,12 @@ def decision_grammar(ctx: AnalyzerContext) -> dict[str, Any]:
         return schema
 
     def plan(label: int) -> dict[str, Any]:
-        noun = re.sub(r"[^a-z ]", "", target_noun(ctx.target, label).lower())
+        description: dict[str, Any] = {"type": "string"}
+        if ctx.target in TARGET_NOUNS:  # face targets with a noun of their own: "a man", "an old person"
+            noun = re.sub(r"[^a-z ]", "", target_noun(ctx.target, label).lower())
+            description["pattern"] = f"^{noun} [a-z ,'-]+$"
         return {"type": "object", "required": ["label", "description", "n_images"], "properties": {
-            "label": {"const": label}, "description": {"type": "string", "pattern": f"^{noun} [a-z ,'-]+$"},
-            "n_images": {"type": "integer"}}}
+            "label": {"const": label}, "description": description, "n_images": {"type": "integer"}}}
 
     props["plans"] = {"type": "array", "minItems": 1, "maxItems": 2, "items": {"anyOf": [plan(1), plan(0)]}}
     return schema

@@ -725,14 +725,19 @@ class LocalAnalyzer(LLMAnalyzer):
         return self._client.model_copy(update={"json_schema": decision_grammar(ctx)})
 
 
+#: The diagnosis' bound inside the local grammar; llama.cpp takes bounds this size (1,500 crashed it).
+DIAGNOSIS_GRAMMAR_CHARS = 600
+
+
 def decision_grammar(ctx: AnalyzerContext) -> dict[str, Any]:
     """AnalyzerDecision's schema narrowed to what the context already settles, for a small model:
     ``counterfactuals_needed`` is the band check's verdict (a fair model gets no plans), attribute
     lists hold only the dataset's names, and each plan carries its label and, for face targets with a
-    noun, starts with it ("a man …" for Male = 1), so the model spends its choices on the shortcut and
-    the direction."""
+    noun, is that noun with one attribute present or absent ("a man without gray hair"), so the
+    model's choices are the shortcut, the direction and the sizes, in words the generators know."""
     schema = grammar_schema(AnalyzerDecision.model_json_schema())
     props = schema["properties"]
+    props["diagnosis"] = {"type": "string", "maxLength": DIAGNOSIS_GRAMMAR_CHARS}  # a 1.5B model rambles otherwise
     fair = is_fair(ctx.metrics, ctx.band)
     props["counterfactuals_needed"] = {"const": not fair}
     names = {"type": "array", "items": {"enum": list(ctx.attributes)}, "maxItems": 2}
@@ -743,10 +748,11 @@ def decision_grammar(ctx: AnalyzerContext) -> dict[str, Any]:
         return schema
 
     def plan(label: int) -> dict[str, Any]:
-        description: dict[str, Any] = {"type": "string"}
-        if ctx.target in TARGET_NOUNS:  # face targets with a noun of their own: "a man", "an old person"
-            noun = re.sub(r"[^a-z ]", "", target_noun(ctx.target, label).lower())
-            description["pattern"] = f"^{noun} [a-z ,'-]+$"
+        description: dict[str, Any] = {"type": "string", "maxLength": 120}
+        if ctx.target in TARGET_NOUNS:  # face targets: the class noun and one attribute, present or absent
+            noun = target_noun(ctx.target, label)
+            description = {"enum": [f"{noun} {attribute_phrase(a, present)}" for a in ctx.attributes
+                                    for present in (True, False)]}
         return {"type": "object", "required": ["label", "description", "n_images"], "properties": {
             "label": {"const": label}, "description": description, "n_images": {"type": "integer"}}}
 

@@ -650,7 +650,7 @@ class LLMAnalyzer:
         while attempts < self.max_attempts:
             attempts += 1
             try:
-                reply = self._client_for(ctx).invoke(messages)
+                reply = self._client_for(ctx, attempts).invoke(messages)
             except Exception as error:  # noqa: BLE001 — any model failure means: let the rules decide
                 summary = self._scrub(f"{type(error).__name__}: {_one_line(error, 300)}")
                 errors.append(f"attempt {attempts}: model error after retries ({self.where}): {summary}")
@@ -676,8 +676,8 @@ class LLMAnalyzer:
                               attempts=attempts, errors=errors, fell_back=fell_back,
                               seconds=time.perf_counter() - start, system_prompt=system)
 
-    def _client_for(self, ctx: AnalyzerContext) -> Any:
-        """The chat model for this context (a constrained backend narrows its grammar to it)."""
+    def _client_for(self, ctx: AnalyzerContext, attempt: int) -> Any:
+        """The chat model for this context and attempt (a constrained backend narrows its grammar to it)."""
         return self._client
 
     @staticmethod
@@ -721,10 +721,14 @@ class LocalAnalyzer(LLMAnalyzer):
         super().__init__(client, name="local", model=MODEL_NAME, where="llama.cpp on this machine",
                          max_attempts=max_attempts)
 
-    def _client_for(self, ctx: AnalyzerContext) -> Any:
-        return self._client.model_copy(update={"json_schema": decision_grammar(ctx)})
+    def _client_for(self, ctx: AnalyzerContext, attempt: int) -> Any:
+        # greedy first; a retry samples (temperature 0.6), since greedy decoding of a small model
+        # tends to repeat the rejected answer whatever the feedback says
+        return self._client.model_copy(update={"json_schema": decision_grammar(ctx),
+                                               "temperature": 0.0 if attempt <= 1 else RETRY_TEMPERATURE})
 
 
+RETRY_TEMPERATURE = 0.6
 #: The diagnosis' bound inside the local grammar; llama.cpp takes bounds this size (1,500 crashed it).
 DIAGNOSIS_GRAMMAR_CHARS = 600
 
@@ -733,8 +737,9 @@ def decision_grammar(ctx: AnalyzerContext) -> dict[str, Any]:
     """AnalyzerDecision's schema narrowed to what the context already settles, for a small model:
     ``counterfactuals_needed`` is the band check's verdict (a fair model gets no plans), attribute
     lists hold only the dataset's names, and each plan carries its label and, for face targets with a
-    noun, is that noun with one attribute present or absent ("a man without gray hair"), so the
-    model's choices are the shortcut, the direction and the sizes, in words the generators know."""
+    noun, starts with it ("a man …" for Male = 1), so the model spends its choices on the shortcut and
+    the direction. (Descriptions chosen from a fixed list did worse: the model picked list entries
+    that contradicted its own shortcut.)"""
     schema = grammar_schema(AnalyzerDecision.model_json_schema())
     props = schema["properties"]
     props["diagnosis"] = {"type": "string", "maxLength": DIAGNOSIS_GRAMMAR_CHARS}  # a 1.5B model rambles otherwise
@@ -749,10 +754,9 @@ def decision_grammar(ctx: AnalyzerContext) -> dict[str, Any]:
 
     def plan(label: int) -> dict[str, Any]:
         description: dict[str, Any] = {"type": "string", "maxLength": 120}
-        if ctx.target in TARGET_NOUNS:  # face targets: the class noun and one attribute, present or absent
-            noun = target_noun(ctx.target, label)
-            description = {"enum": [f"{noun} {attribute_phrase(a, present)}" for a in ctx.attributes
-                                    for present in (True, False)]}
+        if ctx.target in TARGET_NOUNS:  # face targets with a noun of their own: "a man", "an old person"
+            noun = re.sub(r"[^a-z ]", "", target_noun(ctx.target, label).lower())
+            description["pattern"] = f"^{noun} [a-z ,'-]+$"
         return {"type": "object", "required": ["label", "description", "n_images"], "properties": {
             "label": {"const": label}, "description": description, "n_images": {"type": "integer"}}}
 

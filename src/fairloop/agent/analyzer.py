@@ -222,25 +222,21 @@ def check_decision(decision: AnalyzerDecision, ctx: AnalyzerContext) -> list[str
 
 
 def _aligned_value(attribute: str, label: int, ctx: AnalyzerContext) -> int | None:
-    """The value of ``attribute`` that the shortcut pairs with class ``label`` (so a counterfactual
-    of that class must show the other value), or None when the data does not say."""
+    """The value of ``attribute`` that the model pairs with class ``label`` (so a counterfactual of
+    that class must show the other value): for the protected attribute the group metrics say it,
+    as they do for the rules analyzer; for others the LIME sign. None when nothing says."""
     if attribute == ctx.protected:
-        cells, _ = _group_counts(ctx.train_groups, ctx.target, ctx.protected)
-        rates = {}
-        for cls in (0, 1):
-            n = cells.get((cls, 0), 0) + cells.get((cls, 1), 0)
-            if n:
-                rates[cls] = cells.get((cls, 1), 0) / n
-        if len(rates) == 2 and rates[0] != rates[1]:
-            return int((rates[1] > rates[0]) == bool(label))
-    score = dict(ctx.importances).get(attribute)
-    if isinstance(score, (int, float)) and score != 0:
-        return int((score > 0) == bool(label))
-    return None
+        sign = RulesAnalyzer._sign_from_metrics(ctx)
+    else:
+        score = dict(ctx.importances).get(attribute)
+        if not isinstance(score, (int, float)) or score == 0:
+            return None
+        sign = score
+    return int((sign > 0) == bool(label))
 
 
 def _direction_problems(decision: AnalyzerDecision, ctx: AnalyzerContext) -> list[str]:
-    """Plans that contradict their class, or that show a shortcut's value the training data
+    """Plans that contradict their class, name no shortcut, or show a shortcut's value the model
     already pairs with the class (such images reinforce the bias instead of breaking it)."""
     from fairloop.tools.prompt_parser import parse_prompt
 

@@ -1,21 +1,25 @@
 """The analyzer (seed 000 §3.3): from metrics and LIME scores to counterfactual descriptions.
 
-Two backends give the same :class:`AnalyzerDecision`:
+Every backend gives the same :class:`AnalyzerDecision`:
 
 * :class:`RulesAnalyzer` — deterministic. While the band is violated it balances the protected
   attribute (the direction read from the group metrics); otherwise it picks the top LIME attribute
   (the direction from its sign). It writes one description per class
   that breaks the shortcut ("a man without gray hair", "a woman with gray hair") and sizes the batch
-  from the training split's group counts. It is the default and the "manual" arm of experiments.
-* :class:`OpenAIAnalyzer` — seed 000's LLM analyzer, on any OpenAI-compatible endpoint (OpenAI,
-  vLLM, Ollama, llama.cpp server). The prompt is Appendix A (``prompts/analyzer.txt``) plus the
-  preset queries Q and a JSON answer format. The answer is untrusted data: it is parsed, checked
-  with :func:`~fairloop.agent.schema.validate_decision` and the fair band, and sent back with the
-  exact problems until it is usable or ``max_attempts`` is spent; then the rules decide. Nothing in
-  an answer is ever executed or used as a path.
+  from the training split's group counts. It is the fallback of the others and the "manual" arm of
+  experiments.
+* :class:`LLMAnalyzer` — seed 000's LLM analyzer over any LangChain chat model:
+  :class:`OpenAIAnalyzer` on any OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, llama.cpp
+  server) and :class:`LocalAnalyzer` on the packaged local LLM (its grammar narrowed per context by
+  :func:`decision_grammar`). The prompt is Appendix A (``prompts/analyzer.txt``) plus the preset
+  queries Q and a JSON answer format. The answer is untrusted data: it is parsed, checked with
+  :func:`~fairloop.agent.schema.validate_decision`, the fair band and the data
+  (:func:`check_decision`), and sent back with the exact problems until it is usable or
+  ``max_attempts`` is spent; then the rules decide. Nothing in an answer is ever executed or used
+  as a path.
 
-The API key lives only inside the LangChain client (as a ``SecretStr``); it is scrubbed from every
-error, raw answer and log line this module produces.
+An endpoint's API key lives only inside the LangChain client (as a ``SecretStr``); it is scrubbed
+from every error, raw answer and log line this module produces.
 """
 
 from __future__ import annotations
@@ -706,6 +710,12 @@ class OpenAIAnalyzer(LLMAnalyzer):
         return f"OpenAIAnalyzer(model={self.model!r}, base_url={self.where!r})"
 
 
+#: Sampling temperature of the local analyzer's retries (the first answer is greedy).
+RETRY_TEMPERATURE = 0.6
+#: The diagnosis' bound inside the local grammar; llama.cpp takes bounds this size (1,500 crashed it).
+DIAGNOSIS_GRAMMAR_CHARS = 600
+
+
 class LocalAnalyzer(LLMAnalyzer):
     """The LLM analyzer on the packaged local LLM, its output constrained by a grammar built for each
     context (:func:`decision_grammar`)."""
@@ -713,7 +723,7 @@ class LocalAnalyzer(LLMAnalyzer):
     def __init__(self, *, max_attempts: int = 3, threads: int | None = None) -> None:
         from fairloop.llm.local import MODEL_NAME, local_chat_model
 
-        client = local_chat_model(json_schema=grammar_schema(AnalyzerDecision.model_json_schema()), threads=threads)
+        client = local_chat_model(threads=threads)  # its grammar is set per call by _client_for
         super().__init__(client, name="local", model=MODEL_NAME, where="llama.cpp on this machine",
                          max_attempts=max_attempts)
 
@@ -722,11 +732,6 @@ class LocalAnalyzer(LLMAnalyzer):
         # tends to repeat the rejected answer whatever the feedback says
         return self._client.model_copy(update={"json_schema": decision_grammar(ctx),
                                                "temperature": 0.0 if attempt <= 1 else RETRY_TEMPERATURE})
-
-
-RETRY_TEMPERATURE = 0.6
-#: The diagnosis' bound inside the local grammar; llama.cpp takes bounds this size (1,500 crashed it).
-DIAGNOSIS_GRAMMAR_CHARS = 600
 
 
 def decision_grammar(ctx: AnalyzerContext) -> dict[str, Any]:

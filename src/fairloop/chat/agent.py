@@ -28,7 +28,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langgraph.graph.message import add_messages
 from pydantic import ValidationError
 
-from fairloop.chat.tools import TOOLS, TOOLS_BY_NAME, Workspace, call_tool
+from fairloop.chat.tools import TOOLS, TOOLS_BY_NAME, ToolOutcome, Workspace, call_tool
 from fairloop.io import atomic_write_json
 from fairloop.llm import content_text
 
@@ -177,34 +177,32 @@ class ChatAgent:
 
     def _run_call(self, call: dict[str, Any], workspace: dict[str, Any], approvals: dict[str, bool],
                   seen: set[str]) -> ToolMessage:
-        def reply(result: dict[str, Any], **extra: Any) -> ToolMessage:
-            return ToolMessage(content=json.dumps(result, default=str), tool_call_id=call["id"], name=call["name"],
-                               status="error" if "error" in result else "success", additional_kwargs=extra)
+        def reply(outcome: ToolOutcome, **extra: Any) -> ToolMessage:
+            return ToolMessage(content=outcome.text(), tool_call_id=call["id"], name=call["name"],
+                               status="error" if "error" in outcome.result else "success", additional_kwargs=extra,
+                               artifact={"files": outcome.files, "approved": approvals.get(call["id"], False)})
 
         tool = TOOLS_BY_NAME.get(call["name"])
         if tool is None:
-            return reply({"error": f"unknown tool {call['name']!r}; the tools are {', '.join(TOOLS_BY_NAME)}"})
+            return reply(ToolOutcome({"error": f"unknown tool {call['name']!r}; the tools are {', '.join(TOOLS_BY_NAME)}"}))
         try:
             args = tool.args.model_validate(call.get("args") or {})
         except ValidationError as error:
             problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in error.errors()[:5])
-            return reply({"error": f"invalid arguments: {problems}", "fix": "call the tool again with fixed arguments"})
+            return reply(ToolOutcome({"error": f"invalid arguments: {problems}",
+                                      "fix": "call the tool again with fixed arguments"}))
         if _signature(call) in seen:
-            return reply({"error": "this exact call was already made in this turn; its result is above",
-                          "fix": "answer the user with it, or call something else"}, repeated=True)
+            return reply(ToolOutcome({"error": "this exact call was already made in this turn; its result is above",
+                                      "fix": "answer the user with it, or call something else"}), repeated=True)
         if call["id"] in approvals and not approvals[call["id"]]:
-            return reply({"declined": "the user declined this step", "fix": "ask the user what to do instead"})
+            return reply(ToolOutcome({"declined": "the user declined this step", "fix": "ask the user what to do instead"}))
         outcome = call_tool(self.ws, tool.name, args, workspace)
         workspace.update(outcome.update)
-        text = outcome.text()
-        if len(text) >= 2000:  # long data goes to a file; the model sees the head and the path
+        if outcome.cut:  # long data goes to a file; the model sees the head and the path
             full = self.ws.folder / "chat" / f"{workspace.get('thread')}-{call['id']}.json"
-            atomic_write_json(full, json.loads(json.dumps(outcome.result, default=str)))
+            atomic_write_json(full, json.loads(outcome.full_text()))
             outcome.files.append(str(full))
-        message = ToolMessage(content=text, tool_call_id=call["id"], name=call["name"],
-                              status="error" if "error" in outcome.result else "success",
-                              artifact={"files": outcome.files, "approved": call["id"] in approvals})
-        return message
+        return reply(outcome)
 
     def finish(self, state: ChatState) -> dict[str, Any]:
         note = HumanMessage(content=f"(fairloop) Stop calling tools: {state['stop']}. Answer the user now with what "

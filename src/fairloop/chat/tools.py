@@ -38,8 +38,17 @@ class ToolOutcome:
     update: dict[str, Any] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)     # paths shown to the user (grids, reports)
 
+    def full_text(self) -> str:
+        return json.dumps(self.result, default=str, separators=(", ", ": "))
+
+    @property
+    def cut(self) -> bool:
+        """Whether the model sees only the head of the result."""
+        return len(self.full_text()) > MAX_RESULT
+
     def text(self) -> str:
-        text = json.dumps(self.result, default=str, separators=(", ", ": "))
+        """The result as the model sees it: compact JSON, its head when it is long."""
+        text = self.full_text()
         return text if len(text) <= MAX_RESULT else text[:MAX_RESULT - 40] + ' … [cut; full result in the run folder]'
 
 

@@ -81,8 +81,10 @@ class RunConfig:
         if self.generator == "sd" and not self.generator_model:
             raise ConfigError("--generator sd needs a Stable Diffusion checkpoint",
                               "pass --generator-model PATH_OR_HUB_ID (a diffusers folder, or a hub id you have cached)")
-        if self.llm not in ("rules", "local", "openai"):
-            raise ConfigError(f"unknown --llm {self.llm!r}", "use rules, local or openai")
+        from fairloop.agent.analyzer import ANALYZER_KINDS
+
+        if self.llm not in ANALYZER_KINDS:
+            raise ConfigError(f"unknown --llm {self.llm!r}", f"use {', '.join(ANALYZER_KINDS)} (or auto on the command line)")
         if self.llm == "openai" and not self.llm_model:
             raise ConfigError("--llm openai needs a model name", "pass --llm-model, e.g. gpt-4o-mini")
         return self

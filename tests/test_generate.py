@@ -9,7 +9,7 @@ from PIL import Image
 from fairloop.data.synthfaces import ATTRIBUTES, HAIR_STATES, read_identities, render_face
 from fairloop.errors import ConfigError
 from fairloop.tools.generate import GenerationRequest, apply_edits, make_generator, manifest_digest
-from fairloop.tools.prompt_parser import parse_prompt
+from fairloop.tools.prompt_parser import ATTRIBUTE_PHRASES, attribute_phrase, parse_prompt
 
 
 @pytest.mark.parametrize(
@@ -27,6 +27,10 @@ from fairloop.tools.prompt_parser import parse_prompt
          "Bags-Under-Eyes attributes, ensuring that the modified image remains convincingly female.",
          {"Black_Hair": 0, "Male": 0}),
         ("Pale_Skin person wearing a hat", {"Pale_Skin": 1, "Wearing_Hat": 1}),
+        # a negation ends where a new clause opens ("who", "wearing", "with", ...)
+        ("a man without gray hair, who is young", {"Male": 1, "Gray_Hair": 0, "Young": 1}),
+        ("a man without gray hair wearing eyeglasses", {"Male": 1, "Gray_Hair": 0, "Eyeglasses": 1}),
+        ("a woman who is not young", {"Male": 0, "Young": 0}),
     ],
 )
 def test_parse_prompt(prompt, expected):
@@ -88,3 +92,16 @@ def test_generation_errors():
         GenerationRequest(prompt=" ", n=1, label=0, target="Male").validate()
     with pytest.raises(ConfigError):
         make_generator("render").generate(GenerationRequest("a man", 1, 1, "Male", source_ids=("x",)), "/tmp")
+
+
+@pytest.mark.parametrize("value", [0, 1])
+def test_the_parser_reads_every_attribute_phrase_fairloop_writes(value):
+    """Descriptions the analyzer and the proxy matching compose must parse back to what they mean."""
+    names = list(ATTRIBUTE_PHRASES)
+    for name in names:
+        if name in ("Male", "Gray_Hair"):
+            continue
+        for base, meant in (("a man without gray hair, ", {"Male": 1, "Gray_Hair": 0}),
+                            ("a woman with gray hair, ", {"Male": 0, "Gray_Hair": 1})):
+            prompt = base + attribute_phrase(name, bool(value))
+            assert parse_prompt(prompt, names).edits == {**meant, name: value}, prompt

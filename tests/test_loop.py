@@ -58,7 +58,10 @@ def test_overshoot_and_band_distance():
     assert band_distance({**inside, "disparate_impact": None}, band) == 1.0
 
 
-def test_run_end_to_end_writes_summary_report_trace_and_memory(synth_root, tiny_checkpoint, tmp_path):
+def test_run_end_to_end_writes_summary_report_trace_and_memory(synth_root, tiny_checkpoint, tmp_path, monkeypatch):
+    from fairloop.tools import sources
+
+    monkeypatch.setattr(sources, "MIN_GROUP", 5)  # the tiny split has 6 gray-haired women: match their age
     config = tiny_config(synth_root, tiny_checkpoint, tmp_path / "memory")
     folder = RunFolder(tmp_path / "run")
     folder.save_config(config)
@@ -87,6 +90,11 @@ def test_run_end_to_end_writes_summary_report_trace_and_memory(synth_root, tiny_
     assert len(manifest["images"]) == summary["iterations"][0]["n_generated"] > 0
     for row in manifest["images"]:  # every image lives inside the run folder
         assert (folder.path / row["path"]).resolve().is_relative_to(folder.path.resolve())
+    # the images that fill the gray-haired women's group were matched to it on a proxy, and the report says so
+    assert [m["description"] for m in manifest["proxies"]] == [p["description"] for p in
+                                                              summary["iterations"][0]["analysis"]["decision"]["plans"]
+                                                              if p["label"] == 0]
+    assert "Matched to the groups they fill" in report
 
     from fairloop.memory import MemoryStore
 

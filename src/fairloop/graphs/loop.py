@@ -163,39 +163,41 @@ def _compact(metrics: dict[str, Any]) -> dict[str, Any]:
 def make_counterfactuals(services: RunServices, plans: list[dict[str, Any]], negative_prompt: str = "", *,
                          seed_key: tuple[int, ...], manifest) -> dict[str, Any]:
     """Generate the images of ``plans`` (label, description, n_images) as minimal edits of training
-    images, keep those the attribute oracle confirms (when there is one), and write ``manifest``.
+    images, matched to the group they fill on its strongest proxy (:mod:`fairloop.tools.sources`),
+    keep those the attribute oracle confirms (when there is one), and write ``manifest``.
 
     Returns ``{"manifest": relative path, "n": images kept, "made": images generated, "notes",
     "verification"}``."""
     from fairloop.tools.generate import GenerationRequest
-    from fairloop.tools.prompt_parser import parse_prompt
+    from fairloop.tools.sources import plan_sources
 
     cfg = services.config
     train = services.dataset.split("train").table
-    rows, notes = [], []
+    rows, notes, proxies = [], [], []
     for k, plan in enumerate(plans):
         if plan["n_images"] <= 0:
             continue
-        edits = parse_prompt(plan["description"], services.dataset.attributes).edits
-        pool = train[train[cfg.target] == plan["label"]]
-        # minimal-change edits start from the images that the edit really changes
-        changes = [a for a in edits if a != cfg.target and a in pool.columns]
-        if changes:
-            differs = (pool[changes] != pd.Series({a: edits[a] for a in changes})).any(axis=1)
-            pool = pool[differs] if differs.any() else pool
         rng = np.random.default_rng([*seed_key, k])
-        chosen = rng.choice(pool.index.to_numpy(), size=min(plan["n_images"], len(pool)), replace=False)
-        request = GenerationRequest(prompt=plan["description"], n=plan["n_images"], label=plan["label"],
-                                    target=cfg.target, negative_prompt=negative_prompt,
-                                    source_ids=tuple(chosen), seed=int(rng.integers(2**31 - 1)))
-        result = services.generator.generate(request, services.folder.path / "images", sources=services.dataset,
-                                             progress=services.progress)
-        notes += result.notes
-        for row in result.rows:
-            row["path"] = services.folder.relative(row["path"])
-            source_value = train.at[row["source_id"], cfg.protected] if row.get("source_id") else None
-            row["protected"] = int(row.get("attributes", {}).get(cfg.protected, source_value if source_value is not None else -1))
-        rows += result.rows
+        batches, proxy = plan_sources(train, target=cfg.target, label=plan["label"], description=plan["description"],
+                                      n=plan["n_images"], vocabulary=services.dataset.attributes, rng=rng,
+                                      protected=cfg.protected)
+        if proxy is not None:
+            notes.append(proxy.note(plan["description"]))
+            proxies.append({"description": plan["description"], **proxy.as_dict()})
+            services.log(f"  {notes[-1]}")
+        for batch in batches:
+            request = GenerationRequest(prompt=batch.prompt, n=batch.n, label=plan["label"], target=cfg.target,
+                                        negative_prompt=negative_prompt, source_ids=batch.source_ids,
+                                        seed=int(rng.integers(2**31 - 1)))
+            result = services.generator.generate(request, services.folder.path / "images",
+                                                 sources=services.dataset, progress=services.progress)
+            notes += result.notes
+            for row in result.rows:
+                row["path"] = services.folder.relative(row["path"])
+                source_value = train.at[row["source_id"], cfg.protected] if row.get("source_id") else None
+                row["protected"] = int(row.get("attributes", {}).get(
+                    cfg.protected, source_value if source_value is not None else -1))
+            rows += result.rows
     made = len(rows)
     verification, rejected = None, []
     if services.oracle is not None:  # non-exact generators on SynthFaces: keep what the oracle confirms
@@ -207,7 +209,7 @@ def make_counterfactuals(services: RunServices, plans: list[dict[str, Any]], neg
         services.log(f"  verification: {verification['passed']}/{verification['checked']} generated images show "
                      f"what their prompt asked for")
     atomic_write_json(manifest, {"generator": services.generator.name, "model_id": services.generator.model_id,
-                                 "exact_oracle": services.generator.exact, "notes": notes,
+                                 "exact_oracle": services.generator.exact, "notes": notes, "proxies": proxies,
                                  "verification": verification, "images": rows, "rejected": rejected})
     return {"manifest": services.folder.relative(manifest), "n": len(rows), "made": made, "notes": notes,
             "verification": verification}

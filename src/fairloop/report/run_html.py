@@ -63,7 +63,7 @@ def write_run_outputs(services: RunServices, state: dict[str, Any], final_explan
 def render_run_html(services: RunServices, state: dict[str, Any], summary: dict[str, Any]) -> str:
     from fairloop.tools.explain import AttributeExplanation
 
-    iterations = [{**it, "grids": _grids(services, it.get("manifest"))} for it in summary["iterations"]]
+    iterations = [{**it, **_generated(services, it.get("manifest"))} for it in summary["iterations"]]
     before = AttributeExplanation.from_dict(summary["explanations"]["initial"])
     after = AttributeExplanation.from_dict(summary["explanations"]["final"])
     return render_template(
@@ -122,18 +122,20 @@ def _trajectory_figure(summary: dict[str, Any], band):
     return fig
 
 
-def _grids(services: RunServices, manifest_rel: str | None, per_prompt: int = 12) -> list[dict[str, Any]]:
+def _generated(services: RunServices, manifest_rel: str | None, per_prompt: int = 12) -> dict[str, Any]:
+    """An iteration's images as one grid per prompt, and the proxy matches that split its plans."""
     if not manifest_rel:
-        return []
+        return {"grids": [], "proxies": []}
     manifest = json.loads(services.folder.resolve(manifest_rel).read_text())
     by_prompt: dict[str, list[dict]] = {}
     for row in manifest["images"]:
         by_prompt.setdefault(row["prompt"], []).append(row)
     from fairloop.data.datasets import read_image
 
-    return [{"prompt": prompt, "n": len(rows), "exact": manifest.get("exact_oracle", False),
-             "images": [image_png(read_image(services.folder.resolve(r["path"]), 64)) for r in rows[:per_prompt]]}
-            for prompt, rows in by_prompt.items()]
+    grids = [{"prompt": prompt, "n": len(rows), "exact": manifest.get("exact_oracle", False),
+              "images": [image_png(read_image(services.folder.resolve(r["path"]), 64)) for r in rows[:per_prompt]]}
+             for prompt, rows in by_prompt.items()]
+    return {"grids": grids, "proxies": manifest.get("proxies", [])}
 
 
 def _flips(services: RunServices, summary: dict[str, Any], per_side: int = 12) -> dict[str, list[dict[str, Any]]]:

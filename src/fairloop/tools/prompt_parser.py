@@ -1,4 +1,4 @@
-"""Turn a counterfactual description into attribute edits, deterministically.
+"""Turn a counterfactual description into attribute edits, deterministically (and attributes back into phrases).
 
 The ``render`` generator realises a prompt on SynthFaces exactly, so it needs to know what the
 prompt asks for: "a woman with gray hair" → ``{Male: 0, Gray_Hair: 1}``; "a man without
@@ -29,6 +29,7 @@ PHRASES: dict[str, tuple[str, int]] = {
     **{p: ("Blond_Hair", 1) for p in ("blond hair", "blonde hair", "blond", "blonde", "fair hair")},
     **{p: ("Brown_Hair", 1) for p in ("brown hair", "brown-haired", "brunette")},
     **{p: ("Bald", 1) for p in ("bald", "balding", "hairless")},
+    **{p: ("Bald", 0) for p in ("full head of hair",)},
     **{p: ("Bangs", 1) for p in ("bangs", "fringe")},
     **{p: ("Eyeglasses", 1) for p in ("eyeglasses", "glasses", "spectacles")},
     **{p: ("Smiling", 1) for p in ("smiling", "smile", "smiles", "grinning")},
@@ -39,12 +40,31 @@ PHRASES: dict[str, tuple[str, int]] = {
     **{p: ("Wearing_Lipstick", 1) for p in ("lipstick", "red lips")},
     **{p: ("Pale_Skin", 1) for p in ("pale skin", "pale-skinned", "pale", "fair skin", "light skin")},
     **{p: ("Chubby", 1) for p in ("chubby", "plump", "round face", "double chin")},
+    **{p: ("Chubby", 0) for p in ("slim", "slender")},
     **{p: ("Wearing_Necktie", 1) for p in ("necktie", "tie")},
+    # what the other CelebA attributes' phrases below say (the parser reads every phrase fairloop writes)
+    **{p: ("5_o_Clock_Shadow", 1) for p in ("five o'clock shadow", "stubble")},
+    **{p: ("Attractive", 0) for p in ("looks plain",)},
+    **{p: ("Bags_Under_Eyes", 1) for p in ("bags under the eyes",)},
+    **{p: ("Big_Lips", 0) for p in ("thin lips",)},
+    **{p: ("Big_Nose", 0) for p in ("small nose",)},
+    **{p: ("Blurry", 1) for p in ("blurry photo",)},
+    **{p: ("Blurry", 0) for p in ("sharp photo",)},
+    **{p: ("Bushy_Eyebrows", 0) for p in ("thin eyebrows",)},
+    **{p: ("Heavy_Makeup", 1) for p in ("makeup",)},
+    **{p: ("Mouth_Slightly_Open", 0) for p in ("mouth closed",)},
+    **{p: ("Narrow_Eyes", 0) for p in ("wide open eyes",)},
+    **{p: ("No_Beard", 1) for p in ("clean-shaven", "clean shaven")},
+    **{p: ("No_Beard", 0) for p in ("beard", "bearded")},
+    **{p: ("Wearing_Necklace", 1) for p in ("necklace",)},
 }
 
 NEGATIONS = ("without", "no", "not", "non", "never", "remove", "removing", "removed", "reduce", "reducing",
              "reduced", "less", "fewer", "lacking", "free of", "absence of", "minus", "instead of")
-CLAUSE_BREAKS = ("while", "but", "whereas", "with", "yet", "so that", "keep", "keeps", "keeping", "maintain",
+#: Words that open a new clause: a negation never reaches past them ("a man without gray hair, who is
+#: young" asks for a young man; "without gray hair wearing eyeglasses" keeps the glasses).
+CLAUSE_BREAKS = ("while", "but", "whereas", "with", "who", "whose", "wearing", "wears", "having", "has", "showing",
+                 "plus", "in a", "yet", "so that", "keep", "keeps", "keeping", "maintain",
                  "maintaining", "ensure", "ensuring", "remain", "remains", "remaining", "retain", "retaining",
                  "preserve", "preserving", "still")
 
@@ -84,3 +104,61 @@ def parse_prompt(prompt: str, vocabulary: list[str] | tuple[str, ...]) -> Parsed
                 result.conflicts.append(f"{attribute} asked as both {result.edits[attribute]} and {value}; kept {value}")
             result.edits[attribute] = value
     return result
+
+
+# --- the other way: attributes → phrases -------------------------------------------------------
+#: attribute → (phrase when present, phrase when absent), written to follow a noun: "a man {...}".
+ATTRIBUTE_PHRASES: dict[str, tuple[str, str]] = {
+    "5_o_Clock_Shadow": ("with a five o'clock shadow", "without stubble"),
+    "Arched_Eyebrows": ("with arched eyebrows", "without arched eyebrows"),
+    "Attractive": ("who looks attractive", "who looks plain"),
+    "Bags_Under_Eyes": ("with bags under the eyes", "without bags under the eyes"),
+    "Bald": ("who is bald", "with a full head of hair"),
+    "Bangs": ("with bangs", "without bangs"),
+    "Big_Lips": ("with big lips", "with thin lips"),
+    "Big_Nose": ("with a big nose", "with a small nose"),
+    "Black_Hair": ("with black hair", "without black hair"),
+    "Blond_Hair": ("with blond hair", "without blond hair"),
+    "Blurry": ("in a blurry photo", "in a sharp photo"),
+    "Brown_Hair": ("with brown hair", "without brown hair"),
+    "Bushy_Eyebrows": ("with bushy eyebrows", "with thin eyebrows"),
+    "Chubby": ("who is chubby", "who is slim"),
+    "Double_Chin": ("with a double chin", "without a double chin"),
+    "Eyeglasses": ("wearing eyeglasses", "without eyeglasses"),
+    "Goatee": ("with a goatee", "without a goatee"),
+    "Gray_Hair": ("with gray hair", "without gray hair"),
+    "Heavy_Makeup": ("wearing heavy makeup", "without makeup"),
+    "High_Cheekbones": ("with high cheekbones", "without high cheekbones"),
+    "Male": ("who is a man", "who is a woman"),
+    "Mouth_Slightly_Open": ("with the mouth slightly open", "with the mouth closed"),
+    "Mustache": ("with a mustache", "without a mustache"),
+    "Narrow_Eyes": ("with narrow eyes", "with wide open eyes"),
+    "No_Beard": ("who is clean-shaven", "with a beard"),
+    "Oval_Face": ("with an oval face", "without an oval face"),
+    "Pale_Skin": ("with pale skin", "without pale skin"),
+    "Pointy_Nose": ("with a pointy nose", "without a pointy nose"),
+    "Receding_Hairline": ("with a receding hairline", "without a receding hairline"),
+    "Rosy_Cheeks": ("with rosy cheeks", "without rosy cheeks"),
+    "Sideburns": ("with sideburns", "without sideburns"),
+    "Smiling": ("who is smiling", "with a neutral expression"),
+    "Straight_Hair": ("with straight hair", "without straight hair"),
+    "Wavy_Hair": ("with wavy hair", "without wavy hair"),
+    "Wearing_Earrings": ("wearing earrings", "without earrings"),
+    "Wearing_Hat": ("wearing a hat", "without a hat"),
+    "Wearing_Lipstick": ("wearing lipstick", "without lipstick"),
+    "Wearing_Necklace": ("wearing a necklace", "without a necklace"),
+    "Wearing_Necktie": ("wearing a necktie", "without a necktie"),
+    "Young": ("who is young", "who is old"),
+}
+
+
+def attribute_words(name: str) -> str:
+    """"Gray_Hair" → "gray hair"."""
+    return " ".join(name.replace("_", " ").split()).lower()
+
+
+def attribute_phrase(name: str, present: bool) -> str:
+    """"with gray hair" / "without gray hair"; unknown attributes: "with X present" / "without X"."""
+    if name in ATTRIBUTE_PHRASES:
+        return ATTRIBUTE_PHRASES[name][0 if present else 1]
+    return f"with {attribute_words(name)} present" if present else f"without {attribute_words(name)}"

@@ -1,8 +1,8 @@
 """The embedded generator: a small latent diffusion model that follows text, on the CPU.
 
 Built from the same diffusers parts as Stable Diffusion — an ``AutoencoderKL`` (64×64×3 ↔
-16×16×4) and a ``UNet2DConditionModel`` — and conditioned on the token embeddings (last hidden
-state, 32 tokens × 384) of the packaged all-MiniLM-L6-v2. It was trained by
+16×16×8 in the shipped weights) and a ``UNet2DConditionModel`` — and conditioned on the token
+embeddings (last hidden state, 32 tokens × 384) of the packaged all-MiniLM-L6-v2. It was trained by
 ``fairloop generator train`` on an unbiased pool of SynthFaces renders with captions from
 :mod:`fairloop.diffusion.captions`, and its weights ship with the package
 (``fairloop/assets/embedded-generator``; ``manifest.json`` says how they were made).

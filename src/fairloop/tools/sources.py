@@ -108,8 +108,8 @@ def _strongest_proxy(group: pd.DataFrame, sources: pd.DataFrame, chosen: pd.Data
         return None
     best = None
     for name in candidates:
-        group_rate, sources_rate = float(group[name].mean()), float(sources[name].mean())
-        if min(group_rate, 1 - group_rate, sources_rate, 1 - sources_rate) < MIN_VARIATION:
+        group_rate, pool_rate = float(group[name].mean()), float(sources[name].mean())
+        if min(group_rate, 1 - group_rate, pool_rate, 1 - pool_rate) < MIN_VARIATION:
             continue
         source_rate = float(chosen[name].mean())
         gap = group_rate - source_rate

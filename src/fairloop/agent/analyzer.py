@@ -675,7 +675,7 @@ class LocalAnalyzer(LLMAnalyzer):
                          max_attempts=max_attempts)
 
     def _client_for(self, ctx: AnalyzerContext, attempt: int) -> Any:
-        # greedy first; a retry samples (temperature 0.6), since greedy decoding of a small model
+        # greedy first; a retry samples (RETRY_TEMPERATURE), since greedy decoding of a small model
         # tends to repeat the rejected answer whatever the feedback says
         return self._client.model_copy(update={"json_schema": decision_grammar(ctx),
                                                "temperature": 0.0 if attempt <= 1 else RETRY_TEMPERATURE})

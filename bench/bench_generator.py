@@ -5,7 +5,9 @@ Usage: python bench/bench_generator.py [--model FOLDER] [--per-prompt 16] [--edi
        [--parts t2i,edits,reconstruction,realism] [--json OUT]
 
 Everything is measured with the packaged attribute oracle (``fairloop generator train-oracle``),
-which never saw a generated image:
+which never saw a generated image. The generator checks its own draws with its critic (another
+network, trained with it on its own pool) unless --tries 1 and --strength fix them; speeds count
+every redraw.
 
 1. **Text-to-image** over :data:`PROMPTS` (≥ 20 attribute combinations, rare ones included).
    *Named*: of the attributes a prompt names, the share the oracle sees as asked. *Unmentioned*: of
@@ -81,11 +83,19 @@ def text_to_image(pipe, oracle, cfg, per_prompt: int) -> dict:
     column = {a: j for j, a in enumerate(oracle.attributes)}
     rows, named_hits, other_hits, images_all = [], [], [], []
     t0 = time.perf_counter()
+    checked = pipe.critic is not None and cfg.tries > 1
+    accepted = []
     for k, prompt in enumerate(PROMPTS):
-        images = pipe.text_to_image([prompt] * per_prompt, [1000 * k + i for i in range(per_prompt)], config=cfg)
+        intent = intended_attributes(prompt)
+        seeds = [1000 * k + i for i in range(per_prompt)]
+        if checked:
+            images, _, misses = pipe.checked_text_to_image([prompt] * per_prompt, seeds, [intent] * per_prompt,
+                                                           config=cfg)
+            accepted += [m == 0 for m in misses]
+        else:
+            images = pipe.text_to_image([prompt] * per_prompt, seeds, config=cfg)
         images_all += images
         seen = oracle_view(oracle, images)
-        intent = intended_attributes(prompt)
         named = set(parse_prompt(prompt, oracle.attributes).edits)
         n_hits = [seen[i, column[a]] == bool(v) for i in range(per_prompt) for a, v in intent.items() if a in named]
         o_hits = [seen[i, column[a]] == bool(v) for i in range(per_prompt) for a, v in intent.items() if a not in named]
@@ -97,12 +107,14 @@ def text_to_image(pipe, oracle, cfg, per_prompt: int) -> dict:
     seconds = time.perf_counter() - t0
     return {"prompts": rows, "named": float(np.mean(named_hits)), "unmentioned": float(np.mean(other_hits)),
             "all_right": float(np.mean([r["all_right"] for r in rows])), "n_images": len(images_all),
+            "critic_accepted": float(np.mean(accepted)) if checked else None,
             "images_per_second": len(images_all) / seconds, "images": images_all}
 
 
 def edits(pipe, oracle, cfg, n: int, seed: int) -> dict:
     from fairloop.data.synthfaces import render_face, sample_attributes
     from fairloop.diffusion.captions import caption
+    from fairloop.diffusion.embedded import DEFAULT_STRENGTH
     from fairloop.tools.generate import apply_edits
 
     column = {a: j for j, a in enumerate(oracle.attributes)}
@@ -116,8 +128,13 @@ def edits(pipe, oracle, cfg, n: int, seed: int) -> dict:
         targets = [apply_edits(s, change, rng) for s in sources]
         t0 = time.perf_counter()
         source_prompts = [caption(s) for s in sources] if cfg.edit == "invert" else None
-        edited = pipe.image_to_image(src_images, [caption(t) for t in targets], list(range(n)), config=cfg,
-                                     source_prompts=source_prompts)
+        prompts = [caption(t) for t in targets]
+        strengths = misses = None
+        if pipe.critic is not None and cfg.strength is None:
+            edited, strengths, misses = pipe.checked_image_to_image(src_images, prompts, list(range(n)), targets,
+                                                                    config=cfg, source_prompts=source_prompts)
+        else:
+            edited = pipe.image_to_image(src_images, prompts, list(range(n)), config=cfg, source_prompts=source_prompts)
         total_seconds += time.perf_counter() - t0
         total_images += n
         seen = oracle_view(oracle, edited)
@@ -132,6 +149,8 @@ def edits(pipe, oracle, cfg, n: int, seed: int) -> dict:
         out.append({"edit": name, "n": n, "shown": float(shown), "gender_age_kept": float(gender_age),
                     "all_others_kept": float(kept), "others_kept_per_attribute": float(kept_attr),
                     "oracle_on_sources_all_others": float(source_ok),
+                    "critic_accepted": None if misses is None else float(np.mean([m == 0 for m in misses])),
+                    "mean_strength": float(np.mean(strengths)) if strengths else cfg.strength or DEFAULT_STRENGTH,
                     "edited": edited[:8], "sources": src_images[:8]})
     return {"edits": out, "images_per_second": total_images / total_seconds}
 
@@ -191,7 +210,8 @@ def main() -> None:
     parser.add_argument("--real", type=int, default=512, help="images per side for FID/KID and the detector")
     parser.add_argument("--steps", type=int)
     parser.add_argument("--guidance", type=float)
-    parser.add_argument("--strength", type=float)
+    parser.add_argument("--strength", type=float, help="fix the edit strength (default: the critic picks it)")
+    parser.add_argument("--tries", type=int, help="text-to-image seeds per image (1: no critic check)")
     parser.add_argument("--edit", choices=("invert", "sdedit"), help="image-to-image method (default: sdedit)")
     parser.add_argument("--parts", default="t2i,edits,reconstruction,realism", help="which parts to run")
     parser.add_argument("--threads", type=int, default=2)
@@ -207,7 +227,8 @@ def main() -> None:
     folder = Path(args.model) if args.model else ASSETS
     pipe = EmbeddedPipeline.load(folder)
     oracle = AttributeOracle.packaged()
-    chosen = {"steps": args.steps, "guidance": args.guidance, "strength": args.strength, "edit": args.edit}
+    chosen = {"steps": args.steps, "guidance": args.guidance, "strength": args.strength, "edit": args.edit,
+              "tries": args.tries}
     cfg = SamplingConfig(**{k: v for k, v in chosen.items() if v is not None})
     size_mb = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
     print(f"generator {pipe.model_id} at {folder} ({size_mb:.1f} MB); sampling {cfg}; oracle held-out balanced "
@@ -222,16 +243,21 @@ def main() -> None:
         for r in t2i["prompts"]:
             print(f"{r['prompt']:<62} {r['named']:>6.3f} {r['unmentioned']:>11.3f} {r['all_right']:>9.3f}")
         print(f"{'ALL':<62} {t2i['named']:>6.3f} {t2i['unmentioned']:>11.3f} {t2i['all_right']:>9.3f}")
+        if t2i["critic_accepted"] is not None:
+            print(f"the critic accepted {t2i['critic_accepted']:.3f} of the images (up to {cfg.tries} seeds each)")
         print(f"text-to-image speed ({torch.get_num_threads()} threads, batch {cfg.batch_size}): "
               f"{t2i['images_per_second']:.1f} images/s at {cfg.steps} steps")
     if "edits" in parts:
         ed = edits(pipe, oracle, cfg, args.edits, args.seed)
-        print(f"\nimage-to-image edits ({cfg.edit}, strength {cfg.strength}), {args.edits} sources each")
+        how = f"strength {cfg.strength}" if cfg.strength else "strength chosen by the critic"
+        print(f"\nimage-to-image edits ({cfg.edit}, {how}), {args.edits} sources each")
         print(f"{'edit':<28} {'shown':>6} {'gender+age kept':>15} {'all others kept':>15} {'per attribute':>13} "
-              f"{'oracle on sources':>17}")
+              f"{'oracle on sources':>17} {'critic accepted':>15} {'strength':>8}")
         for r in ed["edits"]:
+            accepted = "-" if r["critic_accepted"] is None else f"{r['critic_accepted']:.3f}"
             print(f"{r['edit']:<28} {r['shown']:>6.3f} {r['gender_age_kept']:>15.3f} {r['all_others_kept']:>15.3f} "
-                  f"{r['others_kept_per_attribute']:>13.3f} {r['oracle_on_sources_all_others']:>17.3f}")
+                  f"{r['others_kept_per_attribute']:>13.3f} {r['oracle_on_sources_all_others']:>17.3f} "
+                  f"{accepted:>15} {r['mean_strength']:>8.2f}")
         print(f"edit speed: {ed['images_per_second']:.1f} images/s")
     if "reconstruction" in parts:
         rec = reconstruction(pipe, oracle, args.edits, args.seed)

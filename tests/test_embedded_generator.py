@@ -137,6 +137,65 @@ def test_generate_is_resumable_and_content_addressed(random_generator, tmp_path,
     assert calls == [] and [r["file"] for r in again.rows] == [r["file"] for r in first.rows]
 
 
+# ------------------------------------------------------------------------------- the critic's check
+@pytest.fixture(scope="module")
+def checked_generator(tmp_path_factory):
+    """Random weights with a (random) critic: the self-check's plumbing, not its quality."""
+    from fairloop.diffusion.embedded import build_unet, build_vae
+    from fairloop.diffusion.training import save_generator
+    from fairloop.tools.quality import attribute_net
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("gen") / "checked"
+    save_generator(build_vae(), build_unet(), {"scaling_factor": 1.0}, folder, critic=attribute_net(len(ATTRIBUTES)))
+    return folder
+
+
+def test_the_check_climbs_options_only_for_images_the_critic_rejects(random_generator):
+    from fairloop.diffusion.embedded import STRENGTH_LADDER, EmbeddedPipeline
+
+    class Critic:  # an "image" is (index, option); it is read as asked from the option it needs up
+        def misses(self, images, wanted):
+            return [int(option < w["needs"]) for (_, option), w in zip(images, wanted)]
+
+    drawn = []
+
+    def draw(indices, option):
+        drawn.append((list(indices), option))
+        return [(i, option) for i in indices]
+
+    pipe = EmbeddedPipeline.load(random_generator)
+    with pytest.raises(ConfigError, match="no critic"):
+        pipe._first_accepted(1, STRENGTH_LADDER, draw, [{"needs": 0}])
+    pipe.critic = Critic()
+    images, chosen, misses = pipe._first_accepted(3, (0.5, 0.65, 0.8, 0.95), draw,
+                                                  [{"needs": 0.5}, {"needs": 0.8}, {"needs": 2.0}])
+    assert chosen == [0.5, 0.8, 0.5] and misses == [0, 0, 1]  # never accepted: the first of the closest
+    assert images == [(0, 0.5), (1, 0.8), (2, 0.5)]
+    assert drawn == [([0, 1, 2], 0.5), ([1, 2], 0.65), ([1, 2], 0.8), ([2], 0.95)]
+
+
+def test_checked_draws_record_what_they_used_and_resume_with_it(checked_generator, synth_data, tmp_path):
+    from fairloop.diffusion.embedded import STRENGTH_LADDER
+
+    gen = make_generator("embedded", model=str(checked_generator), device="cpu", steps=1, tries=2)
+    request = GenerationRequest("a woman with gray hair", n=3, label=0, target="Male", seed=4)
+    first = gen.generate(request, tmp_path / "t2i")
+    assert all(isinstance(r["critic_misses"], int) and r["strength"] is None for r in first.rows)
+    assert any("checked by the generator's critic" in note for note in first.notes)
+    again = gen.generate(request, tmp_path / "t2i")  # every image exists: seeds and misses come from the files
+    assert [(r["seed"], r["critic_misses"]) for r in again.rows] == [(r["seed"], r["critic_misses"]) for r in first.rows]
+
+    train = synth_data.split("train").table
+    sources = tuple(train[(train["Male"] == 0) & (train["Gray_Hair"] == 0)].index[:2])
+    edit = GenerationRequest("a woman with gray hair", n=2, label=0, target="Male", source_ids=sources, seed=1)
+    rows = gen.generate(edit, tmp_path / "edit", sources=synth_data).rows
+    assert all(r["strength"] in STRENGTH_LADDER and r["critic_misses"] is not None for r in rows)
+    fixed = make_generator("embedded", model=str(checked_generator), device="cpu", steps=1, strength=0.4)
+    rows = fixed.generate(edit, tmp_path / "fixed", sources=synth_data).rows
+    assert [(r["strength"], r["critic_misses"]) for r in rows] == [(0.4, None), (0.4, None)]
+
+
 def test_class_label_wins_over_the_prompt(random_generator, tmp_path):
     gen = make_generator("embedded", model=str(random_generator), device="cpu", steps=1)
     result = gen.generate(GenerationRequest("a woman", n=1, label=1, target="Male"), tmp_path)
@@ -161,9 +220,8 @@ def test_cancel_stops_between_batches_and_keeps_finished_images(random_generator
 def test_missing_weights_and_bad_settings_are_clear_errors(tmp_path, random_generator):
     with pytest.raises(ConfigError, match="fairloop generator train"):
         make_generator("embedded", model=str(tmp_path / "nothing"))
-    gen = make_generator("embedded", model=str(random_generator), device="cpu", strength=1.5)
     with pytest.raises(ConfigError, match="strength"):
-        gen.pipeline.text_to_image(["a man"], [0], config=gen.sampling)
+        make_generator("embedded", model=str(random_generator), device="cpu", strength=1.5)
     with pytest.raises(ConfigError, match="--generator-model"):
         make_generator("sd")
 
@@ -174,18 +232,19 @@ def test_training_runs_every_stage_resumes_and_writes_a_loadable_generator(tmp_p
     from fairloop.diffusion.training import GeneratorTrainConfig, train_generator
 
     cfg = GeneratorTrainConfig(n_images=48, held_out=8, ae_steps=2, decoder_steps=2, unet_steps=2, batch_size=4,
-                               checkpoint_every=1, threads=1)
+                               critic_epochs=1, checkpoint_every=1, threads=1)
     out = train_generator(cfg, tmp_path / "work", tmp_path / "out", log=lambda m: None)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["data"]["seed"] == cfg.data_seed and manifest["config"]["unet_steps"] == 2
     assert manifest["scaling_factor"] > 0 and {"autoencoder_psnr_db", "decoder_psnr_db"} <= set(manifest["scores"])
+    assert 0 <= manifest["scores"]["reconstructions_all_attributes_kept_by_critic"] <= 1
     assert json.loads((tmp_path / "work" / "unet" / "step.json").read_text())["step"] == 2
 
     # more steps later: the finished stages are reused and the UNet continues from step 2
     logs: list[str] = []
     train_generator(GeneratorTrainConfig(**{**cfg.__dict__, "unet_steps": 3}), tmp_path / "work", tmp_path / "out",
                     log=logs.append)
-    assert not any(m.startswith(("pool", "autoencoder: step", "encode", "decoder: step")) for m in logs)
+    assert not any(m.startswith(("pool", "autoencoder: step", "encode", "critic", "decoder: step")) for m in logs)
     assert [m for m in logs if m.startswith("unet: step")] == [m for m in logs if "step 3/3" in m]
     assert EmbeddedPipeline.load(out).text_to_image(["a man"], [0])[0].size == (64, 64)
 

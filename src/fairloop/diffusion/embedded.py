@@ -11,6 +11,13 @@ Sampling is DDIM with classifier-free guidance; the negative prompt takes the pl
 caption. Every image has its own seed, so a batch's images do not depend on the batch size.
 Image-to-image is SDEdit: the source is encoded, noised to ``strength`` and denoised with the
 new caption.
+
+The generator checks its own images with its **critic** (an attribute reader trained with it on the
+same pool, shipped in ``critic/``): a text-to-image draw the critic misreads is drawn again with a
+new seed, and an edit uses the smallest strength of :data:`STRENGTH_LADDER` whose result the
+critic reads as asked (seed 001 picks its edit strength by CLIP directional similarity; this is the
+same idea with an attribute reader). The critic is not the oracle that scores fairloop's images, so
+the judge stays independent of the generator.
 """
 
 from __future__ import annotations
@@ -18,14 +25,15 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from fairloop import minilm
 from fairloop.errors import ConfigError
@@ -38,7 +46,7 @@ MAX_TOKENS = 32
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "embedded-generator"
 
 #: Diffusers configs of the two networks that the training command builds. Saved weights carry their
-#: own configs, so weights trained with other settings (the packaged ones have 4 latent channels) load.
+#: own configs, so weights trained with other settings (v1 had 4 latent channels) load.
 VAE_CONFIG: dict[str, Any] = dict(
     in_channels=3, out_channels=3, latent_channels=8, sample_size=IMAGE_SIZE, layers_per_block=1,
     down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
@@ -58,22 +66,31 @@ SCHEDULE: dict[str, Any] = dict(num_train_timesteps=1000, beta_start=0.00085, be
 
 
 EDIT_MODES = ("invert", "sdedit")
+#: Edit strengths the critic's check climbs, smallest first: each edit changes its source as little as it can.
+STRENGTH_LADDER = (0.5, 0.65, 0.8, 0.95)
+#: The strength of unchecked edits (no critic, or sources outside the SynthFaces vocabulary).
+DEFAULT_STRENGTH = 0.8
 
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """How images are drawn. The defaults come from a sweep of bench_generator's edits on fresh
-    renders (never a run's data): below strength 0.8 this model rarely changes hair colour."""
+    """How images are drawn. The defaults come from a sweep of bench_generator on fresh renders
+    (never a run's data). ``strength=None`` lets the critic choose it per edit from
+    :data:`STRENGTH_LADDER`; ``tries`` is how many seeds a text-to-image draw may use."""
 
     steps: int = 20
     guidance: float = 5.0
-    strength: float = 0.8     # image-to-image: how far the source is noised (0 = unchanged, 1 = new image)
+    strength: float | None = None  # image-to-image: how far the source is noised (0 = unchanged, 1 = new image)
+    tries: int = 3
     batch_size: int = 32
     edit: str = "sdedit"      # image-to-image with captioned sources: "sdedit" or "invert" (see image_to_image)
 
     def __post_init__(self):
         if self.edit not in EDIT_MODES:
             raise ConfigError(f"unknown edit mode {self.edit!r}", f"use one of {', '.join(EDIT_MODES)}")
+        if self.steps < 1 or self.tries < 1 or not (self.strength is None or 0 < self.strength <= 1):
+            raise ConfigError(f"unusable sampling settings (steps={self.steps}, tries={self.tries}, "
+                              f"strength={self.strength})", "use steps ≥ 1, tries ≥ 1 and 0 < strength ≤ 1")
 
 
 class TextEncoder:
@@ -93,6 +110,37 @@ class TextEncoder:
         batch = self.tokenizer(list(texts), padding="max_length", max_length=MAX_TOKENS, truncation=True,
                                return_tensors="pt").to(self.device)
         return self.model(**batch).last_hidden_state
+
+
+class Critic:
+    """The generator's own attribute reader (``critic/`` beside its weights; see the module docstring)."""
+
+    def __init__(self, net, attributes: Sequence[str], device: str = "cpu"):
+        self.net = net.eval().to(device)
+        self.columns = {a: j for j, a in enumerate(attributes)}
+        self.device = device
+
+    @classmethod
+    def load(cls, folder: Path, device: str = "cpu") -> Critic | None:
+        """The critic saved in ``folder/critic``, or None for weights trained without one."""
+        from safetensors.torch import load_file
+
+        from fairloop.tools.quality import attribute_net
+
+        path = folder / "critic"
+        if not (path / "weights.safetensors").is_file():
+            return None
+        meta = json.loads((path / "config.json").read_text())
+        net = attribute_net(len(meta["attributes"]), int(meta["width"]))
+        net.load_state_dict({k: v.float() for k, v in load_file(path / "weights.safetensors").items()})
+        return cls(net, meta["attributes"], device)
+
+    @torch.inference_mode()
+    def misses(self, images: Sequence[Image.Image], wanted: Sequence[Mapping[str, int]]) -> list[int]:
+        """Per image, how many of its wanted attributes the critic reads otherwise."""
+        seen = (self.net(to_tensor(images).add(1).div(2).to(self.device)) > 0).cpu().numpy()
+        return [sum(bool(seen[i, j]) != bool(w[a]) for a, j in self.columns.items() if a in w)
+                for i, w in enumerate(wanted)]
 
 
 def build_vae():
@@ -122,7 +170,7 @@ class EmbeddedPipeline:
     """Autoencoder + UNet + text encoder + DDIM, with text-to-image and image-to-image."""
 
     def __init__(self, vae, unet, scaling_factor: float, *, text_encoder: TextEncoder | None = None,
-                 device: str = "cpu", manifest: dict[str, Any] | None = None):
+                 device: str = "cpu", manifest: dict[str, Any] | None = None, critic: Critic | None = None):
         from diffusers import DDIMScheduler
 
         self.device = device
@@ -132,6 +180,7 @@ class EmbeddedPipeline:
         self.text_encoder = text_encoder or TextEncoder(device)
         self.scheduler = DDIMScheduler(**SCHEDULE)
         self.manifest = manifest or {}
+        self.critic = critic
 
     # ------------------------------------------------------------------------------ loading
     @classmethod
@@ -148,7 +197,8 @@ class EmbeddedPipeline:
         except (OSError, ValueError) as exc:
             raise ConfigError(f"the embedded generator at {folder} cannot be loaded: {exc}",
                               "retrain it with `fairloop generator train`, or reinstall fairloop") from exc
-        return cls(vae, unet, manifest["scaling_factor"], device=device, manifest=manifest)
+        return cls(vae, unet, manifest["scaling_factor"], device=device, manifest=manifest,
+                   critic=Critic.load(folder, device))
 
     @property
     def model_id(self) -> str:
@@ -171,7 +221,8 @@ class EmbeddedPipeline:
     def image_to_image(self, sources: Sequence[Image.Image], prompts: Sequence[str], seeds: Sequence[int], *,
                        negative_prompt: str = "", source_prompts: Sequence[str] | None = None,
                        config: SamplingConfig = SamplingConfig()) -> list[Image.Image]:
-        """Edit each source towards its prompt, ``config.strength`` of the way back from noise.
+        """Edit each source towards its prompt, ``config.strength`` (default :data:`DEFAULT_STRENGTH`)
+        of the way back from noise.
 
         With ``source_prompts`` (captions of the sources) this is negative-prompt inversion: the
         source is DDIM-inverted under its own caption, then sampled with that caption in the
@@ -182,12 +233,53 @@ class EmbeddedPipeline:
             raise ValueError("image_to_image needs one prompt (and one source prompt, if any) per source image")
         return self._sample(prompts, seeds, sources, negative_prompt, config, source_prompts)
 
+    def checked_text_to_image(self, prompts: Sequence[str], seeds: Sequence[int], wanted: Sequence[Mapping[str, int]],
+                              *, negative_prompt: str = "", config: SamplingConfig = SamplingConfig()):
+        """Text-to-image, drawn again with a new seed (up to ``config.tries`` seeds) where the critic
+        misreads an attribute in ``wanted``. Returns the images, the seed each used and the critic's misses."""
+        def draw(indices, attempt):
+            return self.text_to_image([prompts[i] for i in indices], [retry_seed(seeds[i], attempt) for i in indices],
+                                      negative_prompt=negative_prompt, config=config)
+
+        images, attempts, misses = self._first_accepted(len(prompts), range(config.tries), draw, wanted)
+        return images, [retry_seed(s, a) for s, a in zip(seeds, attempts)], misses
+
+    def checked_image_to_image(self, sources: Sequence[Image.Image], prompts: Sequence[str], seeds: Sequence[int],
+                               wanted: Sequence[Mapping[str, int]], *, negative_prompt: str = "",
+                               source_prompts: Sequence[str] | None = None, config: SamplingConfig = SamplingConfig()):
+        """Each edit at the smallest strength of :data:`STRENGTH_LADDER` whose result the critic reads
+        as ``wanted`` (else the one it reads closest). Returns the images, strengths and misses."""
+        def draw(indices, strength):
+            pick = (lambda seq: None if seq is None else [seq[i] for i in indices])
+            return self.image_to_image(pick(sources), pick(prompts), pick(seeds), negative_prompt=negative_prompt,
+                                       source_prompts=pick(source_prompts), config=replace(config, strength=strength))
+
+        return self._first_accepted(len(prompts), STRENGTH_LADDER, draw, wanted)
+
+    def _first_accepted(self, n: int, options: Sequence[Any], draw: Callable[[list[int], Any], list[Image.Image]],
+                        wanted: Sequence[Mapping[str, int]]):
+        """For each of ``n`` images, the first option whose draw the critic accepts (no misses), else
+        the draw with the fewest misses. Only the images still missing are drawn again."""
+        if self.critic is None:
+            raise ConfigError("these generator weights have no critic to check images with",
+                              "retrain them with `fairloop generator train`, or fix the strength (--strength)")
+        best: list[Any] = [None] * n
+        chosen: list[Any] = [None] * n
+        fewest = [len(w) + 1 for w in wanted]
+        todo = list(range(n))
+        for option in options:
+            if not todo:
+                break
+            images = draw(todo, option)
+            for i, image, miss in zip(todo, images, self.critic.misses(images, [wanted[i] for i in todo])):
+                if miss < fewest[i]:
+                    best[i], chosen[i], fewest[i] = image, option, miss
+            todo = [i for i in todo if fewest[i] > 0]
+        return best, chosen, fewest
+
     def _sample(self, prompts, seeds, sources, negative_prompt, config, source_prompts=None) -> list[Image.Image]:
         if len(prompts) != len(seeds):
             raise ValueError("one seed per prompt")
-        if not 0 < config.strength <= 1 or config.steps < 1:
-            raise ConfigError(f"unusable sampling settings (steps={config.steps}, strength={config.strength})",
-                              "use steps ≥ 1 and 0 < strength ≤ 1")
         out: list[Image.Image] = []
         for start in range(0, len(prompts), config.batch_size):
             stop = start + config.batch_size
@@ -213,7 +305,8 @@ class EmbeddedPipeline:
         if sources is None:
             latents = noise * self.scheduler.init_noise_sigma
         else:
-            keep = min(config.steps, max(1, round(config.steps * config.strength)))
+            strength = DEFAULT_STRENGTH if config.strength is None else config.strength
+            keep = min(config.steps, max(1, round(config.steps * strength)))
             timesteps = timesteps[config.steps - keep:]
             clean = self.encode_images(to_tensor(sources))
             if source_prompts is None:
@@ -258,10 +351,11 @@ class EmbeddedGenerator(Generator):
 
     def __init__(self, folder: str | Path | None = None, *, device: str = "auto", steps: int | None = None,
                  guidance: float | None = None, strength: float | None = None, batch_size: int | None = None,
-                 edit: str | None = None, cancel: threading.Event | None = None):
+                 edit: str | None = None, tries: int | None = None, cancel: threading.Event | None = None):
         self.folder = Path(folder) if folder else ASSETS
         self.device = str(resolve_device(device))
-        chosen = {"steps": steps, "guidance": guidance, "strength": strength, "batch_size": batch_size, "edit": edit}
+        chosen = {"steps": steps, "guidance": guidance, "strength": strength, "batch_size": batch_size, "edit": edit,
+                  "tries": tries}
         self.sampling = SamplingConfig(**{k: v for k, v in chosen.items() if v is not None})
         self.cancel = cancel
         self._pipeline: EmbeddedPipeline | None = None
@@ -274,7 +368,6 @@ class EmbeddedGenerator(Generator):
         return self._pipeline
 
     def generate(self, request, out_dir, *, sources=None, progress=None) -> GenerationResult:
-        from fairloop.data.datasets import read_image
         from fairloop.data.synthfaces import ATTRIBUTES
         from fairloop.diffusion.captions import caption, intended_attributes
 
@@ -303,15 +396,16 @@ class EmbeddedGenerator(Generator):
                 prompts, source_prompts = [request.prompt] * request.n, None
                 result.notes.append("sources lack SynthFaces attributes: edits are SDEdit conditioned on the prompt "
                                     "as written")
-            strength = cfg.strength
+            checked = full and cfg.strength is None and self.pipeline.critic is not None
         else:
             ids, source_prompts = [None] * request.n, None
             prompts = [request.prompt] * request.n
             wanted = [intended_attributes(request.prompt) | {request.target: request.label}] * request.n
-            strength = None
+            checked = cfg.tries > 1 and self.pipeline.critic is not None
 
-        edit = None if strength is None else ("invert" if source_prompts else "sdedit")
-        names = [self._file_name(p, request.negative_prompt, s, i, strength, edit)
+        edit = None if not request.source_ids else ("invert" if source_prompts else "sdedit")
+        fixed_strength = cfg.strength or DEFAULT_STRENGTH if request.source_ids and not checked else None
+        names = [self._file_name(p, request.negative_prompt, s, i, fixed_strength, edit, checked)
                  for p, s, i in zip(prompts, seeds, ids)]
         todo = [k for k, name in enumerate(names) if not (out_dir / name).exists()]
         done = request.n - len(todo)
@@ -320,37 +414,75 @@ class EmbeddedGenerator(Generator):
                 raise ConfigError(f"generation cancelled after {done} of {request.n} images",
                                   "run the same command again: finished images are kept and skipped")
             chunk = todo[start:start + cfg.batch_size]
-            batch_prompts, batch_seeds = [prompts[k] for k in chunk], [seeds[k] for k in chunk]
-            if strength is None:
-                images = self.pipeline.text_to_image(batch_prompts, batch_seeds,
-                                                     negative_prompt=request.negative_prompt, config=cfg)
-            else:
-                src = [Image.fromarray(read_image(sources.table.at[ids[k], "path"], IMAGE_SIZE)) for k in chunk]
-                images = self.pipeline.image_to_image(
-                    src, batch_prompts, batch_seeds, negative_prompt=request.negative_prompt, config=cfg,
-                    source_prompts=None if source_prompts is None else [source_prompts[k] for k in chunk])
-            for k, image in zip(chunk, images):
-                atomic_write(out_dir / names[k], lambda tmp, image=image: image.save(tmp, format="PNG"))
+            images, details = self._draw(chunk, prompts, seeds, wanted, ids, sources, source_prompts,
+                                         request.negative_prompt, checked)
+            for k, image, detail in zip(chunk, images, details):
+                info = PngInfo()
+                info.add_text(_PNG_KEY, json.dumps(detail))
+                atomic_write(out_dir / names[k], lambda tmp, image=image, info=info: image.save(tmp, format="PNG",
+                                                                                              pnginfo=info))
             done += len(chunk)
             if progress:
                 progress("generate", done, request.n)
 
         for k in range(request.n):
+            detail = _read_detail(out_dir / names[k])
             result.rows.append({
                 "file": names[k], "path": str(out_dir / names[k]), "prompt": request.prompt,
                 "conditioning": prompts[k], "negative_prompt": request.negative_prompt, "source_id": ids[k],
-                "seed": seeds[k], "backend": self.name, "model_id": self.model_id, "label": request.label,
-                "intended": wanted[k], "attributes": wanted[k], "strength": strength, "edit": edit,
-                "steps": cfg.steps, "guidance": cfg.guidance,
+                "seed": detail.get("seed", seeds[k]), "backend": self.name, "model_id": self.model_id,
+                "label": request.label, "intended": wanted[k], "attributes": wanted[k],
+                "strength": detail.get("strength"), "edit": edit, "steps": cfg.steps, "guidance": cfg.guidance,
+                "critic_misses": detail.get("critic_misses"),
             })
+        if checked:
+            misread = sum(1 for r in result.rows if r["critic_misses"])
+            result.notes.append(f"checked by the generator's critic: {request.n - misread} of {request.n} images read "
+                                "as asked" + (" (the rest are the closest of their tries)" if misread else ""))
         return result
 
+    def _draw(self, chunk, prompts, seeds, wanted, ids, sources, source_prompts, negative, checked):
+        """Images for the indices in ``chunk``, with what each used (seed, strength, the critic's misses)."""
+        from fairloop.data.datasets import read_image
+
+        cfg, pipe = self.sampling, self.pipeline
+        pick = (lambda seq: None if seq is None else [seq[k] for k in chunk])
+        if ids[chunk[0]] is None:
+            if checked:
+                images, used, misses = pipe.checked_text_to_image(pick(prompts), pick(seeds), pick(wanted),
+                                                                  negative_prompt=negative, config=cfg)
+                return images, [{"seed": s, "critic_misses": m} for s, m in zip(used, misses)]
+            images = pipe.text_to_image(pick(prompts), pick(seeds), negative_prompt=negative, config=cfg)
+            return images, [{"seed": seeds[k]} for k in chunk]
+        src = [Image.fromarray(read_image(sources.table.at[ids[k], "path"], IMAGE_SIZE)) for k in chunk]
+        if checked:
+            images, strengths, misses = pipe.checked_image_to_image(
+                src, pick(prompts), pick(seeds), pick(wanted), negative_prompt=negative,
+                source_prompts=pick(source_prompts), config=cfg)
+            return images, [{"seed": seeds[k], "strength": t, "critic_misses": m}
+                            for k, t, m in zip(chunk, strengths, misses)]
+        images = pipe.image_to_image(src, pick(prompts), pick(seeds), negative_prompt=negative, config=cfg,
+                                     source_prompts=pick(source_prompts))
+        return images, [{"seed": seeds[k], "strength": cfg.strength or DEFAULT_STRENGTH} for k in chunk]
+
     def _file_name(self, prompt: str, negative: str, seed: int, source_id: str | None, strength: float | None,
-                   edit: str | None) -> str:
+                   edit: str | None, checked: bool) -> str:
         """Content-addressed: a resumed run finds its finished images and does not redo them."""
         cfg = self.sampling
-        key = json.dumps([self.model_id, prompt, negative, seed, source_id, strength, edit, cfg.steps, cfg.guidance])
-        return hashlib.sha256(key.encode()).hexdigest()[:16] + ".png"
+        key = [self.model_id, prompt, negative, seed, source_id, strength, edit, cfg.steps, cfg.guidance]
+        if checked:
+            key.append(STRENGTH_LADDER if source_id is not None else cfg.tries)
+        return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16] + ".png"
+
+
+_PNG_KEY = "fairloop"
+
+
+def _read_detail(path: Path) -> dict[str, Any]:
+    """What an image's draw used (seed, strength, critic misses), kept in its PNG text so a resumed
+    run reports finished images as they were made."""
+    with Image.open(path) as image:
+        return json.loads(image.text.get(_PNG_KEY, "{}"))
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
@@ -360,6 +492,11 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         raise ConfigError(f"no embedded generator at {folder} (manifest.json is missing)",
                           "train it with `fairloop generator train`, or reinstall fairloop to get the packaged weights")
     return json.loads(path.read_text())
+
+
+def retry_seed(seed: int, attempt: int) -> int:
+    """The seed of a redraw: the image's own seed first, then distinct seeds derived from it."""
+    return seed if attempt == 0 else int(np.random.default_rng([seed, attempt]).integers(0, 2**31 - 1))
 
 
 def model_id_of(manifest: dict[str, Any]) -> str:

@@ -1,6 +1,6 @@
 """``fairloop generator train``: train the embedded generator from scratch, resumably.
 
-Five stages, each saved in a work folder so a killed run continues where it stopped:
+Six stages, each saved in a work folder so a killed run continues where it stopped:
 
 1. **pool** — an unbiased pool of SynthFaces renders (:func:`sample_attributes` with the
    generator's own seed, no shortcut), independent of any user's training split, as Stable
@@ -8,9 +8,12 @@ Five stages, each saved in a work folder so a killed run continues where it stop
 2. **autoencoder** — ``AutoencoderKL`` with L1 + MSE + image-gradient loss and a tiny KL term;
 3. **encode** — every image to latents (distribution mean) and two training captions per image
    to MiniLM token embeddings, once, so the UNet stage spends its time on the UNet;
-4. **decoder** — the decoder alone is trained further on the cached latents: sharper eyes, mouths
-   and earrings without moving the latent space (so it can run beside the UNet stage);
-5. **unet** — ε-prediction on the DDPM schedule with 10 % caption dropout (classifier-free
+4. **critic** — an attribute classifier (the oracle's network) trained on the pool's renders;
+5. **decoder** — the decoder alone is trained further on the cached latents, with the critic's
+   attribute loss beside the pixel losses: a reconstruction must still read as old, smiling or
+   chubby (pixel losses alone blurred away the wrinkles that make a face old). The latent space does
+   not move, so this stage can run beside the UNet stage;
+6. **unet** — ε-prediction on the DDPM schedule with 10 % caption dropout (classifier-free
    guidance) and an EMA of the weights, which is what gets saved.
 
 The result (fp16 safetensors + ``manifest.json`` with the data seed, steps, time and scores) is
@@ -48,7 +51,9 @@ class GeneratorTrainConfig:
     decoder_steps: int = 1_500
     unet_steps: int = 8_000
     batch_size: int = 32
-    held_out: int = 512               # pool images kept out of autoencoder training, for its PSNR
+    held_out: int = 512               # pool images kept out of autoencoder and critic training, for their scores
+    critic_epochs: int = 4
+    attribute_weight: float = 0.1     # of the critic's loss in the decoder stage
     ae_lr: float = 1e-3
     unet_lr: float = 3e-4
     caption_dropout: float = 0.1
@@ -154,9 +159,36 @@ def encode_pool(cfg: GeneratorTrainConfig, work: Path, vae, pool: dict, log: Log
     return path
 
 
-def finetune_decoder(cfg: GeneratorTrainConfig, work: Path, vae, images: np.ndarray, latents: torch.Tensor,
+def train_critic(cfg: GeneratorTrainConfig, work: Path, pool: dict, log: Log):
+    """The oracle's network trained on this pool (the held-out images stay out). Not the packaged
+    oracle, which scores the generator: a decoder tuned against the judge would flatter it."""
+    from fairloop.tools.quality import attribute_net, fit_attribute_net
+
+    net = attribute_net(pool["attributes"].shape[1])
+    if _resume(work / "critic", net):
+        return net.eval()
+
+    def report(label: str, step: int, steps: int) -> None:
+        if step == steps:
+            log(f"critic: {label} done")
+
+    images = torch.from_numpy(pool["images"]).permute(0, 3, 1, 2)
+    net = fit_attribute_net(images, pool["attributes"], torch.arange(cfg.held_out, len(images)),
+                            epochs=cfg.critic_epochs, seed=cfg.data_seed, device="cpu", progress=report)
+    _checkpoint(work / "critic", net, None, cfg.critic_epochs)
+    return net
+
+
+def finetune_decoder(cfg: GeneratorTrainConfig, work: Path, vae, pool: dict, latents: torch.Tensor, critic,
                      log: Log):
-    """Train the decoder (and post-quant conv) on the cached latent means; the encoder is untouched."""
+    """Train the decoder (and post-quant conv) on the cached latent means with pixel losses plus
+    ``attribute_weight`` × the critic's loss; the encoder is untouched."""
+    from fairloop.tools.quality import positive_weights
+
+    images = pool["images"]
+    labels = torch.from_numpy(pool["attributes"].astype(np.float32))
+    attribute_loss = torch.nn.BCEWithLogitsLoss(pos_weight=positive_weights(labels[cfg.held_out:]))
+    critic.requires_grad_(False)
     done = _resume(work / "decoder", vae)
     params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
     if done < cfg.decoder_steps:
@@ -170,14 +202,26 @@ def finetune_decoder(cfg: GeneratorTrainConfig, work: Path, vae, images: np.ndar
             idx = rng.integers(cfg.held_out, len(images), size=cfg.batch_size)  # the held-out images stay out
             x = _to_unit(images[idx])
             recon = vae.decode(latents[torch.from_numpy(idx)].float()).sample
-            loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + _gradient_loss(recon, x)
+            loss = (F.l1_loss(recon, x) + F.mse_loss(recon, x) + _gradient_loss(recon, x)
+                    + cfg.attribute_weight * attribute_loss(critic(recon.clamp(-1, 1).add(1).div(2)), labels[idx]))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             _checkpoint_and_log("decoder", [(work / "decoder", vae, opt)], step, cfg.decoder_steps, done, started, loss,
                                 cfg, log)
     vae.eval()
-    return vae, _psnr(vae, images[:cfg.held_out])
+    return vae, _psnr(vae, images[:cfg.held_out]), _attributes_kept(vae, critic, pool, cfg.held_out)
+
+
+@torch.inference_mode()
+def _attributes_kept(vae, critic, pool: dict, n: int) -> float:
+    """Of the first ``n`` (held-out) renders, the share whose reconstruction the critic reads exactly
+    as their attributes (the render itself, not its label, is the reference: the critic errs too)."""
+    x = _to_unit(pool["images"][:n])
+    recon = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+    seen_source = critic(x.add(1).div(2)) > 0
+    seen_recon = critic(recon.add(1).div(2)) > 0
+    return float((seen_source == seen_recon).all(1).float().mean())
 
 
 def train_unet(cfg: GeneratorTrainConfig, work: Path, encoded: dict, log: Log):
@@ -240,9 +284,11 @@ def train_generator(cfg: GeneratorTrainConfig, work: str | Path, out: str | Path
     vae, psnr = stage("autoencoder", lambda: train_autoencoder(cfg, work, pool["images"], log))
     log(f"autoencoder: held-out PSNR {psnr:.1f} dB")
     encoded = torch.load(stage("encode", lambda: encode_pool(cfg, work, vae, pool, log)), weights_only=True)
-    vae, decoder_psnr = stage("decoder", lambda: finetune_decoder(cfg, work, vae, pool["images"], encoded["latents"],
-                                                                   log))
-    log(f"decoder: held-out PSNR {decoder_psnr:.1f} dB")
+    critic = stage("critic", lambda: train_critic(cfg, work, pool, log))
+    vae, decoder_psnr, kept = stage("decoder", lambda: finetune_decoder(cfg, work, vae, pool, encoded["latents"],
+                                                                         critic, log))
+    log(f"decoder: held-out PSNR {decoder_psnr:.1f} dB; the critic reads every attribute of {kept:.0%} of "
+        "held-out reconstructions as on the render")
     unet = stage("unet", lambda: train_unet(cfg, work, encoded, log))
     manifest = {
         "name": "fairloop embedded latent diffusion", "config": asdict(cfg),
@@ -250,17 +296,23 @@ def train_generator(cfg: GeneratorTrainConfig, work: str | Path, out: str | Path
                  "n_images": cfg.n_images},
         "text_encoder": "all-MiniLM-L6-v2 last hidden state, 32 tokens",
         "scaling_factor": float(encoded["scaling_factor"]),
-        "scores": {"autoencoder_psnr_db": round(psnr, 2), "decoder_psnr_db": round(decoder_psnr, 2)},
+        "scores": {"autoencoder_psnr_db": round(psnr, 2), "decoder_psnr_db": round(decoder_psnr, 2),
+                   "reconstructions_all_attributes_kept_by_critic": round(kept, 3)},
         "seconds": {k: round(v, 1) for k, v in timings.items()},
     }
-    save_generator(vae, unet, manifest, out)
+    save_generator(vae, unet, manifest, out, critic)
     log(f"generator written to {out}")
     return out
 
 
-def save_generator(vae, unet, manifest: dict, out: Path) -> None:
-    """fp16 safetensors in diffusers layout + manifest, swapped in atomically."""
+def save_generator(vae, unet, manifest: dict, out: Path, critic=None) -> None:
+    """fp16 safetensors in diffusers layout (+ the critic) + manifest, swapped in atomically."""
     import copy
+
+    from safetensors.torch import save_file
+
+    from fairloop.data.synthfaces import ATTRIBUTES
+    from fairloop.tools.quality import ORACLE_WIDTH
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -268,6 +320,10 @@ def save_generator(vae, unet, manifest: dict, out: Path) -> None:
     tmp.chmod(0o755)
     copy.deepcopy(vae).half().save_pretrained(tmp / "vae", safe_serialization=True)
     copy.deepcopy(unet).half().save_pretrained(tmp / "unet", safe_serialization=True)
+    if critic is not None:
+        (tmp / "critic").mkdir()
+        save_file({k: v.half().contiguous() for k, v in critic.state_dict().items()}, tmp / "critic" / "weights.safetensors")
+        atomic_write_json(tmp / "critic" / "config.json", {"attributes": list(ATTRIBUTES), "width": ORACLE_WIDTH})
     atomic_write_json(tmp / "manifest.json", manifest)
     if out.exists():
         old = out.with_name(f".{out.name}-old")

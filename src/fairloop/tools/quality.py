@@ -101,7 +101,7 @@ def _as_pil(images: Images) -> list[Any]:
 # ------------------------------------------------------------------------------------------ oracle
 
 
-def _oracle_net(n_outputs: int, width: int) -> FaceClassifier:
+def attribute_net(n_outputs: int, width: int = ORACLE_WIDTH) -> FaceClassifier:
     """fairloop's smallcnn (normalisation inside) with one logit per attribute instead of one."""
     model = FaceClassifier(small_cnn(width))
     model.backbone[-1] = nn.Linear(model.backbone[-1].in_features, n_outputs)
@@ -169,7 +169,7 @@ class AttributeOracle:
             meta = json.loads(sidecar.read_text())
             if meta.get("arch") != ORACLE_ARCH:
                 raise ValueError(f"{sidecar.name} names architecture {meta.get('arch')!r}, not {ORACLE_ARCH!r}")
-            net = _oracle_net(len(meta["attributes"]), int(meta["width"]))
+            net = attribute_net(len(meta["attributes"]), int(meta["width"]))
             net.load_state_dict(load_file(str(weights)))
         except Exception as exc:  # noqa: BLE001 — bad JSON, missing keys, SafetensorError, size mismatches
             raise DataError(f"attribute oracle {weights} is damaged or does not match its sidecar ({exc})",
@@ -190,8 +190,7 @@ def train_oracle(n: int = 20000, epochs: int = 12, seed: int = 0, *, test_fracti
                  progress: Progress | None = None) -> AttributeOracle:
     """Render ``n`` faces in memory, train on all but ``test_fraction`` of them, score the rest.
 
-    Horizontal flips are the only augmentation (every attribute survives them). Positives are
-    weighted by negatives/positives per attribute, so 0.5 is the decision threshold for equal
+    Positives are weighted by negatives/positives per attribute, so 0.5 is the decision threshold for equal
     priors: generated sets have their own base rates (a prompt asks for a hat), and the oracle must
     not say "no hat" because hats are rare in the pool. The returned oracle's ``scores`` are
     measured on the held-out renders.
@@ -206,31 +205,8 @@ def train_oracle(n: int = 20000, epochs: int = 12, seed: int = 0, *, test_fracti
     order = np.random.default_rng(seed + 1).permutation(n)
     test, train = torch.from_numpy(order[:n_test]), torch.from_numpy(order[n_test:])
     x = torch.from_numpy(images).permute(0, 3, 1, 2)  # uint8: a quarter of the memory of floats
-    y = torch.from_numpy(labels).float()
-    dev = resolve_device(device)
-    torch.manual_seed(seed)
-    net = _oracle_net(len(ATTRIBUTES), width).to(dev)
-    steps = (len(train) + batch_size - 1) // batch_size
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps)
-    gen = torch.Generator().manual_seed(seed)
-    positives = y[train].sum(0)
-    loss_fn = nn.BCEWithLogitsLoss(pos_weight=((len(train) - positives) / positives.clamp_min(1)).to(dev))
-    for epoch in range(epochs):
-        net.train()
-        perm = train[torch.randperm(len(train), generator=gen)]
-        for step in range(steps):
-            idx = perm[step * batch_size:(step + 1) * batch_size]
-            xb = x[idx].float().div_(255.0)
-            flip = torch.rand(len(idx), generator=gen) < 0.5
-            xb[flip] = xb[flip].flip(-1)
-            loss = loss_fn(net(xb.to(dev)), y[idx].to(dev))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if progress:
-                progress(f"epoch {epoch + 1}/{epochs}", step + 1, steps)
+    net = fit_attribute_net(x, labels, train, epochs=epochs, seed=seed, width=width, batch_size=batch_size, lr=lr,
+                            device=device, progress=progress)
     meta = {"attributes": list(ATTRIBUTES), "arch": ORACLE_ARCH, "width": width, "image_size": IMAGE_SIZE,
             "seed": seed, "n": n, "epochs": epochs, "test_fraction": test_fraction, "n_test": n_test,
             "batch_size": batch_size, "lr": lr, "loss": "BCE, positives weighted by negatives/positives",
@@ -242,6 +218,48 @@ def train_oracle(n: int = 20000, epochs: int = 12, seed: int = 0, *, test_fracti
     meta["balanced_scores"] = {a: _balanced_accuracy(truth[:, j], predicted[:, j]) for j, a in enumerate(ATTRIBUTES)}
     meta["seconds"] = round(time.perf_counter() - start, 1)
     return oracle
+
+
+def fit_attribute_net(images: torch.Tensor, labels: np.ndarray, train: torch.Tensor, *, epochs: int, seed: int,
+                      width: int = ORACLE_WIDTH, batch_size: int = 128, lr: float = 3e-3, device: str = "auto",
+                      progress: Progress | None = None) -> FaceClassifier:
+    """Train the oracle's network on ``images[train]`` (uint8, N×3×H×W) and ``labels`` (N × attributes).
+
+    Horizontal flips are the only augmentation (every attribute survives them); positives are
+    weighted by :func:`positive_weights` (see :func:`train_oracle` for why). Shared with the
+    embedded generator's attribute critic: the same network, trained on the generator's own pool.
+    """
+    y = torch.from_numpy(np.asarray(labels, dtype=np.float32))
+    dev = resolve_device(device)
+    torch.manual_seed(seed)
+    net = attribute_net(y.shape[1], width).to(dev)
+    steps = (len(train) + batch_size - 1) // batch_size
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps)
+    gen = torch.Generator().manual_seed(seed)
+    loss_fn = nn.BCEWithLogitsLoss(pos_weight=positive_weights(y[train]).to(dev))
+    for epoch in range(epochs):
+        net.train()
+        perm = train[torch.randperm(len(train), generator=gen)]
+        for step in range(steps):
+            idx = perm[step * batch_size:(step + 1) * batch_size]
+            xb = images[idx].float().div_(255.0)
+            flip = torch.rand(len(idx), generator=gen) < 0.5
+            xb[flip] = xb[flip].flip(-1)
+            loss = loss_fn(net(xb.to(dev)), y[idx].to(dev))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if progress:
+                progress(f"epoch {epoch + 1}/{epochs}", step + 1, steps)
+    return net.eval()
+
+
+def positive_weights(labels: torch.Tensor) -> torch.Tensor:
+    """negatives / positives per attribute column: BCE then treats present and absent as equally common."""
+    positives = labels.sum(0)
+    return (len(labels) - positives) / positives.clamp_min(1)
 
 
 def _balanced_accuracy(truth: np.ndarray, predicted: np.ndarray) -> float | None:

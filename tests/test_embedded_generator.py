@@ -282,7 +282,8 @@ def test_cli_generate_from_image(random_generator, synth_data, tmp_path):
 
 
 def test_the_shipped_weights_load_and_draw(tmp_path):
-    """The packaged generator (not random weights): its manifest says how it was made, and it draws."""
+    """The packaged generator (not random weights): its manifest says how it was made, and it draws
+    with its critic's check."""
     from fairloop.diffusion.embedded import ASSETS
 
     manifest = json.loads((ASSETS / "manifest.json").read_text())
@@ -293,3 +294,4 @@ def test_the_shipped_weights_load_and_draw(tmp_path):
     from PIL import Image
 
     assert [Image.open(tmp_path / r["file"]).size for r in result.rows] == [(64, 64), (64, 64)]
+    assert all(r["critic_misses"] is not None for r in result.rows)  # the shipped weights check their draws

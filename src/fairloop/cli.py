@@ -475,7 +475,7 @@ def generator_train(
     threads: Annotated[int, typer.Option("--threads", help="torch threads (1 is faster when the machine is busy).")] = 2,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the training pool.")] = 20261123,
 ) -> None:
-    """Train the embedded generator from scratch, resumably (about 2 hours on 2 CPU cores)."""
+    """Train the embedded generator from scratch, resumably (about 6 hours on one CPU core)."""
     from fairloop.diffusion.training import GeneratorTrainConfig, train_generator
 
     console = _console()

@@ -279,6 +279,7 @@ def test_cli_generate_from_image(random_generator, synth_data, tmp_path):
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "edit" / "manifest.json").read_text())["images"]
     assert [r["strength"] for r in rows] == [0.4, 0.4] and rows[0]["seed"] != rows[1]["seed"]
+    assert "sources lack SynthFaces attributes" in result.output  # the manifest's notes are printed too
 
 
 def test_the_shipped_weights_load_and_draw(tmp_path):

@@ -120,6 +120,10 @@ class Critic:
         self.columns = {a: j for j, a in enumerate(attributes)}
         self.device = device
 
+    @staticmethod
+    def saved_in(folder: Path) -> bool:
+        return (folder / "critic" / "weights.safetensors").is_file()
+
     @classmethod
     def load(cls, folder: Path, device: str = "cpu") -> Critic | None:
         """The critic saved in ``folder/critic``, or None for weights trained without one."""
@@ -127,9 +131,9 @@ class Critic:
 
         from fairloop.tools.quality import attribute_net
 
-        path = folder / "critic"
-        if not (path / "weights.safetensors").is_file():
+        if not cls.saved_in(folder):
             return None
+        path = folder / "critic"
         meta = json.loads((path / "config.json").read_text())
         net = attribute_net(len(meta["attributes"]), int(meta["width"]))
         net.load_state_dict({k: v.float() for k, v in load_file(path / "weights.safetensors").items()})
@@ -250,9 +254,9 @@ class EmbeddedPipeline:
         """Each edit at the smallest strength of :data:`STRENGTH_LADDER` whose result the critic reads
         as ``wanted`` (else the one it reads closest). Returns the images, strengths and misses."""
         def draw(indices, strength):
-            pick = (lambda seq: None if seq is None else [seq[i] for i in indices])
-            return self.image_to_image(pick(sources), pick(prompts), pick(seeds), negative_prompt=negative_prompt,
-                                       source_prompts=pick(source_prompts), config=replace(config, strength=strength))
+            return self.image_to_image(_take(sources, indices), _take(prompts, indices), _take(seeds, indices),
+                                       negative_prompt=negative_prompt, source_prompts=_take(source_prompts, indices),
+                                       config=replace(config, strength=strength))
 
         return self._first_accepted(len(prompts), STRENGTH_LADDER, draw, wanted)
 
@@ -360,6 +364,7 @@ class EmbeddedGenerator(Generator):
         self.cancel = cancel
         self._pipeline: EmbeddedPipeline | None = None
         self.model_id = model_id_of(read_manifest(self.folder))  # checks the weights exist, without loading them
+        self.has_critic = Critic.saved_in(self.folder)
 
     @property
     def pipeline(self) -> EmbeddedPipeline:
@@ -396,15 +401,15 @@ class EmbeddedGenerator(Generator):
                 prompts, source_prompts = [request.prompt] * request.n, None
                 result.notes.append("sources lack SynthFaces attributes: edits are SDEdit conditioned on the prompt "
                                     "as written")
-            checked = full and cfg.strength is None and self.pipeline.critic is not None
+            checked = full and cfg.strength is None and self.has_critic
         else:
             ids, source_prompts = [None] * request.n, None
             prompts = [request.prompt] * request.n
             wanted = [intended_attributes(request.prompt) | {request.target: request.label}] * request.n
-            checked = cfg.tries > 1 and self.pipeline.critic is not None
+            checked = cfg.tries > 1 and self.has_critic
 
         edit = None if not request.source_ids else ("invert" if source_prompts else "sdedit")
-        fixed_strength = cfg.strength or DEFAULT_STRENGTH if request.source_ids and not checked else None
+        fixed_strength = (cfg.strength or DEFAULT_STRENGTH) if request.source_ids and not checked else None
         names = [self._file_name(p, request.negative_prompt, s, i, fixed_strength, edit, checked)
                  for p, s, i in zip(prompts, seeds, ids)]
         todo = [k for k, name in enumerate(names) if not (out_dir / name).exists()]
@@ -446,7 +451,10 @@ class EmbeddedGenerator(Generator):
         from fairloop.data.datasets import read_image
 
         cfg, pipe = self.sampling, self.pipeline
-        pick = (lambda seq: None if seq is None else [seq[k] for k in chunk])
+
+        def pick(seq):
+            return _take(seq, chunk)
+
         if ids[chunk[0]] is None:
             if checked:
                 images, used, misses = pipe.checked_text_to_image(pick(prompts), pick(seeds), pick(wanted),
@@ -476,6 +484,10 @@ class EmbeddedGenerator(Generator):
 
 
 _PNG_KEY = "fairloop"
+
+
+def _take(seq: Sequence[Any] | None, indices: Sequence[int]) -> list[Any] | None:
+    return None if seq is None else [seq[i] for i in indices]
 
 
 def _read_detail(path: Path) -> dict[str, Any]:

@@ -190,10 +190,10 @@ def train_oracle(n: int = 20000, epochs: int = 12, seed: int = 0, *, test_fracti
                  progress: Progress | None = None) -> AttributeOracle:
     """Render ``n`` faces in memory, train on all but ``test_fraction`` of them, score the rest.
 
-    Positives are weighted by negatives/positives per attribute, so 0.5 is the decision threshold for equal
-    priors: generated sets have their own base rates (a prompt asks for a hat), and the oracle must
-    not say "no hat" because hats are rare in the pool. The returned oracle's ``scores`` are
-    measured on the held-out renders.
+    Positives are weighted by negatives/positives per attribute, so 0.5 is the decision threshold
+    for equal priors: generated sets have their own base rates (a prompt asks for a hat), and the
+    oracle must not say "no hat" because hats are rare in the pool. The returned oracle's
+    ``scores`` are measured on the held-out renders.
     """
     n_test = round(n * test_fraction)
     if n_test < 1 or n - n_test < 2 or epochs < 1:

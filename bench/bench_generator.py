@@ -1,7 +1,7 @@
 """How good is the embedded generator? Text-to-image, edits, realism and speed, scored by the oracle.
 
 Usage: python bench/bench_generator.py [--model FOLDER] [--per-prompt 16] [--edits 64] [--real 512]
-       [--steps S] [--guidance G] [--strength T] [--edit sdedit|invert]
+       [--steps S] [--guidance G] [--strength T] [--edit masked|sdedit|invert]
        [--parts t2i,edits,reconstruction,realism] [--json OUT]
 
 Everything is measured with the packaged attribute oracle (``fairloop generator train-oracle``),
@@ -14,10 +14,12 @@ every redraw.
    the attributes the prompt's intent fixes without naming them (accessories it does not name are
    absent; a named hair colour turns the others off — see :mod:`fairloop.diffusion.captions`), the
    share that match.
-2. **Edits** (SDEdit, or with --edit invert negative-prompt inversion, towards the edited caption):
-   black-haired women → gray hair, gray-haired men →
+2. **Edits** (masked SDEdit by default; --edit sdedit unmasked, --edit invert negative-prompt
+   inversion; all towards the edited caption): black-haired women → gray hair, gray-haired men →
    black hair (the loop's direction on the default scenario), and adding eyeglasses. *Shown*: the
-   new attribute is there. *Kept*: gender, age and every other attribute match the source's.
+   new attribute is there. *Kept*: gender, age and every other attribute match the source's. The
+   *ceiling* is the oracle's gender+age agreement on the exact counterfactuals (the renderer draws
+   the same face with the edited attributes): no edit can score above the oracle's own error.
 3. **Reconstruction**: the autoencoder alone on fresh renders, per attribute: the ceiling of every
    edit.
 4. **Realism**: Fréchet and kernel distances on the oracle's features between generated images
@@ -127,11 +129,11 @@ def edits(pipe, oracle, cfg, n: int, seed: int) -> dict:
         src_images = [render_face(s, int(i)) for s, i in zip(sources, identities)]
         targets = [apply_edits(s, change, rng) for s in sources]
         t0 = time.perf_counter()
-        source_prompts = [caption(s) for s in sources] if cfg.edit == "invert" else None
+        source_prompts = [caption(s) for s in sources]
         prompts = [caption(t) for t in targets]
         strengths = misses = None
         if pipe.critic is not None and cfg.strength is None:
-            edited, strengths, misses = pipe.checked_image_to_image(src_images, prompts, list(range(n)), targets,
+            edited, _, strengths, misses = pipe.checked_image_to_image(src_images, prompts, list(range(n)), targets,
                                                                     config=cfg, source_prompts=source_prompts)
         else:
             edited = pipe.image_to_image(src_images, prompts, list(range(n)), config=cfg, source_prompts=source_prompts)
@@ -146,9 +148,12 @@ def edits(pipe, oracle, cfg, n: int, seed: int) -> dict:
                               for i in range(n)])
         source_seen = oracle_view(oracle, src_images)
         source_ok = np.mean([all(source_seen[i, column[a]] == bool(sources[i][a]) for a in others) for i in range(n)])
+        exact = oracle_view(oracle, [render_face(t, int(i)) for t, i in zip(targets, identities)])
+        ceiling = np.mean([all(exact[i, column[a]] == bool(targets[i][a]) for a in ("Male", "Young"))
+                           for i in range(n)])
         out.append({"edit": name, "n": n, "shown": float(shown), "gender_age_kept": float(gender_age),
                     "all_others_kept": float(kept), "others_kept_per_attribute": float(kept_attr),
-                    "oracle_on_sources_all_others": float(source_ok),
+                    "oracle_on_sources_all_others": float(source_ok), "gender_age_ceiling": float(ceiling),
                     "critic_accepted": None if misses is None else float(np.mean([m == 0 for m in misses])),
                     "mean_strength": float(np.mean(strengths)) if strengths else cfg.strength or DEFAULT_STRENGTH,
                     "edited": edited[:8], "sources": src_images[:8]})
@@ -203,6 +208,9 @@ def _tensor(images: np.ndarray) -> torch.Tensor:
 
 
 def main() -> None:
+    from fairloop.diffusion.embedded import ASSETS, EDIT_MODES, EmbeddedPipeline, SamplingConfig
+    from fairloop.tools.quality import AttributeOracle
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="generator folder (default: the packaged one)")
     parser.add_argument("--per-prompt", type=int, default=16)
@@ -212,7 +220,7 @@ def main() -> None:
     parser.add_argument("--guidance", type=float)
     parser.add_argument("--strength", type=float, help="fix the edit strength (default: the critic picks it)")
     parser.add_argument("--tries", type=int, help="text-to-image seeds per image (1: no critic check)")
-    parser.add_argument("--edit", choices=("invert", "sdedit"), help="image-to-image method (default: sdedit)")
+    parser.add_argument("--edit", choices=EDIT_MODES, help="image-to-image method (default: masked)")
     parser.add_argument("--parts", default="t2i,edits,reconstruction,realism", help="which parts to run")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=12345)
@@ -220,9 +228,6 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-
-    from fairloop.diffusion.embedded import ASSETS, EmbeddedPipeline, SamplingConfig
-    from fairloop.tools.quality import AttributeOracle
 
     folder = Path(args.model) if args.model else ASSETS
     pipe = EmbeddedPipeline.load(folder)
@@ -251,11 +256,12 @@ def main() -> None:
         ed = edits(pipe, oracle, cfg, args.edits, args.seed)
         how = f"strength {cfg.strength}" if cfg.strength else "strength chosen by the critic"
         print(f"\nimage-to-image edits ({cfg.edit}, {how}), {args.edits} sources each")
-        print(f"{'edit':<28} {'shown':>6} {'gender+age kept':>15} {'all others kept':>15} {'per attribute':>13} "
-              f"{'oracle on sources':>17} {'critic accepted':>15} {'strength':>8}")
+        print(f"{'edit':<28} {'shown':>6} {'gender+age kept':>15} {'(ceiling)':>9} {'all others kept':>15} "
+              f"{'per attribute':>13} {'oracle on sources':>17} {'critic accepted':>15} {'strength':>8}")
         for r in ed["edits"]:
             accepted = "-" if r["critic_accepted"] is None else f"{r['critic_accepted']:.3f}"
-            print(f"{r['edit']:<28} {r['shown']:>6.3f} {r['gender_age_kept']:>15.3f} {r['all_others_kept']:>15.3f} "
+            print(f"{r['edit']:<28} {r['shown']:>6.3f} {r['gender_age_kept']:>15.3f} {r['gender_age_ceiling']:>9.3f} "
+                  f"{r['all_others_kept']:>15.3f} "
                   f"{r['others_kept_per_attribute']:>13.3f} {r['oracle_on_sources_all_others']:>17.3f} "
                   f"{accepted:>15} {r['mean_strength']:>8.2f}")
         print(f"edit speed: {ed['images_per_second']:.1f} images/s")
@@ -273,10 +279,11 @@ def main() -> None:
               f"{real['detector_generated']:.3f} (renders {real['detector_renders']:.3f})")
     print(f"\nweights {size_mb:.1f} MB")
 
+    if args.grid:
+        args.grid.mkdir(parents=True, exist_ok=True)
     if args.grid and t2i:
         from fairloop.tools.generate import image_grid
 
-        args.grid.mkdir(parents=True, exist_ok=True)
         for k in range(len(PROMPTS)):
             chunk = t2i["images"][k * args.per_prompt:(k + 1) * args.per_prompt][:8]
             paths = []

@@ -101,7 +101,7 @@ def test_inversion_with_the_source_caption_retraces_the_source_and_sdedit_does_n
     captions = [caption(f) for f in faces]
     recon = np.stack([np.asarray(im, float) for im in to_images(pipe.decode_latents(pipe.encode_images(
         to_tensor(sources))))])
-    cfg = SamplingConfig(steps=20, strength=0.8, guidance=5.0)
+    cfg = SamplingConfig(steps=20, strength=0.8, guidance=5.0, edit="invert")
 
     def distance(images):
         return float(np.abs(np.stack([np.asarray(im, float) for im in images]) - recon).mean())
@@ -111,16 +111,49 @@ def test_inversion_with_the_source_caption_retraces_the_source_and_sdedit_does_n
     assert distance(inverted) < 0.2 * distance(sdedit), (distance(inverted), distance(sdedit))
 
 
+def test_a_masked_edit_redraws_the_hair_and_keeps_every_other_pixel_of_the_source():
+    """DiffEdit's mask on the shipped weights: a hair-colour edit's mask covers the pixels where
+    the renderer's exact counterfactual differs from the source, not the whole face, and outside
+    it the edit is the source, pixel for pixel."""
+    from fairloop.data.synthfaces import render_face
+    from fairloop.diffusion.embedded import EmbeddedPipeline, SamplingConfig, paste, to_tensor
+
+    pipe = EmbeddedPipeline.load()
+    faces = sample_attributes(4, np.random.default_rng(3), {"Male": np.zeros(4, np.int8),
+                                                            "Black_Hair": np.ones(4, np.int8)}).to_dict("records")
+    grayed = [f | {"Black_Hair": 0, "Gray_Hair": 1} for f in faces]
+    sources = [render_face(f, k) for k, f in enumerate(faces)]
+    changed = torch.stack([torch.from_numpy(np.abs(np.asarray(render_face(g, k), int) - np.asarray(s, int)).sum(2) > 30)
+                           for k, (g, s) in enumerate(zip(grayed, sources))])
+    mask = pipe.edit_mask(pipe.encode_images(to_tensor(sources)), pipe.text_encoder([caption(g) for g in grayed]),
+                          pipe.text_encoder([caption(f) for f in faces]), [0, 1, 2, 3])
+    inside = paste(torch.ones(4, 3, 64, 64), torch.zeros(4, 3, 64, 64), mask)[:, 0]
+    assert 0.05 < float(inside.mean()) < 0.5                      # some of the image, far from all of it
+    assert float(inside[changed].gt(0).float().mean()) > 0.8        # the hair that has to change is inside
+
+    edited = pipe.image_to_image(sources, [caption(g) for g in grayed], [0, 1, 2, 3], config=SamplingConfig(
+        strength=0.8, steps=8), source_prompts=[caption(f) for f in faces])
+    for k, (image, source) in enumerate(zip(edited, sources)):
+        outside = (inside[k] == 0).numpy()
+        assert outside.any()
+        assert np.array_equal(np.asarray(image)[outside], np.asarray(source.convert("RGB"))[outside])
+    assert any(np.asarray(image)[(inside[k] > 0).numpy()].tolist() != np.asarray(source.convert("RGB"))[
+        (inside[k] > 0).numpy()].tolist() for k, (image, source) in enumerate(zip(edited, sources)))
+
+
 def test_edit_mode_is_recorded_and_part_of_the_file_name(random_generator, synth_data, tmp_path):
     train = synth_data.split("train").table
     sources = tuple(train[(train["Male"] == 0) & (train["Gray_Hair"] == 0)].index[:2])
     request = GenerationRequest("a woman with gray hair", n=2, label=0, target="Male", source_ids=sources, seed=1)
-    rows = {}
-    for mode in ("invert", "sdedit"):
+    from fairloop.diffusion.embedded import EDIT_MODES
+
+    files = set()
+    for mode in EDIT_MODES:
         gen = make_generator("embedded", model=str(random_generator), device="cpu", steps=2, edit=mode)
-        rows[mode] = gen.generate(request, tmp_path / mode, sources=synth_data).rows
-        assert {r["edit"] for r in rows[mode]} == {mode}
-    assert {r["file"] for r in rows["invert"]}.isdisjoint(r["file"] for r in rows["sdedit"])
+        rows = gen.generate(request, tmp_path / mode, sources=synth_data).rows
+        assert {r["edit"] for r in rows} == {mode}
+        files |= {r["file"] for r in rows}
+    assert len(files) == 2 * len(EDIT_MODES)
     with pytest.raises(ConfigError, match="edit mode"):
         make_generator("embedded", model=str(random_generator), edit="warp")
 
@@ -152,7 +185,7 @@ def checked_generator(tmp_path_factory):
 
 
 def test_the_check_climbs_options_only_for_images_the_critic_rejects(random_generator):
-    from fairloop.diffusion.embedded import STRENGTH_LADDER, EmbeddedPipeline
+    from fairloop.diffusion.embedded import EDIT_LADDER, EmbeddedPipeline
 
     class Critic:  # an "image" is (index, option); it is read as asked from the option it needs up
         def misses(self, images, wanted):
@@ -166,7 +199,7 @@ def test_the_check_climbs_options_only_for_images_the_critic_rejects(random_gene
 
     pipe = EmbeddedPipeline.load(random_generator)
     with pytest.raises(ConfigError, match="no critic"):
-        pipe._first_accepted(1, STRENGTH_LADDER, draw, [{"needs": 0}])
+        pipe._first_accepted(1, EDIT_LADDER, draw, [{"needs": 0}])
     pipe.critic = Critic()
     images, chosen, misses = pipe._first_accepted(3, (0.5, 0.65, 0.8, 0.95), draw,
                                                   [{"needs": 0.5}, {"needs": 0.8}, {"needs": 2.0}])
@@ -176,7 +209,7 @@ def test_the_check_climbs_options_only_for_images_the_critic_rejects(random_gene
 
 
 def test_checked_draws_record_what_they_used_and_resume_with_it(checked_generator, synth_data, tmp_path):
-    from fairloop.diffusion.embedded import STRENGTH_LADDER
+    from fairloop.diffusion.embedded import EDIT_LADDER
 
     gen = make_generator("embedded", model=str(checked_generator), device="cpu", steps=1, tries=2)
     request = GenerationRequest("a woman with gray hair", n=3, label=0, target="Male", seed=4)
@@ -190,7 +223,7 @@ def test_checked_draws_record_what_they_used_and_resume_with_it(checked_generato
     sources = tuple(train[(train["Male"] == 0) & (train["Gray_Hair"] == 0)].index[:2])
     edit = GenerationRequest("a woman with gray hair", n=2, label=0, target="Male", source_ids=sources, seed=1)
     rows = gen.generate(edit, tmp_path / "edit", sources=synth_data).rows
-    assert all(r["strength"] in STRENGTH_LADDER and r["critic_misses"] is not None for r in rows)
+    assert all((r["strength"], r["critic_misses"] is None) in {(s, False) for s, _ in EDIT_LADDER} for r in rows)
     fixed = make_generator("embedded", model=str(checked_generator), device="cpu", steps=1, strength=0.4)
     rows = fixed.generate(edit, tmp_path / "fixed", sources=synth_data).rows
     assert [(r["strength"], r["critic_misses"]) for r in rows] == [(0.4, None), (0.4, None)]

@@ -10,14 +10,17 @@ embeddings (last hidden state, 32 tokens × 384) of the packaged all-MiniLM-L6-v
 Sampling is DDIM with classifier-free guidance; the negative prompt takes the place of the empty
 caption. Every image has its own seed, so a batch's images do not depend on the batch size.
 Image-to-image is SDEdit: the source is encoded, noised to ``strength`` and denoised with the
-new caption.
+new caption. When the source has a caption, the edit is **masked** (DiffEdit, Couairon et al.
+2023): the region where the edited and the source caption disagree about the noise is the only
+part redrawn; outside it the sampler keeps the source's own noised latents, and the decoded edit
+is pasted onto the source's pixels, so a hair-colour edit cannot touch the face.
 
 The generator checks its own images with its **critic** (an attribute reader trained with it on the
 same pool, shipped in ``critic/``): a text-to-image draw the critic misreads is drawn again with a
-new seed, and an edit uses the smallest strength of :data:`STRENGTH_LADDER` whose result the
-critic reads as asked (seed 001 picks its edit strength by CLIP directional similarity; this is the
-same idea with an attribute reader). The critic is not the oracle that scores fairloop's images, so
-the judge stays independent of the generator.
+new seed, and an edit climbs :data:`EDIT_LADDER` (smallest strength first, two seeds each) to the
+first result the critic reads as asked (seed 001 picks its edit strength by CLIP directional
+similarity; this is the same idea with an attribute reader). The critic is not the oracle that
+scores fairloop's images, so the judge stays independent of the generator.
 """
 
 from __future__ import annotations
@@ -65,25 +68,31 @@ SCHEDULE: dict[str, Any] = dict(num_train_timesteps=1000, beta_start=0.00085, be
                                 steps_offset=1)
 
 
-EDIT_MODES = ("invert", "sdedit")
-#: Edit strengths the critic's check climbs, smallest first: each edit changes its source as little as it can.
-STRENGTH_LADDER = (0.5, 0.65, 0.8, 0.95)
+EDIT_MODES = ("masked", "sdedit", "invert")
+#: (strength, seed attempt) pairs the critic's check climbs: the smallest strength first, so each
+#: edit changes its source as little as it can, and a second seed before a larger strength.
+EDIT_LADDER = tuple((strength, attempt) for strength in (0.65, 0.8, 0.95) for attempt in range(2))
 #: The strength of unchecked edits (no critic, or sources outside the SynthFaces vocabulary).
 DEFAULT_STRENGTH = 0.8
+#: The edit mask (see the module docstring): noise estimates at this noise level, averaged over
+#: this many draws, rescaled to [0, 1] per image and cut at the threshold, then grown by one latent
+#: pixel. Chosen on bench_generator's edits (a threshold of 0.25 or 0.35 redraws the face).
+MASK_NOISE_LEVEL, MASK_DRAWS, MASK_THRESHOLD = 0.5, 4, 0.5
+_MASK_STREAM = 1 << 20  # the mask's noise: a retry_seed "attempt" no ladder reaches
 
 
 @dataclass(frozen=True)
 class SamplingConfig:
     """How images are drawn. The defaults come from a sweep of bench_generator on fresh renders
     (never a run's data). ``strength=None`` lets the critic choose it per edit from
-    :data:`STRENGTH_LADDER`; ``tries`` is how many seeds a text-to-image draw may use."""
+    :data:`EDIT_LADDER`; ``tries`` is how many seeds a text-to-image draw may use."""
 
     steps: int = 20
     guidance: float = 5.0
     strength: float | None = None  # image-to-image: how far the source is noised (0 = unchanged, 1 = new image)
     tries: int = 3
     batch_size: int = 32
-    edit: str = "sdedit"      # image-to-image with captioned sources: "sdedit" or "invert" (see image_to_image)
+    edit: str = "masked"      # image-to-image with captioned sources: one of EDIT_MODES (see image_to_image)
 
     def __post_init__(self):
         if self.edit not in EDIT_MODES:
@@ -165,6 +174,14 @@ def to_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
+def paste(edited: torch.Tensor, source: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The edited pixels inside the (latent-grid) mask, the source's outside: the mask is scaled up
+    to the image, grown by two pixels and feathered over five, so the seam does not show."""
+    soft = torch.nn.functional.interpolate(mask, size=edited.shape[-2:], mode="bilinear", align_corners=False)
+    soft = torch.nn.functional.avg_pool2d(torch.nn.functional.max_pool2d(soft, 5, 1, 2), 5, 1, 2)
+    return soft * edited + (1 - soft) * source
+
+
 def to_images(batch: torch.Tensor) -> list[Image.Image]:
     arrays = batch.clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(a) for a in arrays]
@@ -228,11 +245,12 @@ class EmbeddedPipeline:
         """Edit each source towards its prompt, ``config.strength`` (default :data:`DEFAULT_STRENGTH`)
         of the way back from noise.
 
-        With ``source_prompts`` (captions of the sources) this is negative-prompt inversion: the
-        source is DDIM-inverted under its own caption, then sampled with that caption in the
-        negative slot (so ``negative_prompt`` is not used). Where the two captions agree the
-        guidance cancels and the sampler retraces the inversion, which keeps what the edit does not
-        name. Without them it is SDEdit: the source is noised with the seed's noise and denoised."""
+        Without ``source_prompts`` (captions of the sources) this is SDEdit: the source is noised
+        with the seed's noise and denoised. With them, ``config.edit`` says how they are used:
+        ``masked`` redraws only the region where the two captions disagree (see the module
+        docstring); ``invert`` is negative-prompt inversion — the source is DDIM-inverted under its
+        own caption, then sampled with that caption in the negative slot (``negative_prompt`` is
+        not used), so the guidance cancels where the captions agree; ``sdedit`` ignores them."""
         if len(sources) != len(prompts) or (source_prompts is not None and len(source_prompts) != len(prompts)):
             raise ValueError("image_to_image needs one prompt (and one source prompt, if any) per source image")
         return self._sample(prompts, seeds, sources, negative_prompt, config, source_prompts)
@@ -251,14 +269,19 @@ class EmbeddedPipeline:
     def checked_image_to_image(self, sources: Sequence[Image.Image], prompts: Sequence[str], seeds: Sequence[int],
                                wanted: Sequence[Mapping[str, int]], *, negative_prompt: str = "",
                                source_prompts: Sequence[str] | None = None, config: SamplingConfig = SamplingConfig()):
-        """Each edit at the smallest strength of :data:`STRENGTH_LADDER` whose result the critic reads
-        as ``wanted`` (else the one it reads closest). Returns the images, strengths and misses."""
-        def draw(indices, strength):
-            return self.image_to_image(_take(sources, indices), _take(prompts, indices), _take(seeds, indices),
+        """Each edit at the first (strength, seed) of :data:`EDIT_LADDER` whose result the critic reads
+        as ``wanted`` (else the one it reads closest). Returns the images, the seed and strength each
+        used and the critic's misses."""
+        def draw(indices, step):
+            strength, attempt = step
+            return self.image_to_image(_take(sources, indices), _take(prompts, indices),
+                                       [retry_seed(seeds[i], attempt) for i in indices],
                                        negative_prompt=negative_prompt, source_prompts=_take(source_prompts, indices),
                                        config=replace(config, strength=strength))
 
-        return self._first_accepted(len(prompts), STRENGTH_LADDER, draw, wanted)
+        images, steps, misses = self._first_accepted(len(prompts), EDIT_LADDER, draw, wanted)
+        return (images, [retry_seed(s, attempt) for s, (_, attempt) in zip(seeds, steps)],
+                [strength for strength, _ in steps], misses)
 
     def _first_accepted(self, n: int, options: Sequence[Any], draw: Callable[[list[int], Any], list[Image.Image]],
                         wanted: Sequence[Mapping[str, int]]):
@@ -296,33 +319,67 @@ class EmbeddedPipeline:
     def _sample_batch(self, prompts, seeds, sources, negative_prompt, config, source_prompts) -> list[Image.Image]:
         n = len(prompts)
         cond = self.text_encoder(prompts)
-        if source_prompts is None:
-            uncond = self.text_encoder([negative_prompt]).expand(n, -1, -1)
+        source_cond = None if source_prompts is None or config.edit == "sdedit" else self.text_encoder(source_prompts)
+        if config.edit == "invert" and source_cond is not None:
+            uncond = source_cond
         else:
-            uncond = self.text_encoder(source_prompts)
+            uncond = self.text_encoder([negative_prompt]).expand(n, -1, -1)
         context = torch.cat([uncond, cond])
-        shape = (self.unet.config.in_channels, self.unet.config.sample_size, self.unet.config.sample_size)
-        noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
-        noise = noise.to(self.device)
+        noise = self._noise(seeds, ())
         self.scheduler.set_timesteps(config.steps)
         timesteps = self.scheduler.timesteps
+        mask = None
         if sources is None:
             latents = noise * self.scheduler.init_noise_sigma
         else:
             strength = DEFAULT_STRENGTH if config.strength is None else config.strength
             keep = min(config.steps, max(1, round(config.steps * strength)))
             timesteps = timesteps[config.steps - keep:]
-            clean = self.encode_images(to_tensor(sources))
-            if source_prompts is None:
-                latents = self.scheduler.add_noise(clean, noise, timesteps[:1])
-            else:
+            pixels = to_tensor(sources).to(self.device)
+            clean = self.encode_images(pixels)
+            if config.edit == "invert" and source_cond is not None:
                 latents = self._invert(clean, uncond, timesteps)
-        for t in timesteps:
+            else:
+                latents = self.scheduler.add_noise(clean, noise, timesteps[:1])
+            if config.edit == "masked" and source_cond is not None:
+                mask = self.edit_mask(clean, cond, source_cond, seeds)
+        for k, t in enumerate(timesteps):
             both = self.unet(torch.cat([latents, latents]), t, encoder_hidden_states=context).sample
             eps_uncond, eps_cond = both.chunk(2)
             eps = eps_uncond + config.guidance * (eps_cond - eps_uncond)
             latents = self.scheduler.step(eps, t, latents).prev_sample
-        return to_images(self.decode_latents(latents))
+            if mask is not None:  # outside the mask, the source as noisy as the next step expects
+                last = k + 1 == len(timesteps)
+                known = clean if last else self.scheduler.add_noise(clean, noise, timesteps[k + 1:k + 2])
+                latents = mask * latents + (1 - mask) * known
+        images = self.decode_latents(latents)
+        if mask is not None:
+            images = paste(images, pixels, mask)
+        return to_images(images)
+
+    def _noise(self, seeds: Sequence[int], draws: tuple[int, ...]) -> torch.Tensor:
+        """Standard normal latents from each image's own seed: ``(n, *draws, C, H, W)``."""
+        shape = (*draws, self.unet.config.in_channels, self.unet.config.sample_size, self.unet.config.sample_size)
+        return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]).to(
+            self.device)
+
+    @torch.inference_mode()
+    def edit_mask(self, clean: torch.Tensor, cond: torch.Tensor, source_cond: torch.Tensor,
+                  seeds: Sequence[int]) -> torch.Tensor:
+        """Where an edit may change its source, ``(n, 1, h, w)`` in {0, 1} on the latent grid: the
+        cells where the UNet's noise estimates under the edited and the source caption differ most
+        (DiffEdit), from :data:`MASK_DRAWS` noisings of the source at :data:`MASK_NOISE_LEVEL`."""
+        n = clean.shape[0]
+        noise = self._noise([retry_seed(s, _MASK_STREAM) for s in seeds], (MASK_DRAWS,)).flatten(0, 1)
+        t = torch.tensor([int(MASK_NOISE_LEVEL * self.scheduler.config.num_train_timesteps)], device=self.device)
+        noisy = self.scheduler.add_noise(clean.repeat_interleave(MASK_DRAWS, 0), noise, t)
+        contexts = torch.cat([cond.repeat_interleave(MASK_DRAWS, 0), source_cond.repeat_interleave(MASK_DRAWS, 0)])
+        edited, source = self.unet(torch.cat([noisy, noisy]), t, encoder_hidden_states=contexts).sample.chunk(2)
+        gap = (edited - source).abs().mean(1).view(n, MASK_DRAWS, *clean.shape[2:]).mean(1)
+        low = gap.flatten(1).amin(1).view(n, 1, 1)
+        high = gap.flatten(1).amax(1).view(n, 1, 1)
+        mask = ((gap - low) / (high - low).clamp_min(1e-8) > MASK_THRESHOLD).float().unsqueeze(1)
+        return torch.nn.functional.max_pool2d(mask, 3, stride=1, padding=1)
 
     def _invert(self, latents: torch.Tensor, context: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """DDIM inversion: clean latents → the latents at ``timesteps[0]`` that DDIM sampling under
@@ -344,10 +401,9 @@ class EmbeddedGenerator(Generator):
     With sources whose attribute table covers the SynthFaces vocabulary, an edit is conditioned on
     the full caption of the edited attributes (the source's attributes with the prompt's edits
     applied), so the caption names everything that should stay, and the source's own caption
-    can drive an inversion (``edit="invert"``; see :meth:`EmbeddedPipeline.image_to_image`). The
-    default is SDEdit, which bench_generator measured as no worse on the shipped weights: their
-    autoencoder, which inversion reproduces faithfully, loses gender and age too often.
-    Sources without that vocabulary get SDEdit with the prompt as written.
+    locates the edit (``edit="masked"``, the default) or drives an inversion (``edit="invert"``;
+    see :meth:`EmbeddedPipeline.image_to_image`). Sources without that vocabulary get SDEdit with
+    the prompt as written.
     """
 
     name = "embedded"
@@ -394,8 +450,7 @@ class EmbeddedGenerator(Generator):
             bases = sources.table.loc[ids, known].astype(int).to_dict("records")
             if full:
                 wanted = [apply_edits(b, edits, rng, avoid=avoid) for b in bases]
-                prompts = [caption(w) for w in wanted]
-                source_prompts = [caption(b) for b in bases] if cfg.edit == "invert" else None
+                prompts, source_prompts = [caption(w) for w in wanted], [caption(b) for b in bases]
             else:
                 wanted = [b | edits for b in bases]
                 prompts, source_prompts = [request.prompt] * request.n, None
@@ -408,7 +463,7 @@ class EmbeddedGenerator(Generator):
             wanted = [intended_attributes(request.prompt) | {request.target: request.label}] * request.n
             checked = cfg.tries > 1 and self.has_critic
 
-        edit = None if not request.source_ids else ("invert" if source_prompts else "sdedit")
+        edit = None if not request.source_ids else (cfg.edit if source_prompts else "sdedit")
         fixed_strength = (cfg.strength or DEFAULT_STRENGTH) if request.source_ids and not checked else None
         names = [self._file_name(p, request.negative_prompt, s, i, fixed_strength, edit, checked)
                  for p, s, i in zip(prompts, seeds, ids)]
@@ -464,11 +519,10 @@ class EmbeddedGenerator(Generator):
             return images, [{"seed": seeds[k]} for k in chunk]
         src = [Image.fromarray(read_image(sources.table.at[ids[k], "path"], IMAGE_SIZE)) for k in chunk]
         if checked:
-            images, strengths, misses = pipe.checked_image_to_image(
+            images, used, strengths, misses = pipe.checked_image_to_image(
                 src, pick(prompts), pick(seeds), pick(wanted), negative_prompt=negative,
                 source_prompts=pick(source_prompts), config=cfg)
-            return images, [{"seed": seeds[k], "strength": t, "critic_misses": m}
-                            for k, t, m in zip(chunk, strengths, misses)]
+            return images, [{"seed": s, "strength": t, "critic_misses": m} for s, t, m in zip(used, strengths, misses)]
         images = pipe.image_to_image(src, pick(prompts), pick(seeds), negative_prompt=negative, config=cfg,
                                      source_prompts=pick(source_prompts))
         return images, [{"seed": seeds[k], "strength": cfg.strength or DEFAULT_STRENGTH} for k in chunk]
@@ -479,7 +533,7 @@ class EmbeddedGenerator(Generator):
         cfg = self.sampling
         key = [self.model_id, prompt, negative, seed, source_id, strength, edit, cfg.steps, cfg.guidance]
         if checked:
-            key.append(STRENGTH_LADDER if source_id is not None else cfg.tries)
+            key.append(EDIT_LADDER if source_id is not None else cfg.tries)
         return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16] + ".png"
 
 
@@ -517,5 +571,5 @@ def model_id_of(manifest: dict[str, Any]) -> str:
     return f"fairloop-embedded-ldm@{digest}"
 
 
-__all__ = ["ASSETS", "IMAGE_SIZE", "EmbeddedGenerator", "EmbeddedPipeline", "SamplingConfig", "TextEncoder",
-           "build_unet", "build_vae", "model_id_of", "to_images", "to_tensor"]
+__all__ = ["ASSETS", "EDIT_LADDER", "EDIT_MODES", "IMAGE_SIZE", "EmbeddedGenerator", "EmbeddedPipeline",
+           "SamplingConfig", "TextEncoder", "build_unet", "build_vae", "model_id_of", "paste", "to_images", "to_tensor"]

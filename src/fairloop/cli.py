@@ -7,7 +7,6 @@ problem and the fix, never as a traceback.
 
 from __future__ import annotations
 
-import json
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -462,7 +461,7 @@ def generate(
         paths = generate_to_folder(prompt, n=n, generator=generator, model=model, negative_prompt=negative,
                                    from_image=from_image, strength=strength, steps=steps, guidance=guidance,
                                    out=out, seed=seed, device=device, progress=progress)
-    for note in json.loads(paths["manifest"].read_text())["notes"]:
+    for note in paths["notes"]:
         console.print(f"  {note}", markup=False)
     console.print(f"wrote {n} images, {paths['grid']} and {paths['manifest']}")
 

@@ -245,7 +245,7 @@ def generate_to_folder(prompt: str, *, n: int, out: str | Path, generator: str =
     manifest = out / "manifest.json"
     atomic_write_json(manifest, {"generator": backend.name, "model_id": backend.model_id, "exact_oracle": backend.exact,
                                  "notes": result.notes, "images": result.rows})
-    return {"grid": grid, "manifest": manifest}
+    return {"grid": grid, "manifest": manifest, "notes": result.notes}
 
 
 def manifest_digest(rows: list[dict[str, Any]]) -> str:

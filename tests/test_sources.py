@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -38,15 +40,31 @@ def test_edits_of_gray_haired_men_are_as_young_as_real_men_without_gray_hair():
     batches, proxy = plan_sources(table, target="Male", label=1, description=NO_GRAY_MAN, n=800,
                                   vocabulary=VOCAB, rng=np.random.default_rng(1))
     real = table[(table["Male"] == 1) & (table["Gray_Hair"] == 0)]
+    gray_men = table[(table["Male"] == 1) & (table["Gray_Hair"] == 1)]
     assert proxy is not None and (proxy.attribute, proxy.value) == ("Young", 1)
     assert proxy.group_rate == pytest.approx(real["Young"].mean()) and proxy.source_rate < 0.35
-    assert [b.prompt for b in batches] == [NO_GRAY_MAN, NO_GRAY_MAN + ", who is young"]
     assert sum(b.n for b in batches) == 800 and all(len(b.source_ids) == b.n for b in batches)
     ids = [i for b in batches for i in b.source_ids]
     assert table.loc[ids, "Gray_Hair"].eq(1).all()   # every source is one the edit changes
     assert abs(realised(table, batches, proxy).mean() - proxy.group_rate) <= 1 / 800 + 1e-9
-    # the variant's sources are old men made young, so each of its images changes two attributes
-    assert table.loc[list(batches[1].source_ids), "Young"].eq(0).all()
+    # young gray-haired men are selected first, each for at most MAX_REUSE images ...
+    young = [i for i in ids if table.at[i, "Young"] == 1]
+    assert max(Counter(young).values()) <= sources.MAX_REUSE
+    assert proxy.selected == len(young) == min(round(proxy.group_rate * 800), sources.MAX_REUSE * gray_men["Young"].sum())
+    # ... and only the rest are old men made young, the images that change two attributes
+    assert proxy.changed == round(proxy.group_rate * 800) - proxy.selected > 0
+    assert [b.prompt for b in batches] == [NO_GRAY_MAN, NO_GRAY_MAN + ", who is young"]
+    assert batches[1].n == proxy.changed and table.loc[list(batches[1].source_ids), "Young"].eq(0).all()
+
+
+def test_a_proxy_is_matched_by_selection_alone_when_enough_sources_have_its_value():
+    table = biased_table(n=12000)
+    batches, proxy = plan_sources(table, target="Male", label=1, description=NO_GRAY_MAN, n=200,
+                                  vocabulary=VOCAB, rng=np.random.default_rng(0))
+    assert proxy is not None and proxy.changed == 0 and [b.prompt for b in batches] == [NO_GRAY_MAN]
+    ids = list(batches[0].source_ids)
+    assert len(set(ids)) == 200   # enough young gray-haired men: none is used twice
+    assert table.loc[ids, "Young"].sum() == proxy.selected == round(proxy.group_rate * 200)
 
 
 def test_attributes_that_the_edit_fixes_or_the_prompt_names_are_not_proxies():
@@ -85,6 +103,7 @@ def test_more_images_than_sources_cycle_through_them_and_no_sources_mean_text_to
 def test_the_render_oracle_realises_the_matched_batches(synth_data, tmp_path, monkeypatch):
     """Through the real parser and renderer: the variant's images show the proxy, the others keep it."""
     monkeypatch.setattr(sources, "MIN_GROUP", 5)   # the fixture's training split has 6 gray-haired women
+    monkeypatch.setattr(sources, "MAX_REUSE", 0)   # matched by the edit alone: the variant batch is rendered
     description = "a realistic portrait photo of a woman with gray hair"
     train = synth_data.split("train").table
     batches, proxy = plan_sources(train, target="Male", label=0, description=description, n=24,

@@ -50,7 +50,8 @@ def test_edits_of_gray_haired_men_are_as_young_as_real_men_without_gray_hair():
     # young gray-haired men are selected first, each for at most MAX_REUSE images ...
     young = [i for i in ids if table.at[i, "Young"] == 1]
     assert max(Counter(young).values()) <= sources.MAX_REUSE
-    assert proxy.selected == len(young) == min(round(proxy.group_rate * 800), sources.MAX_REUSE * gray_men["Young"].sum())
+    assert proxy.selected == len(young) == min(round(proxy.group_rate * 800),
+                                               sources.MAX_REUSE * gray_men["Young"].sum())
     # ... and only the rest are old men made young, the images that change two attributes
     assert proxy.changed == round(proxy.group_rate * 800) - proxy.selected > 0
     assert [b.prompt for b in batches] == [NO_GRAY_MAN, NO_GRAY_MAN + ", who is young"]

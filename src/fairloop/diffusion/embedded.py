@@ -19,8 +19,8 @@ The generator checks its own images with its **critic** (an attribute reader tra
 same pool, shipped in ``critic/``): a text-to-image draw the critic misreads is drawn again with a
 new seed, and an edit climbs :data:`EDIT_LADDER` (a moderate strength, then three seeds at a high
 one) to the first result the critic reads as asked (seed 001 picks its edit strength by CLIP
-directional similarity; this is the same idea with an attribute reader). The critic is not the oracle that
-scores fairloop's images, so the judge stays independent of the generator.
+directional similarity; this is the same idea with an attribute reader). The critic is not the
+oracle that scores fairloop's images, so the judge stays independent of the generator.
 """
 
 from __future__ import annotations

@@ -99,12 +99,12 @@ def plan_sources(table: pd.DataFrame, *, target: str, label: int, description: s
         return [SourceBatch(description, n, _draw(sources.index, n, rng))], None
 
     has_value = sources[name] == value
-    group_share = float((group[name] == value).mean())
-    wanted = round(group_share * n)
+    group_rate = float(group[name].mean())
+    wanted = round((group_rate if value else 1 - group_rate) * n)
     selected = _draw(sources.index[has_value], min(wanted, MAX_REUSE * int(has_value.sum())), rng)
     changed = wanted - len(selected)
     others = _draw(sources.index[~has_value], n - len(selected), rng)
-    match = ProxyMatch(name, value, float(group[name].mean()), float(sources[name].mean()), len(selected), changed, n)
+    match = ProxyMatch(name, value, group_rate, float(sources[name].mean()), len(selected), changed, n)
     batches = [SourceBatch(description, n - changed, selected + others[changed:]),
                SourceBatch(variant, changed, others[:changed])]
     return [b for b in batches if b.n], match

@@ -12,7 +12,8 @@ from torch import nn
 
 from fairloop.errors import ConfigError, DataError
 from fairloop.tools import finetune as finetune_module
-from fairloop.tools.finetune import AlphaCandidate, FinetuneConfig, finetune, interpolate, select_alpha
+from fairloop.tools.finetune import (AlphaCandidate, FinetuneConfig, draw_real_rows, finetune, interpolate,
+                                     select_alpha)
 from fairloop.tools.metrics import FairBand
 from fairloop.vision.models import build_model
 from fairloop.vision.train import predict_proba
@@ -204,6 +205,32 @@ def test_early_stopping_keeps_the_best_epoch(start, synth_data, counterfactuals,
     assert [h["improved"] for h in out.history] == [True, False]
 
 
+def test_uniform_real_rows_are_a_sample_without_repeats_and_the_whole_pool_when_it_is_asked_for():
+    groups = np.array([0] * 90 + [1] * 10)
+    rows = draw_real_rows(groups, 50, np.random.default_rng(0))
+    assert len(set(rows)) == 50 and list(rows) == sorted(rows)
+    assert list(draw_real_rows(groups, 100, np.random.default_rng(0))) == list(range(100))
+
+
+def test_balanced_real_rows_draw_each_group_equally_often():
+    """A 5 % group is drawn about as often as a 70 % one, its members repeated."""
+    groups = np.array([0] * 700 + [1] * 50 + [2] * 200 + [3] * 50)
+    rows = draw_real_rows(groups, 4000, np.random.default_rng(0), "balanced")
+    shares = np.bincount(groups[rows], minlength=4) / len(rows)
+    assert np.allclose(shares, 0.25, atol=0.03), shares
+    assert len(set(rows[groups[rows] == 1])) == 50  # every member of the small group is used
+
+
+def test_balanced_real_rows_leave_kept_counterfactuals_their_share_of_the_pool():
+    """2,000 counterfactuals kept in the small group 1 do not crowd out its 50 real members."""
+    groups = np.array([0] * 700 + [1] * 50 + [2] * 200 + [3] * 50 + [1] * 2000)
+    kept = np.arange(len(groups)) >= 1000
+    rows = draw_real_rows(groups, 30_000, np.random.default_rng(0), "balanced", kept)
+    assert abs(kept[rows].mean() - 2 / 3) < 0.02
+    real_shares = np.bincount(groups[rows[~kept[rows]]], minlength=4) / np.count_nonzero(~kept[rows])
+    assert np.allclose(real_shares, 0.25, atol=0.02), real_shares
+
+
 @pytest.mark.parametrize("table, error, match", [
     (pd.DataFrame({"path": ["x.png"], "label": [1]}), ConfigError, "protected"),
     (pd.DataFrame({"path": ["x.png"], "label": [2], "protected": [0]}), ConfigError, "'label'"),
@@ -221,6 +248,7 @@ def test_a_bad_counterfactual_table_is_refused_with_a_fix(start, synth_data, tab
 @pytest.mark.parametrize("changes, match", [
     ({"mode": "partial"}, "mode"), ({"mix_ratio": 1.5}, "mix_ratio"), ({"alphas": (0.0, 1.5)}, "alphas"),
     ({"patience": 0}, "patience"), ({"accuracy_budget": -0.1}, "budget"),
+    ({"real_sampling": "stratified"}, "real_sampling"),
 ])
 def test_bad_options_are_config_errors(start, synth_data, changes, match):
     with pytest.raises(ConfigError, match=match):

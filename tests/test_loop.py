@@ -75,6 +75,7 @@ def test_run_end_to_end_writes_summary_report_trace_and_memory(synth_root, tiny_
         assert {"metrics", "n_generated", "mix_ratio", "accepted"} <= set(it)
         assert set(METRIC_KEYS) <= set(it["metrics"])
     assert summary["generator"]["exact_oracle"] is True
+    assert summary["iterations"][0]["real_sampling"] == "uniform"  # exact renders: no rebalancing
     assert summary["status"] == state["status"] != "running"
     # the final model is the last accepted candidate, or the baseline when none was accepted
     accepted = [it["model"] for it in summary["iterations"] if it["accepted"]]
@@ -147,6 +148,24 @@ def test_generated_images_are_verified_and_rejects_are_not_trained_on(synth_root
     if check["passed"] == 0:  # noise from untrained weights: nothing to fine-tune on
         assert state["status"] == "stopped: no generated image passed verification"
     assert "Attribute-oracle check" in (folder.path / "report.html").read_text()
+
+
+def test_a_generator_that_is_not_exact_gets_group_balanced_real_images(synth_root, tiny_checkpoint, tmp_path,
+                                                                      monkeypatch):
+    """Renders passed off as a non-exact generator's images: they are verified by the shipped oracle,
+    and fine-tuning draws each (target, protected) group's real images equally often."""
+    from fairloop.tools.generate import RenderGenerator
+
+    monkeypatch.setattr(RenderGenerator, "exact", False)
+    config = tiny_config(synth_root, tiny_checkpoint, tmp_path / "memory", max_iterations=1)
+    folder = RunFolder(tmp_path / "run")
+    folder.save_config(config)
+    run_loop(RunServices(config, folder, log=lambda m: None))
+
+    summary = json.loads((folder.path / "summary.json").read_text())
+    assert summary["iterations"][0]["verification"]["passed"] > 0
+    assert summary["iterations"][0]["real_sampling"] == "balanced"
+    assert "real images drawn equally from each group" in (folder.path / "report.html").read_text()
 
 
 def test_second_run_recalls_the_first(synth_root, tiny_checkpoint, tmp_path):

@@ -261,9 +261,12 @@ def finetune_model(services: RunServices, model: str, manifests: list[str], kept
 
     cfg = services.config
     base, meta = services.load_model(model)
+    # an exact generator's counterfactuals look like the real images; any other's need the real
+    # members of each group drawn as often as a large group's (see draw_real_rows)
+    real_sampling = "uniform" if services.generator.exact else "balanced"
     ft_cfg = FinetuneConfig(mode=cfg.finetune_mode, epochs=epochs or cfg.finetune_epochs, mix_ratio=mix_ratio,
-                            accuracy_budget=cfg.accuracy_budget, image_size=meta.get("image_size", 64),
-                            seed=seed, device=cfg.device)
+                            real_sampling=real_sampling, accuracy_budget=cfg.accuracy_budget,
+                            image_size=meta.get("image_size", 64), seed=seed, device=cfg.device)
     result = finetune(base, services.dataset, counterfactual_table(services, manifests), target=cfg.target,
                       protected=cfg.protected, privileged_value=cfg.privileged_value, config=ft_cfg,
                       band=cfg.target_band, extra_training=counterfactual_table(services, kept_manifests),
@@ -443,6 +446,7 @@ class MitigationLoop:
                 "metrics": state["candidate"]["eval"]["test"], "val_metrics": cand,
                 "n_generated": state["generated"]["n"], "mix_ratio": decision["mix_ratio"],
                 "alpha": state["candidate"]["alpha"], "model": state["candidate"]["model"],
+                "real_sampling": state["candidate"]["finetune"]["config"].get("real_sampling", "uniform"),
                 "manifest": state["generated"]["manifest"],
                 "verification": state["generated"].get("verification"),
                 "analysis": state["analysis"],

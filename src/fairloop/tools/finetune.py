@@ -33,6 +33,7 @@ from fairloop.vision.models import FaceClassifier, resolve_device
 from fairloop.vision.train import LabeledImages, Progress, positive_probability, predict_proba, train_epoch
 
 MODES = ("full", "head")
+REAL_SAMPLING = ("uniform", "balanced")
 #: Validation splits up to this many images are decoded once and kept in memory as uint8.
 DECODE_LIMIT = 50_000
 COUNTERFACTUAL_COLUMNS = ("path", "label", "protected")
@@ -49,6 +50,7 @@ class FinetuneConfig:
     lr: float = 5e-4
     batch_size: int = 64
     mix_ratio: float = 0.3  # fraction of counterfactual images in each epoch's training set
+    real_sampling: str = "uniform"  # or "balanced": see draw_real_rows
     patience: int = 1  # stop when the validation objective has not improved for this many epochs
     alphas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
     accuracy_budget: float = 0.01  # max drop of validation accuracy vs the starting model
@@ -64,6 +66,8 @@ class FinetuneConfig:
             raise ConfigError(f"epochs={self.epochs}, batch_size={self.batch_size}, lr={self.lr}, "
                               f"patience={self.patience} are not usable",
                               "use epochs ≥ 1, batch size ≥ 1, patience ≥ 1 and a positive learning rate")
+        if self.real_sampling not in REAL_SAMPLING:
+            raise ConfigError(f"unknown real_sampling {self.real_sampling!r}", f"use one of {', '.join(REAL_SAMPLING)}")
         if not 0 <= self.mix_ratio <= 1:
             raise ConfigError(f"mix_ratio={self.mix_ratio} is not a fraction",
                               "use a mix ratio in [0, 1] (0: real images only, e.g. 0.3: 30% counterfactuals)")
@@ -263,6 +267,30 @@ class _Validation:
 # ------------------------------------------------------------------------------------ fine-tuning
 
 
+def draw_real_rows(groups: np.ndarray, n: int, rng: np.random.Generator, sampling: str = "uniform",
+                   kept: np.ndarray | None = None) -> np.ndarray:
+    """Sorted indices of ``n`` rows of the training pool, given each row's (target, protected) group
+    id and whether it is a counterfactual ``kept`` from an earlier iteration (else a real image).
+
+    ``uniform``: a sample without replacement (every row once when ``n`` covers the pool).
+    ``balanced``: with replacement, each group of the training split drawn equally often, so a
+    group's few real members count as much as a large group's (group-balanced resampling); kept
+    counterfactuals keep their share of the pool and do not dilute those few members. The
+    loop uses it with generators that are not exact: their counterfactuals fill a group in the
+    generator's style, and the group's real members are its only images in the style the
+    classifier is tested on.
+    """
+    size = len(groups)
+    if sampling != "balanced":
+        return np.arange(size) if n >= size else np.sort(rng.choice(size, n, replace=False))
+    kept = np.zeros(size, dtype=bool) if kept is None else kept
+    real = groups[~kept]
+    counts = np.bincount(real)
+    weights = np.ones(size)
+    weights[~kept] = len(real) / (np.count_nonzero(counts) * counts[real])
+    return np.sort(rng.choice(size, n, replace=True, p=weights / weights.sum()))
+
+
 def check_counterfactuals(counterfactuals: pd.DataFrame | None) -> pd.DataFrame:
     """The counterfactual table with ``path`` (str), ``label`` and ``protected`` (0/1 int); every
     file must exist. None or an empty table means no counterfactuals."""
@@ -331,7 +359,8 @@ def finetune(model: FaceClassifier, dataset: FaceDataset, counterfactuals: pd.Da
 
     ``model`` itself is not modified. Each epoch trains on every counterfactual plus a fresh seeded
     sample of ``round(n_cf·(1 − r)/r)`` real training rows (r = ``mix_ratio``, capped at the training
-    split); with r = 0 or no counterfactuals, on the whole training split. θ1 is the epoch with the
+    split; :func:`draw_real_rows` with ``real_sampling``); with r = 0 or no counterfactuals, on the
+    whole training split (once each, or a group-balanced sample of its size). θ1 is the epoch with the
     best :func:`validation_objective`; training stops after ``patience`` epochs without improvement.
     ``extra_training`` (``path``, ``label`` rows: counterfactuals kept from earlier iterations) joins
     the real training rows, as seed 000's D ← D + D̂ does.
@@ -361,10 +390,15 @@ def finetune(model: FaceClassifier, dataset: FaceDataset, counterfactuals: pd.Da
     # ---- the training mix
     n_cf = len(cf)
     train_paths, train_labels = np.asarray(train.table["path"].tolist(), dtype=object), train.labels(target)
+    train_groups = train_labels * 2 + train.table[protected].to_numpy(np.int64)
+    kept = np.zeros(len(train_paths), dtype=bool)
     if extra_training is not None and len(extra_training):
         extra = check_counterfactuals(extra_training)
         train_paths = np.concatenate([train_paths, np.asarray(extra["path"].tolist(), dtype=object)])
         train_labels = np.concatenate([train_labels, extra["label"].to_numpy(np.int64)])
+        train_groups = np.concatenate([train_groups, extra["label"].to_numpy(np.int64) * 2
+                                       + extra["protected"].to_numpy(np.int64)])
+        kept = np.concatenate([kept, np.ones(len(extra), dtype=bool)])
     n_pool = len(train_paths)
     if n_cf == 0 or config.mix_ratio == 0:
         n_cf, n_real = 0, n_pool
@@ -384,7 +418,7 @@ def finetune(model: FaceClassifier, dataset: FaceDataset, counterfactuals: pd.Da
     best_key, best_state, best_epoch, stale = None, None, 0, 0
     for epoch in range(config.epochs):
         rng = np.random.default_rng([config.seed, epoch])
-        rows = np.arange(n_pool) if n_real == n_pool else np.sort(rng.choice(n_pool, n_real, replace=False))
+        rows = draw_real_rows(train_groups, n_real, rng, config.real_sampling, kept)
         paths = cf_paths + train_paths[rows].tolist()
         labels = np.concatenate([cf_labels, train_labels[rows]])
         loader = DataLoader(
@@ -432,5 +466,5 @@ def finetune(model: FaceClassifier, dataset: FaceDataset, counterfactuals: pd.Da
     )
 
 
-__all__ = ["AlphaCandidate", "FinetuneConfig", "FinetuneResult", "MODES", "check_counterfactuals", "finetune",
-           "interpolate", "select_alpha", "validation_objective"]
+__all__ = ["AlphaCandidate", "FinetuneConfig", "FinetuneResult", "MODES", "REAL_SAMPLING", "check_counterfactuals",
+           "draw_real_rows", "finetune", "interpolate", "select_alpha", "validation_objective"]

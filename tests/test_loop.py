@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from fairloop.graphs.loop import band_distance, overshoots, run_loop
+from fairloop.graphs.loop import BOLDER_MIX, MAX_MIX, band_distance, overshoots, run_loop
 from fairloop.graphs.run import RunConfig, RunFolder, RunServices
 from fairloop.tools.metrics import FairBand
 
@@ -75,7 +75,8 @@ def test_run_end_to_end_writes_summary_report_trace_and_memory(synth_root, tiny_
         assert {"metrics", "n_generated", "mix_ratio", "accepted"} <= set(it)
         assert set(METRIC_KEYS) <= set(it["metrics"])
     assert summary["generator"]["exact_oracle"] is True
-    assert summary["iterations"][0]["real_sampling"] == "uniform"  # exact renders: no rebalancing
+    assert summary["iterations"][0]["real_sampling"] == "uniform"  # exact renders: no rebalancing, no bolder mix
+    assert summary["iterations"][0]["mix_ratio"] == summary["iterations"][0]["asked_mix_ratio"]
     assert summary["status"] == state["status"] != "running"
     # the final model is the last accepted candidate, or the baseline when none was accepted
     accepted = [it["model"] for it in summary["iterations"] if it["accepted"]]
@@ -150,13 +151,18 @@ def test_generated_images_are_verified_and_rejects_are_not_trained_on(synth_root
     assert "Attribute-oracle check" in (folder.path / "report.html").read_text()
 
 
-def test_a_generator_that_is_not_exact_gets_group_balanced_real_images(synth_root, tiny_checkpoint, tmp_path,
-                                                                      monkeypatch):
+def test_a_non_exact_generator_gets_group_balanced_real_images_and_a_bolder_mix(synth_root, tiny_checkpoint,
+                                                                                tmp_path, monkeypatch):
     """Renders passed off as a non-exact generator's images: they are verified by the shipped oracle,
-    and fine-tuning draws each (target, protected) group's real images equally often."""
+    fine-tuning draws each (target, protected) group's real images equally often, and it runs at the
+    analyzer's mix ratio and at a bolder one."""
+    from fairloop.tools import finetune as finetune_module
     from fairloop.tools.generate import RenderGenerator
 
     monkeypatch.setattr(RenderGenerator, "exact", False)
+    mixes, finetune = [], finetune_module.finetune
+    monkeypatch.setattr(finetune_module, "finetune",
+                        lambda *args, **kwargs: mixes.append(kwargs["config"].mix_ratio) or finetune(*args, **kwargs))
     config = tiny_config(synth_root, tiny_checkpoint, tmp_path / "memory", max_iterations=1)
     folder = RunFolder(tmp_path / "run")
     folder.save_config(config)
@@ -164,8 +170,12 @@ def test_a_generator_that_is_not_exact_gets_group_balanced_real_images(synth_roo
 
     summary = json.loads((folder.path / "summary.json").read_text())
     assert summary["iterations"][0]["verification"]["passed"] > 0
-    assert summary["iterations"][0]["real_sampling"] == "balanced"
+    first = summary["iterations"][0]
+    assert first["real_sampling"] == "balanced"
     assert "real images drawn equally from each group" in (folder.path / "report.html").read_text()
+    # it was also fine-tuned at the bolder mix, and kept whichever validation ranked higher
+    bolder = round(min(MAX_MIX, first["asked_mix_ratio"] * BOLDER_MIX), 4)
+    assert mixes == [first["asked_mix_ratio"], bolder] and first["mix_ratio"] in mixes
 
 
 def test_second_run_recalls_the_first(synth_root, tiny_checkpoint, tmp_path):

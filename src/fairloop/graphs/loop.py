@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import replace
 from functools import wraps
 from typing import Any, TypedDict
 
@@ -22,6 +23,10 @@ import pandas as pd
 
 from fairloop.graphs.run import MEMORY_KEYS, RunServices
 from fairloop.io import atomic_write, atomic_write_json
+
+#: A generator that is not exact also gets a fine-tune at this multiple of the analyzer's mix ratio
+#: (see finetune_model), up to the largest mix ratio an analyzer may ask for.
+BOLDER_MIX, MAX_MIX = 1.5, 0.9
 
 
 class LoopState(TypedDict, total=False):
@@ -253,24 +258,36 @@ def train_groups(services: RunServices, kept_manifests: list[str]) -> dict[str, 
 
 
 def finetune_model(services: RunServices, model: str, manifests: list[str], kept_manifests: list[str], *,
-                   mix_ratio: float, seed: int, role: str, epochs: int | None = None):
+                   mix_ratio: float, seed: int, role: str, epochs: int | None = None, bolder: bool = False):
     """Fine-tune checkpoint ``model`` on the images of ``manifests`` mixed in at ``mix_ratio`` (with
     the images of ``kept_manifests`` as extra training data) and save the result; returns its
-    relative path and the :class:`~fairloop.tools.finetune.FinetuneResult`."""
-    from fairloop.tools.finetune import FinetuneConfig, finetune
+    relative path and the :class:`~fairloop.tools.finetune.FinetuneResult`.
+
+    With ``bolder`` and a generator that is not exact, it also fine-tunes at :data:`BOLDER_MIX` × the
+    mix ratio and keeps the result validation ranks higher (:func:`select_alpha`'s order; a tie
+    keeps ``mix_ratio``): such counterfactuals teach less per image than real ones, and how much
+    less is for validation to say."""
+    from fairloop.tools.finetune import FinetuneConfig, finetune, select_alpha
 
     cfg = services.config
     base, meta = services.load_model(model)
+    exact = services.generator.exact
     # an exact generator's counterfactuals look like the real images; any other's need the real
     # members of each group drawn as often as a large group's (see draw_real_rows)
-    real_sampling = "uniform" if services.generator.exact else "balanced"
     ft_cfg = FinetuneConfig(mode=cfg.finetune_mode, epochs=epochs or cfg.finetune_epochs, mix_ratio=mix_ratio,
-                            real_sampling=real_sampling, accuracy_budget=cfg.accuracy_budget,
+                            real_sampling="uniform" if exact else "balanced", accuracy_budget=cfg.accuracy_budget,
                             image_size=meta.get("image_size", 64), seed=seed, device=cfg.device)
-    result = finetune(base, services.dataset, counterfactual_table(services, manifests), target=cfg.target,
-                      protected=cfg.protected, privileged_value=cfg.privileged_value, config=ft_cfg,
-                      band=cfg.target_band, extra_training=counterfactual_table(services, kept_manifests),
-                      progress=services.progress)
+    mixes = [mix_ratio]
+    if bolder and not exact and 0 < mix_ratio:
+        mixes.append(round(min(MAX_MIX, mix_ratio * BOLDER_MIX), 4))
+    counterfactuals, kept = counterfactual_table(services, manifests), counterfactual_table(services, kept_manifests)
+    results = [finetune(base, services.dataset, counterfactuals, target=cfg.target, protected=cfg.protected,
+                        privileged_value=cfg.privileged_value, config=replace(ft_cfg, mix_ratio=mix),
+                        band=cfg.target_band, extra_training=kept, progress=services.progress)
+               for mix in dict.fromkeys(mixes)]
+    chosen = select_alpha([r.chosen for r in results], base_accuracy=results[0].base.accuracy,
+                          accuracy_budget=cfg.accuracy_budget)
+    result = next(r for r in results if r.chosen is chosen)
     relative = save_model(services, result.model, {**meta, "role": role, "parent": model, "alpha": result.alpha})
     return relative, result
 
@@ -400,9 +417,9 @@ class MitigationLoop:
                                           state.get("kept_manifests", []),
                                           mix_ratio=state["analysis"]["decision"]["mix_ratio"],
                                           seed=self.config.seed + state["iteration"],
-                                          role=f"iteration {state['iteration']} candidate")
+                                          role=f"iteration {state['iteration']} candidate", bolder=True)
         return {"candidate": {"model": relative, "alpha": result.alpha, "finetune": result.as_dict(),
-                              "iteration": state["iteration"]}}
+                              "mix_ratio": result.config["mix_ratio"], "iteration": state["iteration"]}}
 
     @traced("evaluate")
     def evaluate(self, state: LoopState) -> dict[str, Any]:
@@ -444,7 +461,8 @@ class MitigationLoop:
             entry = {
                 "iteration": iteration, "accepted": accepted, "reason": reason,
                 "metrics": state["candidate"]["eval"]["test"], "val_metrics": cand,
-                "n_generated": state["generated"]["n"], "mix_ratio": decision["mix_ratio"],
+                "n_generated": state["generated"]["n"], "asked_mix_ratio": decision["mix_ratio"],
+                "mix_ratio": state["candidate"].get("mix_ratio", decision["mix_ratio"]),
                 "alpha": state["candidate"]["alpha"], "model": state["candidate"]["model"],
                 "real_sampling": state["candidate"]["finetune"]["config"].get("real_sampling", "uniform"),
                 "manifest": state["generated"]["manifest"],

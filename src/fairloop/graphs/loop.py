@@ -278,13 +278,13 @@ def finetune_model(services: RunServices, model: str, manifests: list[str], kept
                             real_sampling="uniform" if exact else "balanced", accuracy_budget=cfg.accuracy_budget,
                             image_size=meta.get("image_size", 64), seed=seed, device=cfg.device)
     mixes = [mix_ratio]
-    if bolder and not exact and 0 < mix_ratio:
+    if bolder and not exact and 0 < mix_ratio < MAX_MIX:
         mixes.append(round(min(MAX_MIX, mix_ratio * BOLDER_MIX), 4))
     counterfactuals, kept = counterfactual_table(services, manifests), counterfactual_table(services, kept_manifests)
     results = [finetune(base, services.dataset, counterfactuals, target=cfg.target, protected=cfg.protected,
                         privileged_value=cfg.privileged_value, config=replace(ft_cfg, mix_ratio=mix),
                         band=cfg.target_band, extra_training=kept, progress=services.progress)
-               for mix in dict.fromkeys(mixes)]
+               for mix in mixes]
     chosen = select_alpha([r.chosen for r in results], base_accuracy=results[0].base.accuracy,
                           accuracy_budget=cfg.accuracy_budget)
     result = next(r for r in results if r.chosen is chosen)

@@ -390,15 +390,15 @@ def finetune(model: FaceClassifier, dataset: FaceDataset, counterfactuals: pd.Da
     # ---- the training mix
     n_cf = len(cf)
     train_paths, train_labels = np.asarray(train.table["path"].tolist(), dtype=object), train.labels(target)
-    train_groups = train_labels * 2 + train.table[protected].to_numpy(np.int64)
+    train_protected = train.table[protected].to_numpy(np.int64)
     kept = np.zeros(len(train_paths), dtype=bool)
     if extra_training is not None and len(extra_training):
         extra = check_counterfactuals(extra_training)
         train_paths = np.concatenate([train_paths, np.asarray(extra["path"].tolist(), dtype=object)])
         train_labels = np.concatenate([train_labels, extra["label"].to_numpy(np.int64)])
-        train_groups = np.concatenate([train_groups, extra["label"].to_numpy(np.int64) * 2
-                                       + extra["protected"].to_numpy(np.int64)])
+        train_protected = np.concatenate([train_protected, extra["protected"].to_numpy(np.int64)])
         kept = np.concatenate([kept, np.ones(len(extra), dtype=bool)])
+    train_groups = train_labels * 2 + train_protected
     n_pool = len(train_paths)
     if n_cf == 0 or config.mix_ratio == 0:
         n_cf, n_real = 0, n_pool

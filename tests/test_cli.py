@@ -279,6 +279,18 @@ def test_bad_run_options_fail_before_a_run_folder_exists(synth_root, tmp_path, m
     assert not out.exists()
 
 
+def test_the_default_generator_warns_on_photos_that_are_not_synthfaces(synth_root, tmp_path, monkeypatch, capsys):
+    photos = tmp_path / "photos"
+    shutil.copytree(synth_root, photos)
+    (photos / "list_identity_synthfaces.txt").unlink()  # a CelebA-layout folder of other faces
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}")  # stops the command right after its checks
+    code, _, stderr = run_main(monkeypatch, capsys, ["run", "--root", photos, "--out", out, "--llm", "rules"])
+    assert code == 2 and "already holds a run" in stderr
+    assert "embedded generator draws 64×64 SynthFaces-like faces" in stderr and "--generator sd" in stderr
+
+
 def test_resume_of_a_folder_that_is_no_run_is_a_clear_error(tmp_path, monkeypatch, capsys):
     code, _, stderr = run_main(monkeypatch, capsys, ["run", "--resume", tmp_path])
     assert code == 2 and "not a fairloop run folder" in stderr

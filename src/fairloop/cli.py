@@ -223,7 +223,7 @@ def run(
     target: Annotated[str, typer.Option("--target")] = "Male",
     protected: Annotated[str, typer.Option("--protected")] = "Gray_Hair",
     privileged: Annotated[int, typer.Option("--privileged", help="Privileged value of the protected attribute.")] = 1,
-    generator: Annotated[str, typer.Option("--generator", help="Counterfactual generator: embedded (fairloop's own diffusion model, CPU), sd (Stable Diffusion, --generator-model) or render (the SynthFaces oracle).")] = "render",
+    generator: Annotated[str, typer.Option("--generator", help="Counterfactual generator: embedded (fairloop's own diffusion model, CPU; about an hour on two cores), sd (Stable Diffusion, --generator-model) or render (the SynthFaces oracle, minutes).")] = "embedded",
     generator_model: Annotated[Optional[str], typer.Option("--generator-model", help="sd: a diffusers folder or a cached hub id; embedded: a folder of other trained weights.")] = None,
     llm: Annotated[str, typer.Option("--llm", help="Analyzer: auto (openai when --llm-model/$FAIRLOOP_LLM_MODEL is set, else local when installed, else rules), rules (deterministic), local (the packaged LLM, offline) or openai (any OpenAI-compatible endpoint: OPENAI_BASE_URL, OPENAI_API_KEY).")] = "auto",
     llm_model: Annotated[Optional[str], typer.Option("--llm-model", help="Model name for --llm openai.")] = None,
@@ -231,7 +231,7 @@ def run(
     max_iterations: Annotated[int, typer.Option("--max-iterations")] = 4,
     max_images: Annotated[int, typer.Option("--max-images", help="Counterfactual images over the whole run.")] = 12000,
     fair_band: Annotated[str, typer.Option("--fair-band", help="DI_LOW,DI_HIGH,MAX_ABS_DIFF: the run stops inside it.")] = "0.8,1.25,0.05",
-    stop_margin: Annotated[float, typer.Option("--stop-margin", help="The loop stops once inside the band by this share of its width (validation metrics are estimates); 0 stops at the edge.")] = 0.2,
+    stop_margin: Annotated[float, typer.Option("--stop-margin", help="The loop stops once inside the band by this share of its width (validation metrics are estimates); 0 stops at the edge.")] = 0.4,
     accuracy_budget: Annotated[float, typer.Option("--accuracy-budget", help="Max drop of validation accuracy (0.01 = 1 point).")] = 0.01,
     baseline: Annotated[Optional[Path], typer.Option("--baseline", help="Start from this checkpoint instead of training one.")] = None,
     finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="Fine-tuning epochs per iteration (early-stopped on validation).")] = 2,
@@ -281,6 +281,11 @@ def run(
         data = _load(config.dataset, Path(config.root), csv)
         data.require_attribute(target, "target")
         data.require_attribute(protected, "protected")
+        from fairloop.data.synthfaces import is_synthfaces
+
+        if config.generator == "embedded" and not is_synthfaces(config.root):
+            console.print("warning: the embedded generator draws 64×64 SynthFaces-like faces, not photos like these; "
+                          "for real photos use --generator sd --generator-model PATH_OR_ID on a GPU")
         out = out or Path("runs") / config.run_id()
         if (out / "config.json").exists():
             raise DataError(f"{out} already holds a run", f"continue it with --resume {out}, or choose another --out")
@@ -348,7 +353,7 @@ def chat(
     dataset: DatasetOpt = "celeba",
     target: Annotated[str, typer.Option("--target", help="New run: the attribute the classifier predicts.")] = "Male",
     protected: Annotated[str, typer.Option("--protected", help="New run: the protected attribute.")] = "Gray_Hair",
-    generator: Annotated[str, typer.Option("--generator", help="New run: embedded, sd or render.")] = "render",
+    generator: Annotated[str, typer.Option("--generator", help="New run: embedded, sd or render.")] = "embedded",
     confirm_over: Annotated[int, typer.Option("--confirm-over", help="Ask before generating more images than this.")] = 10,
     max_images: Annotated[int, typer.Option("--max-images", help="Image budget of the thread.")] = 2000,
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="Token budget of the thread.")] = 300_000,

@@ -41,7 +41,7 @@ class RunConfig:
     target: str = "Male"
     protected: str = "Gray_Hair"
     privileged_value: int = 1
-    generator: str = "render"
+    generator: str = "embedded"  # fairloop's own diffusion model; render: the SynthFaces oracle
     generator_model: str | None = None  # sd: checkpoint path or hub id; embedded: other weights
     llm: str = "rules"
     llm_model: str | None = None
@@ -53,7 +53,7 @@ class RunConfig:
     di_low: float = 0.8
     di_high: float = 1.25
     max_abs_diff: float = 0.05
-    stop_margin: float = 0.2          # the loop aims inside the band by this share of its width
+    stop_margin: float = 0.4          # the loop aims inside the band by this share of its width
     arch: str = "smallcnn"
     baseline_epochs: int = 8
     baseline: str | None = None       # an existing checkpoint to start from
@@ -71,7 +71,7 @@ class RunConfig:
         if self.finetune_epochs < 1:
             raise ConfigError(f"--finetune-epochs {self.finetune_epochs} trains nothing", "use e.g. --finetune-epochs 2")
         if not 0 <= self.stop_margin < 1:
-            raise ConfigError(f"--stop-margin {self.stop_margin} is not a fraction", "use e.g. 0.2 (0 stops at the band's edge)")
+            raise ConfigError(f"--stop-margin {self.stop_margin} is not a fraction", "use e.g. 0.4 (0 stops at the band's edge)")
         if not 0 <= self.accuracy_budget < 1:
             raise ConfigError(f"--accuracy-budget {self.accuracy_budget} is not a fraction", "use e.g. 0.01 (1 point)")
         from fairloop.tools.generate import GENERATORS
@@ -99,9 +99,10 @@ class RunConfig:
     def target_band(self):
         """What the loop aims for: the band less ``stop_margin`` of its width on each side.
 
-        Validation metrics carry sampling error (about ±0.02 on EOD with 1,800 balanced images), so
-        a model that stops right at the band's edge on validation lands outside it on fresh data
-        about half the time. The fair band itself still decides what counts as overshooting."""
+        Validation metrics carry sampling error (one standard error of EOD is about 0.02 with 1,800
+        balanced images, 0.4 of the band's half-width), so a model that stops right at the band's
+        edge on validation lands outside it on fresh data about half the time. The fair band itself
+        still decides what counts as overshooting."""
         return self.band.shrunk(self.stop_margin)
 
     def as_dict(self) -> dict[str, Any]:

@@ -37,6 +37,9 @@ REAL_SAMPLING = ("uniform", "balanced")
 #: Validation splits up to this many images are decoded once and kept in memory as uint8.
 DECODE_LIMIT = 50_000
 COUNTERFACTUAL_COLUMNS = ("path", "label", "protected")
+#: The WiSE-FT grid: steps of 0.05, because near α = 1 one step of 0.1 can move DI by 0.09 and
+#: jump across the margin of the band the loop aims at.
+ALPHAS = tuple(round(k / 20, 2) for k in range(21))
 _EVAL_BATCH = 256
 _TOLERANCE = 1e-9  # accuracy comparisons: a candidate exactly at the budget is within it
 
@@ -52,7 +55,7 @@ class FinetuneConfig:
     mix_ratio: float = 0.3  # fraction of counterfactual images in each epoch's training set
     real_sampling: str = "uniform"  # or "balanced": see draw_real_rows
     patience: int = 1  # stop when the validation objective has not improved for this many epochs
-    alphas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+    alphas: tuple[float, ...] = ALPHAS
     accuracy_budget: float = 0.01  # max drop of validation accuracy vs the starting model
     image_size: int = 64
     seed: int = 0
@@ -466,5 +469,5 @@ def finetune(model: FaceClassifier, dataset: FaceDataset, counterfactuals: pd.Da
     )
 
 
-__all__ = ["AlphaCandidate", "FinetuneConfig", "FinetuneResult", "MODES", "REAL_SAMPLING", "check_counterfactuals",
+__all__ = ["ALPHAS", "AlphaCandidate", "FinetuneConfig", "FinetuneResult", "MODES", "REAL_SAMPLING", "check_counterfactuals",
            "draw_real_rows", "finetune", "interpolate", "select_alpha", "validation_objective"]

@@ -469,5 +469,5 @@ def finetune(model: FaceClassifier, dataset: FaceDataset, counterfactuals: pd.Da
     )
 
 
-__all__ = ["ALPHAS", "AlphaCandidate", "FinetuneConfig", "FinetuneResult", "MODES", "REAL_SAMPLING", "check_counterfactuals",
-           "draw_real_rows", "finetune", "interpolate", "select_alpha", "validation_objective"]
+__all__ = ["ALPHAS", "AlphaCandidate", "FinetuneConfig", "FinetuneResult", "MODES", "REAL_SAMPLING",
+           "check_counterfactuals", "draw_real_rows", "finetune", "interpolate", "select_alpha", "validation_objective"]

@@ -7,15 +7,14 @@ backend, model id and the attributes the image is meant to show.
 
 Backends (:data:`GENERATORS`):
 
-- ``embedded`` (the default of ``fairloop run``, ``chat`` and ``generate``): fairloop's own small latent diffusion model,
-  trained on SynthFaces renders and shipped with the package; runs on the CPU
-  (:mod:`fairloop.diffusion.embedded`).
+- ``embedded`` (the default of ``fairloop run``, ``chat`` and ``generate``): fairloop's own small
+  latent diffusion model, trained on SynthFaces renders and shipped with the package; runs on the
+  CPU (:mod:`fairloop.diffusion.embedded`).
 - ``sd``: Stable Diffusion through diffusers, from a local folder or hub id, for users' GPUs
   (:mod:`fairloop.diffusion.sd`).
-- ``render``: the exact oracle of the synthetic domain: it parses
-  the prompt into attribute edits (:mod:`fairloop.tools.prompt_parser`) and re-renders SynthFaces
-  identities with only those attributes changed. Reports label it as an oracle: real data needs a
-  real generator.
+- ``render``: the exact oracle of the synthetic domain: it parses the prompt into attribute edits
+  (:mod:`fairloop.tools.prompt_parser`) and re-renders SynthFaces identities with only those
+  attributes changed. Reports label it as an oracle: real data needs a real generator.
 """
 
 from __future__ import annotations

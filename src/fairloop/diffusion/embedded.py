@@ -555,8 +555,10 @@ class EmbeddedGenerator(Generator):
             })
         if checked:
             misread = sum(1 for r in result.rows if r["critic_misses"])
+            kept = sum(1 for r in result.rows if r["kept_detail"] is not None)
             result.notes.append(f"checked by the generator's critic: {request.n - misread} of {request.n} images read "
-                                "as asked" + (" (the rest are the closest of their tries)" if misread else ""))
+                                "as asked" + (" (the rest are the closest of their tries)" if misread else "")
+                                + (f"; {kept} hair-colour edits keep the source's detail" if kept else ""))
         return result
 
     def _draw(self, chunk, prompts, seeds, wanted, ids, sources, source_prompts, negative, checked, recolour):

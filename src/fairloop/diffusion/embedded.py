@@ -337,8 +337,8 @@ class EmbeddedPipeline:
                    for sigma in (*(DETAIL_SIGMAS if any(recolour) else ()), None)]
         images, chosen, misses = self._first_accepted(len(prompts), options, draw, wanted)
         return images, [{"seed": retry_seed(seed, attempt), "strength": strength,
-                         "kept_detail": sigma if marked else None, "critic_misses": miss}
-                        for seed, (strength, attempt, sigma), marked, miss in zip(seeds, chosen, recolour, misses)]
+                         "kept_detail": sigma if recoloured else None, "critic_misses": miss}
+                        for seed, (strength, attempt, sigma), recoloured, miss in zip(seeds, chosen, recolour, misses)]
 
     def _first_accepted(self, n: int, options: Sequence[Any], draw: Callable[[list[int], Any], list[Image.Image]],
                         wanted: Sequence[Mapping[str, int]]):

@@ -18,8 +18,8 @@ every redraw.
    inversion; all towards the edited caption): black-haired women → gray hair, gray-haired men →
    black hair (the loop's direction on the default scenario), and adding eyeglasses. *Shown*: the
    new attribute is there. *Kept*: gender, age and every other attribute match the source's.
-   *Detail kept*: the share of checked edits the critic took with the source's detail put back
-   (``keep_detail``, hair colours only). The
+   *Source kept*: the share of checked edits the critic took with the source kept where the edit
+   barely changed it (``keep_unchanged``). The
    *ceiling* is the oracle's gender+age agreement on the exact counterfactuals (the renderer draws
    the same face with the edited attributes): no edit can score above the oracle's own error.
 3. **Reconstruction**: the autoencoder alone on fresh renders, per attribute: the ceiling of every
@@ -118,7 +118,7 @@ def text_to_image(pipe, oracle, cfg, per_prompt: int) -> dict:
 def edits(pipe, oracle, cfg, n: int, seed: int) -> dict:
     from fairloop.data.synthfaces import render_face, sample_attributes
     from fairloop.diffusion.captions import caption
-    from fairloop.diffusion.embedded import DEFAULT_STRENGTH, only_recolours
+    from fairloop.diffusion.embedded import DEFAULT_STRENGTH
     from fairloop.tools.generate import apply_edits
 
     column = {a: j for j, a in enumerate(oracle.attributes)}
@@ -136,8 +136,7 @@ def edits(pipe, oracle, cfg, n: int, seed: int) -> dict:
         used = None
         if pipe.critic is not None and cfg.strength is None:
             edited, used = pipe.checked_image_to_image(src_images, prompts, list(range(n)), targets, config=cfg,
-                                                       source_prompts=source_prompts,
-                                                       recolour=[only_recolours(s, t) for s, t in zip(sources, targets)])
+                                                       source_prompts=source_prompts)
         else:
             edited = pipe.image_to_image(src_images, prompts, list(range(n)), config=cfg, source_prompts=source_prompts)
         total_seconds += time.perf_counter() - t0
@@ -160,7 +159,7 @@ def edits(pipe, oracle, cfg, n: int, seed: int) -> dict:
                     "critic_accepted": None if used is None else float(np.mean([u["critic_misses"] == 0 for u in used])),
                     "mean_strength": float(np.mean([u["strength"] for u in used])) if used
                     else cfg.strength or DEFAULT_STRENGTH,
-                    "kept_detail": None if used is None else float(np.mean([u["kept_detail"] is not None for u in used])),
+                    "kept_unchanged": None if used is None else float(np.mean([u["kept_unchanged"] for u in used])),
                     "edited": edited[:8], "sources": src_images[:8]})
     return {"edits": out, "images_per_second": total_images / total_seconds}
 
@@ -262,14 +261,14 @@ def main() -> None:
         how = f"strength {cfg.strength}" if cfg.strength else "strength chosen by the critic"
         print(f"\nimage-to-image edits ({cfg.edit}, {how}), {args.edits} sources each")
         print(f"{'edit':<28} {'shown':>6} {'gender+age kept':>15} {'(ceiling)':>9} {'all others kept':>15} "
-              f"{'per attribute':>13} {'oracle on sources':>17} {'critic accepted':>15} {'strength':>8} {'detail kept':>11}")
+              f"{'per attribute':>13} {'oracle on sources':>17} {'critic accepted':>15} {'strength':>8} {'source kept':>11}")
         for r in ed["edits"]:
             accepted = "-" if r["critic_accepted"] is None else f"{r['critic_accepted']:.3f}"
-            detail = "-" if r["kept_detail"] is None else f"{r['kept_detail']:.3f}"
+            kept = "-" if r["kept_unchanged"] is None else f"{r['kept_unchanged']:.3f}"
             print(f"{r['edit']:<28} {r['shown']:>6.3f} {r['gender_age_kept']:>15.3f} {r['gender_age_ceiling']:>9.3f} "
                   f"{r['all_others_kept']:>15.3f} "
                   f"{r['others_kept_per_attribute']:>13.3f} {r['oracle_on_sources_all_others']:>17.3f} "
-                  f"{accepted:>15} {r['mean_strength']:>8.2f} {detail:>11}")
+                  f"{accepted:>15} {r['mean_strength']:>8.2f} {kept:>11}")
         print(f"edit speed: {ed['images_per_second']:.1f} images/s")
     if "reconstruction" in parts:
         rec = reconstruction(pipe, oracle, args.edits, args.seed)

@@ -208,45 +208,36 @@ def test_the_check_climbs_options_only_for_images_the_critic_rejects(random_gene
     assert drawn == [([0, 1, 2], 0.5), ([1, 2], 0.65), ([1, 2], 0.8), ([2], 0.95)]
 
 
-def test_keep_detail_takes_the_edits_colours_and_the_sources_fine_lines():
+def test_keep_unchanged_puts_back_what_the_edit_barely_changed_and_keeps_what_it_did():
     from PIL import Image
 
-    from fairloop.diffusion.embedded import keep_detail
+    from fairloop.diffusion.embedded import keep_unchanged
 
-    source = np.full((64, 64, 3), 40, np.uint8)   # dark hair ...
-    source[30, 8:56] = 200                        # ... with a thin light line across it
-    edited = np.full((64, 64, 3), 160, np.uint8)  # the edit recoloured the hair and lost the line
-    kept = np.asarray(keep_detail([Image.fromarray(edited)], [Image.fromarray(source)], 2.0)[0]).astype(int)
-    assert abs(kept[10, 32, 0] - 160) <= 1       # away from the line: the edit's colour
-    assert kept[30, 32, 0] - kept[24, 32, 0] > 80  # the line still stands out from its surroundings
-    same = keep_detail([Image.fromarray(source)], [Image.fromarray(source)], 3.0)[0]
-    assert np.array_equal(np.asarray(same), source)
-
-
-def test_only_hair_colour_edits_count_as_recolouring():
-    from fairloop.diffusion.embedded import only_recolours
-
-    woman = {"Male": 0, "Black_Hair": 1, "Gray_Hair": 0, "Bald": 0, "Eyeglasses": 0}
-    assert only_recolours(woman, woman | {"Black_Hair": 0, "Gray_Hair": 1})
-    assert not only_recolours(woman, woman | {"Eyeglasses": 1})
-    assert not only_recolours(woman, woman | {"Black_Hair": 0, "Gray_Hair": 1, "Eyeglasses": 1})
-    assert not only_recolours(woman | {"Black_Hair": 0, "Bald": 1}, woman | {"Gray_Hair": 1})  # hair drawn anew
-    assert not only_recolours(woman, woman)
+    source = np.full((64, 64, 3), 120, np.uint8)
+    source[40, 8:56] = 60                          # a thin dark line (a wrinkle) ...
+    edited = np.full((64, 64, 3), 120, np.uint8)   # ... that the redraw lost
+    edited[10:20, 10:54] = 20                      # and a large new dark patch (the eyeglasses)
+    kept = np.asarray(keep_unchanged([Image.fromarray(edited)], [Image.fromarray(source)])[0]).astype(int)
+    assert kept[40, 32, 0] < 80                    # the line is back: blurred over a pixel it changed little
+    assert kept[15, 32, 0] == 20                   # the patch's inside is the edit's
+    assert kept[30, 32, 0] == 120
+    same = keep_unchanged([Image.fromarray(edited)], [Image.fromarray(edited)])[0]
+    assert np.array_equal(np.asarray(same), edited)
 
 
-def test_a_recolouring_edit_offers_the_critic_its_detail_kept_draw_first(random_generator, monkeypatch):
+def test_each_rung_offers_the_critic_the_kept_unchanged_edit_first(random_generator, monkeypatch):
     from PIL import Image
 
-    from fairloop.diffusion.embedded import DETAIL_SIGMAS, EDIT_LADDER, EmbeddedPipeline
+    from fairloop.diffusion.embedded import EDIT_LADDER, EmbeddedPipeline
 
-    source = np.full((64, 64, 3), 40, np.uint8)
+    source = np.full((64, 64, 3), 120, np.uint8)
     source[30, 8:56] = 200
     sources = [Image.fromarray(source)] * 2
     calls = []
 
     def image_to_image(srcs, prompts, seeds, **kwargs):  # every draw: flat, the line lost
         calls.append((len(srcs), kwargs["config"].strength))
-        return [Image.fromarray(np.full((64, 64, 3), 160, np.uint8))] * len(srcs)
+        return [Image.fromarray(np.full((64, 64, 3), 120, np.uint8))] * len(srcs)
 
     class Critic:  # accepts what `accept` says about an image's brightest pixel
         def __init__(self, accept):
@@ -257,21 +248,25 @@ def test_a_recolouring_edit_offers_the_critic_its_detail_kept_draw_first(random_
 
     pipe = EmbeddedPipeline.load(random_generator)
     monkeypatch.setattr(pipe, "image_to_image", image_to_image)
-    pipe.critic = Critic(lambda brightest: brightest > 170)  # wants the source's line
-    _, used = pipe.checked_image_to_image(sources, ["a", "b"], [1, 2], [{"Gray_Hair": 1}] * 2, recolour=[True, False])
-    assert [u["kept_detail"] for u in used] == [DETAIL_SIGMAS[0], None]
-    assert calls == [(2, 0.8)] + [(1, strength) for strength, _ in EDIT_LADDER[1:]]  # a rung is drawn once
-    assert [u["critic_misses"] for u in used] == [0, 1]
+    pipe.critic = Critic(lambda brightest: brightest > 170)  # wants the source's line back
+    _, used = pipe.checked_image_to_image(sources, ["a", "b"], [1, 2], [{"Gray_Hair": 1}] * 2)
+    assert [(u["kept_unchanged"], u["strength"], u["critic_misses"]) for u in used] == [(True, 0.8, 0)] * 2
+    assert calls == [(2, 0.8)]  # the plain draw was not needed, and the variant reused the rung's draw
 
     calls.clear()
     pipe.critic = Critic(lambda brightest: brightest < 170)  # wants the plain draw
-    _, used = pipe.checked_image_to_image(sources, ["a", "b"], [1, 2], [{"Gray_Hair": 1}] * 2, recolour=[True, False])
-    assert [(u["kept_detail"], u["strength"], u["critic_misses"]) for u in used] == [(None, 0.8, 0)] * 2
-    assert calls == [(2, 0.8)]
+    _, used = pipe.checked_image_to_image(sources, ["a", "b"], [1, 2], [{"Gray_Hair": 1}] * 2)
+    assert [(u["kept_unchanged"], u["strength"], u["critic_misses"]) for u in used] == [(False, 0.8, 0)] * 2
+    assert calls == [(2, 0.8)]  # a rung is drawn once for both of its variants
+
+    calls.clear()
+    pipe.critic = Critic(lambda brightest: False)  # accepts nothing: the whole ladder, each rung drawn once
+    _, used = pipe.checked_image_to_image(sources, ["a", "b"], [1, 2], [{"Gray_Hair": 1}] * 2)
+    assert calls == [(2, strength) for strength, _ in EDIT_LADDER] and all(u["critic_misses"] == 1 for u in used)
 
 
 def test_checked_draws_record_what_they_used_and_resume_with_it(checked_generator, synth_data, tmp_path):
-    from fairloop.diffusion.embedded import DETAIL_SIGMAS, EDIT_LADDER
+    from fairloop.diffusion.embedded import EDIT_LADDER
 
     gen = make_generator("embedded", model=str(checked_generator), device="cpu", steps=1, tries=2)
     request = GenerationRequest("a woman with gray hair", n=3, label=0, target="Male", seed=4)
@@ -286,7 +281,7 @@ def test_checked_draws_record_what_they_used_and_resume_with_it(checked_generato
     edit = GenerationRequest("a woman with gray hair", n=2, label=0, target="Male", source_ids=sources, seed=1)
     rows = gen.generate(edit, tmp_path / "edit", sources=synth_data).rows
     assert all((r["strength"], r["critic_misses"] is None) in {(s, False) for s, _ in EDIT_LADDER} for r in rows)
-    assert all(r["kept_detail"] in (None, *DETAIL_SIGMAS) for r in rows)  # gray hair for women: a recolouring
+    assert all(isinstance(r["kept_unchanged"], bool) for r in rows)
     fixed = make_generator("embedded", model=str(checked_generator), device="cpu", steps=1, strength=0.4)
     rows = fixed.generate(edit, tmp_path / "fixed", sources=synth_data).rows
     assert [(r["strength"], r["critic_misses"]) for r in rows] == [(0.4, None), (0.4, None)]

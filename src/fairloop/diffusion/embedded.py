@@ -13,10 +13,10 @@ Image-to-image is SDEdit: the source is encoded, noised to ``strength`` and deno
 new caption. When the source has a caption, the edit is **masked** (DiffEdit, Couairon et al.
 2023): the region where the edited and the source caption disagree about the noise is the only
 part redrawn; outside it the sampler keeps the source's own noised latents, and the decoded edit
-is pasted onto the source's pixels, so a hair-colour edit cannot touch the face. Inside the mask a
-hair-colour edit still redraws the brows and forehead lines that say gender and age, so a checked
-recolouring edit first offers the critic the edit with the source's fine detail put back
-(:func:`keep_detail`: the edit's coarse colours, the source's edges).
+is pasted onto the source's pixels, so a hair-colour edit cannot touch the face. The latent mask is
+coarse (one latent pixel is 4×4 image pixels), and inside it the redraw loses the fine lines that
+say gender and age (brows, wrinkles, a moustache), so a checked edit is first offered to the critic
+with the source kept wherever the edit barely changed it (:func:`keep_unchanged`), then plain.
 
 The generator checks its own images with its **critic** (an attribute reader trained with it on the
 same pool, shipped in ``critic/``): a text-to-image draw the critic misreads is drawn again with a
@@ -84,12 +84,11 @@ DEFAULT_STRENGTH = 0.8
 #: this many draws, rescaled to [0, 1] per image and cut at the threshold, then grown by one latent
 #: pixel. Chosen on bench_generator's edits (a threshold of 0.25 or 0.35 redraws the face).
 MASK_NOISE_LEVEL, MASK_DRAWS, MASK_THRESHOLD = 0.5, 4, 0.5
-#: Edits that only recolour a region, and the blur widths (pixels) of :func:`keep_detail` that the
-#: critic is offered, widest first, before the plain edit. Chosen on every rung's draws of
-#: bench_generator's hair edits (128 sources, seed 7) and confirmed on 96 others (seed 99). Edits that
-#: add structure (eyeglasses) lose it to the blur, so they get plain edits only.
-RECOLOUR_ATTRIBUTES = frozenset({"Gray_Hair", "Black_Hair", "Blond_Hair", "Brown_Hair"})
-DETAIL_SIGMAS = (3.0, 2.0)
+#: :func:`keep_unchanged`: a pixel whose change (mean over channels, 0–255, blurred over one pixel)
+#: is below the first figure keeps the source, above the second takes the edit, and in between
+#: blends. Chosen on every rung's draws of bench_generator's edits (128 sources, seed 7) and
+#: confirmed on 96 others (seed 99).
+UNCHANGED_BELOW, CHANGED_ABOVE = 20.0, 40.0
 _MASK_STREAM = 1 << 20  # the mask's noise: a retry_seed "attempt" no ladder reaches
 
 
@@ -194,12 +193,16 @@ def paste(edited: torch.Tensor, source: torch.Tensor, mask: torch.Tensor) -> tor
     return soft * edited + (1 - soft) * source
 
 
-def keep_detail(edited: Sequence[Image.Image], sources: Sequence[Image.Image], sigma: float) -> list[Image.Image]:
-    """The edit's change blurred (Gaussian, ``sigma`` pixels) and added to the source: the edit's
-    coarse colours with the source's fine detail — brows, forehead lines, the hair's outline — that
-    a redraw of the region loses, and that carry gender and age."""
-    source = to_tensor(sources)
-    return to_images(source + gaussian_blur(to_tensor(edited) - source, sigma))
+def keep_unchanged(edited: Sequence[Image.Image], sources: Sequence[Image.Image]) -> list[Image.Image]:
+    """The edit where it changed the picture, the source where it barely did: a redraw inside the
+    latent mask loses fine lines (brows, wrinkles, a moustache) that carry gender and age, and
+    changes them only a little, so those pixels go back to the source's (see
+    :data:`UNCHANGED_BELOW`). The per-pixel mask is feathered over one pixel."""
+    source, edit = to_tensor(sources), to_tensor(edited)
+    change = gaussian_blur((edit - source).abs().mean(1, keepdim=True) * 127.5, 1.0)
+    mask = ((change - UNCHANGED_BELOW) / (CHANGED_ABOVE - UNCHANGED_BELOW)).clamp(0, 1)
+    mask = gaussian_blur(mask, 1.0)
+    return to_images(source + mask * (edit - source))
 
 
 def gaussian_blur(batch: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -211,12 +214,6 @@ def gaussian_blur(batch: torch.Tensor, sigma: float) -> torch.Tensor:
     out = torch.nn.functional.pad(batch, (radius,) * 4, mode="replicate")
     out = torch.nn.functional.conv2d(out, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
     return torch.nn.functional.conv2d(out, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-
-
-def only_recolours(source: Mapping[str, int], edited: Mapping[str, int]) -> bool:
-    """Whether an edit changes nothing but hair colours (so :func:`keep_detail` suits it)."""
-    changed = {a for a, v in edited.items() if source.get(a, v) != v}
-    return bool(changed) and changed <= RECOLOUR_ATTRIBUTES
 
 
 def to_images(batch: torch.Tensor) -> list[Image.Image]:
@@ -305,40 +302,31 @@ class EmbeddedPipeline:
 
     def checked_image_to_image(self, sources: Sequence[Image.Image], prompts: Sequence[str], seeds: Sequence[int],
                                wanted: Sequence[Mapping[str, int]], *, negative_prompt: str = "",
-                               source_prompts: Sequence[str] | None = None, recolour: Sequence[bool] | None = None,
+                               source_prompts: Sequence[str] | None = None,
                                config: SamplingConfig = SamplingConfig()):
         """Each edit at the first (strength, seed) of :data:`EDIT_LADDER` whose result the critic reads
-        as ``wanted`` (else the one it reads closest). At each rung, an edit that ``recolour`` marks
-        (see :func:`only_recolours`) is first offered to the critic with the source's detail kept
-        (:func:`keep_detail` at each of :data:`DETAIL_SIGMAS`), then plain. Returns the images and,
-        per image, what it used: ``seed``, ``strength``, ``kept_detail`` (the blur, or None) and
-        ``critic_misses``."""
-        recolour = list(recolour) if recolour is not None else [False] * len(prompts)
+        as ``wanted`` (else the one it reads closest). At each rung the critic is first offered the
+        edit with the source kept where it barely changed (:func:`keep_unchanged`), then the plain
+        edit. Returns the images and, per image, what it used: ``seed``, ``strength``,
+        ``kept_unchanged`` and ``critic_misses``."""
         drawn: dict[tuple[float, int], dict[int, Image.Image]] = {}
 
         def draw(indices, option):
-            strength, attempt, sigma = option
+            strength, attempt, keep = option
             rung = drawn.setdefault((strength, attempt), {})
             new = [i for i in indices if i not in rung]
-            if new:  # each rung is sampled once; its detail-kept variants reuse the draw
+            if new:  # each rung is sampled once; its kept-unchanged variant reuses the draw
                 rung.update(zip(new, self.image_to_image(
                     _take(sources, new), _take(prompts, new), [retry_seed(seeds[i], attempt) for i in new],
                     negative_prompt=negative_prompt, source_prompts=_take(source_prompts, new),
                     config=replace(config, strength=strength))))
             images = [rung[i] for i in indices]
-            marked = [k for k, i in enumerate(indices) if recolour[i]] if sigma is not None else []
-            if marked:  # edits that do not only recolour are offered plain (read the same each time)
-                kept = keep_detail([images[k] for k in marked], [sources[indices[k]] for k in marked], sigma)
-                for k, image in zip(marked, kept):
-                    images[k] = image
-            return images
+            return keep_unchanged(images, [sources[i] for i in indices]) if keep else images
 
-        options = [(strength, attempt, sigma) for strength, attempt in EDIT_LADDER
-                   for sigma in (*(DETAIL_SIGMAS if any(recolour) else ()), None)]
+        options = [(strength, attempt, keep) for strength, attempt in EDIT_LADDER for keep in (True, False)]
         images, chosen, misses = self._first_accepted(len(prompts), options, draw, wanted)
-        return images, [{"seed": retry_seed(seed, attempt), "strength": strength,
-                         "kept_detail": sigma if recoloured else None, "critic_misses": miss}
-                        for seed, (strength, attempt, sigma), recoloured, miss in zip(seeds, chosen, recolour, misses)]
+        return images, [{"seed": retry_seed(seed, attempt), "strength": strength, "kept_unchanged": keep,
+                         "critic_misses": miss} for seed, (strength, attempt, keep), miss in zip(seeds, chosen, misses)]
 
     def _first_accepted(self, n: int, options: Sequence[Any], draw: Callable[[list[int], Any], list[Image.Image]],
                         wanted: Sequence[Mapping[str, int]]):
@@ -514,17 +502,16 @@ class EmbeddedGenerator(Generator):
                 result.notes.append("sources lack SynthFaces attributes: edits are SDEdit conditioned on the prompt "
                                     "as written")
             checked = full and cfg.strength is None and self.has_critic
-            recolour = [checked and only_recolours(b, w) for b, w in zip(bases, wanted)]
         else:
-            ids, source_prompts, recolour = [None] * request.n, None, [False] * request.n
+            ids, source_prompts = [None] * request.n, None
             prompts = [request.prompt] * request.n
             wanted = [intended_attributes(request.prompt) | {request.target: request.label}] * request.n
             checked = cfg.tries > 1 and self.has_critic
 
         edit = None if not request.source_ids else (cfg.edit if source_prompts else "sdedit")
         fixed_strength = (cfg.strength or DEFAULT_STRENGTH) if request.source_ids and not checked else None
-        names = [self._file_name(p, request.negative_prompt, s, i, fixed_strength, edit, checked, r)
-                 for p, s, i, r in zip(prompts, seeds, ids, recolour)]
+        names = [self._file_name(p, request.negative_prompt, s, i, fixed_strength, edit, checked)
+                 for p, s, i in zip(prompts, seeds, ids)]
         todo = [k for k, name in enumerate(names) if not (out_dir / name).exists()]
         done = request.n - len(todo)
         for start in range(0, len(todo), cfg.batch_size):
@@ -533,7 +520,7 @@ class EmbeddedGenerator(Generator):
                                   "run the same command again: finished images are kept and skipped")
             chunk = todo[start:start + cfg.batch_size]
             images, details = self._draw(chunk, prompts, seeds, wanted, ids, sources, source_prompts,
-                                         request.negative_prompt, checked, recolour)
+                                         request.negative_prompt, checked)
             for k, image, detail in zip(chunk, images, details):
                 info = PngInfo()
                 info.add_text(_PNG_KEY, json.dumps(detail))
@@ -551,18 +538,18 @@ class EmbeddedGenerator(Generator):
                 "seed": detail.get("seed", seeds[k]), "backend": self.name, "model_id": self.model_id,
                 "label": request.label, "intended": wanted[k], "attributes": wanted[k],
                 "strength": detail.get("strength"), "edit": edit, "steps": cfg.steps, "guidance": cfg.guidance,
-                "critic_misses": detail.get("critic_misses"), "kept_detail": detail.get("kept_detail"),
+                "critic_misses": detail.get("critic_misses"), "kept_unchanged": detail.get("kept_unchanged"),
             })
         if checked:
             misread = sum(1 for r in result.rows if r["critic_misses"])
-            kept = sum(1 for r in result.rows if r["kept_detail"] is not None)
+            kept = sum(1 for r in result.rows if r["kept_unchanged"])
             result.notes.append(f"checked by the generator's critic: {request.n - misread} of {request.n} images read "
                                 "as asked" + (" (the rest are the closest of their tries)" if misread else "")
-                                + (f"; {kept} hair-colour edits keep the source's detail" if kept else ""))
+                                + (f"; {kept} edits keep the source where they barely changed it" if kept else ""))
         return result
 
-    def _draw(self, chunk, prompts, seeds, wanted, ids, sources, source_prompts, negative, checked, recolour):
-        """Images for the indices in ``chunk``, with what each used (seed, strength, kept detail, the critic's misses)."""
+    def _draw(self, chunk, prompts, seeds, wanted, ids, sources, source_prompts, negative, checked):
+        """Images for the indices in ``chunk``, with what each used (seed, strength, the critic's misses, …)."""
         from fairloop.data.datasets import read_image
 
         cfg, pipe = self.sampling, self.pipeline
@@ -580,21 +567,18 @@ class EmbeddedGenerator(Generator):
         src = [Image.fromarray(read_image(sources.table.at[ids[k], "path"], IMAGE_SIZE)) for k in chunk]
         if checked:
             return pipe.checked_image_to_image(src, pick(prompts), pick(seeds), pick(wanted), negative_prompt=negative,
-                                               source_prompts=pick(source_prompts), recolour=pick(recolour),
-                                               config=cfg)
+                                               source_prompts=pick(source_prompts), config=cfg)
         images = pipe.image_to_image(src, pick(prompts), pick(seeds), negative_prompt=negative, config=cfg,
                                      source_prompts=pick(source_prompts))
         return images, [{"seed": seeds[k], "strength": cfg.strength or DEFAULT_STRENGTH} for k in chunk]
 
     def _file_name(self, prompt: str, negative: str, seed: int, source_id: str | None, strength: float | None,
-                   edit: str | None, checked: bool, recolour: bool) -> str:
+                   edit: str | None, checked: bool) -> str:
         """Content-addressed: a resumed run finds its finished images and does not redo them."""
         cfg = self.sampling
         key = [self.model_id, prompt, negative, seed, source_id, strength, edit, cfg.steps, cfg.guidance]
         if checked:
-            key.append(EDIT_LADDER if source_id is not None else cfg.tries)
-        if recolour:
-            key.append(DETAIL_SIGMAS)
+            key.append([EDIT_LADDER, UNCHANGED_BELOW, CHANGED_ABOVE] if source_id is not None else cfg.tries)
         return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16] + ".png"
 
 
@@ -633,5 +617,5 @@ def model_id_of(manifest: dict[str, Any]) -> str:
 
 
 __all__ = ["ASSETS", "EDIT_LADDER", "EDIT_MODES", "IMAGE_SIZE", "EmbeddedGenerator", "EmbeddedPipeline",
-           "SamplingConfig", "TextEncoder", "build_unet", "build_vae", "keep_detail", "model_id_of", "only_recolours", "paste",
+           "SamplingConfig", "TextEncoder", "build_unet", "build_vae", "keep_unchanged", "model_id_of", "paste",
            "to_images", "to_tensor"]

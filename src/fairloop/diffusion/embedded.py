@@ -194,10 +194,11 @@ def paste(edited: torch.Tensor, source: torch.Tensor, mask: torch.Tensor) -> tor
 
 
 def keep_unchanged(edited: Sequence[Image.Image], sources: Sequence[Image.Image]) -> list[Image.Image]:
-    """The edit where it changed the picture, the source where it barely did: a redraw inside the
-    latent mask loses fine lines (brows, wrinkles, a moustache) that carry gender and age, and
-    changes them only a little, so those pixels go back to the source's (see
-    :data:`UNCHANGED_BELOW`). The per-pixel mask is feathered over one pixel."""
+    """The edit where it changed the picture, the source where it barely did. A redraw inside the
+    latent mask loses thin lines that carry gender and age (brows, wrinkles, a moustache); after a
+    one-pixel blur their loss is a small change, so those pixels go back to the source's, while a
+    new hair colour or new glasses are large changes and stay (thresholds: :data:`UNCHANGED_BELOW`,
+    :data:`CHANGED_ABOVE`). The per-pixel mask is feathered over one pixel."""
     source, edit = to_tensor(sources), to_tensor(edited)
     change = gaussian_blur((edit - source).abs().mean(1, keepdim=True) * 127.5, 1.0)
     mask = ((change - UNCHANGED_BELOW) / (CHANGED_ABOVE - UNCHANGED_BELOW)).clamp(0, 1)

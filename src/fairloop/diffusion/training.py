@@ -190,8 +190,8 @@ def train_critic(cfg: GeneratorTrainConfig, work: Path, pool: dict, log: Log, *,
 @torch.inference_mode()
 def _critic_accuracy(critic, pool: dict, n: int) -> float:
     """Of the first ``n`` (held-out) renders, the share the critic reads right on every attribute."""
-    x = torch.from_numpy(pool["images"][:n]).permute(0, 3, 1, 2).float().div(255.0)
-    return float(((critic(x) > 0).numpy() == (pool["attributes"][:n] == 1)).all(1).mean())
+    seen = critic(_to_unit(pool["images"][:n]).add(1).div(2)) > 0
+    return float((seen.numpy() == (pool["attributes"][:n] == 1)).all(1).mean())
 
 
 def finetune_decoder(cfg: GeneratorTrainConfig, work: Path, vae, pool: dict, latents: torch.Tensor, critic,

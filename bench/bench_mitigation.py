@@ -42,7 +42,7 @@ from fairloop.data.synthfaces import Scenario, write_synthfaces
 from fairloop.io import atomic_write_json
 from fairloop.tools.metrics import FairBand, fairness_report
 from fairloop.vision.train import TrainConfig, group_balanced_weights, predict_proba, train_classifier
-from fairloop.graphs.run import RunConfig
+from fairloop.runs import RunConfig
 
 TARGET, PROTECTED, PRIVILEGED = "Male", "Gray_Hair", 1
 BASELINES = ("ERM", "Reweighing (AIF360)", "group-balanced resampling", "standard augmentation")
@@ -111,7 +111,7 @@ def train_row(method: str, data: FaceDataset, test: FaceDataset, config: TrainCo
 def run_fairloop(args, data: FaceDataset, checkpoint: Path, session: Path):
     """Run the loop from the ERM checkpoint; (summary.json, loop seconds, run folder, RunConfig)."""
     from fairloop.graphs.loop import run_loop
-    from fairloop.graphs.run import RunFolder, RunServices
+    from fairloop.runs import RunFolder, RunServices
 
     config = RunConfig(dataset="celeba", root=str(data.root), target=TARGET, protected=PROTECTED,
                        privileged_value=PRIVILEGED, llm=args.llm, llm_model=args.llm_model,

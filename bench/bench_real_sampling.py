@@ -26,7 +26,7 @@ def main() -> None:
 
     import pandas as pd
 
-    from fairloop.graphs.run import RunConfig
+    from fairloop.runs import RunConfig
     from fairloop.data import load_dataset
     from fairloop.tools.finetune import FinetuneConfig, finetune
     from fairloop.tools.metrics import fairness_report

@@ -9,7 +9,6 @@ import pytest
 from chat_stub import Stub
 
 from fairloop.agent.analyzer import (
-    AnalysisResult,
     OpenAIAnalyzer,
     RulesAnalyzer,
     check_decision,
@@ -19,6 +18,7 @@ from fairloop.agent.analyzer import (
 )
 from fairloop.agent.schema import AnalyzerContext, AnalyzerDecision, ClassPlan, validate_decision
 from fairloop.errors import ConfigError
+from fairloop.strategies.base import Proposal
 
 ATTRIBUTES = ["Gray_Hair", "Eyeglasses", "Smiling", "Young", "Bald", "Wearing_Hat", "Mustache"]
 COUNTS = {"Male=1, Gray_Hair=1": 3990, "Male=1, Gray_Hair=0": 210,
@@ -187,7 +187,7 @@ def llm(stub, **kwargs) -> OpenAIAnalyzer:
     return OpenAIAnalyzer("stub-model", **options)
 
 
-def assert_no_key(result: AnalysisResult, analyzer: OpenAIAnalyzer):
+def assert_no_key(result: Proposal, analyzer: OpenAIAnalyzer):
     assert KEY not in json.dumps(result.as_dict())
     assert KEY not in repr(result) and KEY not in repr(analyzer) and KEY not in " ".join(result.errors)
 

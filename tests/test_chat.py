@@ -13,7 +13,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from fairloop.chat.agent import Budgets, ChatAgent
 from fairloop.chat.session import ChatSession, open_checkpointer, saved_run
 from fairloop.chat.tools import Workspace
-from fairloop.graphs.run import RunFolder, RunServices
+from fairloop.runs import RunFolder, RunServices
 
 
 class ScriptedChat(BaseChatModel):

@@ -11,8 +11,9 @@ import time
 
 import pytest
 
-from fairloop.graphs.loop import BOLDER_MIX, MAX_MIX, band_distance, overshoots, run_loop
-from fairloop.graphs.run import RunConfig, RunFolder, RunServices
+from fairloop.graphs.loop import run_loop
+from fairloop.runs.steps import BOLDER_MIX, MAX_MIX
+from fairloop.runs import RunConfig, RunFolder, RunServices
 from fairloop.tools.metrics import FairBand
 
 METRIC_KEYS = ("accuracy", "balanced_accuracy", "disparate_impact", "statistical_parity_difference",
@@ -49,13 +50,13 @@ def test_overshoot_and_band_distance():
               "average_odds_difference": -0.02}
     seed000_after = {"disparate_impact": 1.355, "statistical_parity_difference": 0.1999,
                      "equal_opportunity_difference": 0.0063, "average_odds_difference": 0.031}
-    crossed = overshoots(before, seed000_after, band)
+    crossed = band.crossed(before, seed000_after)
     assert any("disparate_impact" in c for c in crossed) and any("statistical_parity" in c for c in crossed)
     inside = {"disparate_impact": 1.0, "statistical_parity_difference": 0.0, "equal_opportunity_difference": 0.01,
               "average_odds_difference": -0.01}
-    assert not overshoots(before, inside, band) and band_distance(inside, band) == 0
-    assert band_distance(before, band) == pytest.approx(0.8 - 0.27 + 0.45 - 0.05)
-    assert band_distance({**inside, "disparate_impact": None}, band) == 1.0
+    assert not band.crossed(before, inside) and band.distance(inside) == 0
+    assert band.distance(before) == pytest.approx(0.8 - 0.27 + 0.45 - 0.05)
+    assert band.distance({**inside, "disparate_impact": None}) == 1.0
 
 
 def test_run_end_to_end_writes_summary_report_trace_and_memory(synth_root, tiny_checkpoint, tmp_path, monkeypatch):

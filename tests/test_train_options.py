@@ -97,9 +97,9 @@ def test_standard_augmentation_keeps_shape_and_range_and_changes_the_image():
 def test_labeled_images_apply_the_transform():
     stream = [torch.zeros(3, 4, 4), torch.ones(3, 4, 4)]
     data = LabeledImages(stream, np.array([0, 1]), transform=lambda x: x + 2)
-    image, label, weight = data[1]
+    image, label, weight, group = data[1]
     assert torch.equal(image, torch.full((3, 4, 4), 3.0))
-    assert label == 1.0 and weight == 1.0
+    assert label == 1.0 and weight == 1.0 and group == 0
 
 
 def test_former_boolean_and_named_flips_train_identically(mini):

@@ -225,7 +225,9 @@ def run(
     privileged: Annotated[int, typer.Option("--privileged", help="Privileged value of the protected attribute.")] = 1,
     generator: Annotated[str, typer.Option("--generator", help="Counterfactual generator: embedded (fairloop's own diffusion model, CPU; tens of minutes on two cores), sd (Stable Diffusion, --generator-model) or render (the SynthFaces oracle, minutes).")] = "embedded",
     generator_model: Annotated[Optional[str], typer.Option("--generator-model", help="sd: a diffusers folder or a cached hub id; embedded: a folder of other trained weights.")] = None,
-    llm: Annotated[str, typer.Option("--llm", help="Analyzer: auto (openai when --llm-model/$FAIRLOOP_LLM_MODEL is set, else local when installed, else rules), rules (deterministic), local (the packaged LLM, offline) or openai (any OpenAI-compatible endpoint: OPENAI_BASE_URL, OPENAI_API_KEY).")] = "auto",
+    strategy: Annotated[Optional[str], typer.Option("--strategy", help="What decides the counterfactuals: rules, llm, llm-raw, manual (--prompts FILE), manual-min or random. Default: llm when a language model is available (see --llm), else rules.")] = None,
+    prompts: Annotated[Optional[Path], typer.Option("--prompts", help="--strategy manual: a file of 'LABEL: description' lines (1 for the target present, 0 absent).")] = None,
+    llm: Annotated[str, typer.Option("--llm", help="Language model of the llm strategies: auto (openai when --llm-model/$FAIRLOOP_LLM_MODEL is set, else local when installed, else rules), rules (none: the deterministic analyzer), local (the packaged LLM, offline) or openai (any OpenAI-compatible endpoint: OPENAI_BASE_URL, OPENAI_API_KEY).")] = "auto",
     llm_model: Annotated[Optional[str], typer.Option("--llm-model", help="Model name for --llm openai.")] = None,
     llm_base_url: Annotated[Optional[str], typer.Option("--llm-base-url", help="Endpoint (default: $OPENAI_BASE_URL).")] = None,
     max_iterations: Annotated[int, typer.Option("--max-iterations")] = 4,
@@ -243,7 +245,7 @@ def run(
 ) -> None:
     """Mitigate bias: measure, explain, analyze, generate counterfactuals, fine-tune, until fair."""
     from fairloop.errors import DataError
-    from fairloop.graphs.run import RunConfig, RunFolder
+    from fairloop.runs import RunConfig, RunFolder
 
     console = _console()
     if resume is not None:
@@ -259,9 +261,11 @@ def run(
         if root is None:
             root = _default_synthfaces(seed, console)
         asked, llm = llm, resolve_llm(llm, llm_model)
+        strategy = strategy or ("rules" if llm == "rules" else "llm")
         config = RunConfig(dataset=dataset, root=str(root.absolute()), csv=str(csv) if csv else None, target=target,
                            protected=protected, privileged_value=privileged, generator=generator,
-                           generator_model=generator_model, llm=llm,
+                           generator_model=generator_model, strategy=strategy,
+                           prompts=str(prompts.absolute()) if prompts else None, llm=llm,
                            llm_model=llm_model, llm_base_url=llm_base_url, max_iterations=max_iterations,
                            max_images=max_images, accuracy_budget=accuracy_budget, stop_margin=stop_margin,
                            **_parse_band(fair_band),
@@ -276,8 +280,10 @@ def run(
 
             check_available()
         fell_to_rules = config.llm == "rules" and asked.strip().lower() == "auto"
-        console.print(f"analyzer: {config.llm}" + (" (no endpoint configured and no local LLM installed: "
-                                                    "pip install -e '.[local]')" if fell_to_rules else ""))
+        uses_llm = config.strategy in ("llm", "llm-raw")
+        console.print(f"strategy: {config.strategy}" + (f" (language model: {config.llm})" if uses_llm else "")
+                      + (" (no endpoint configured and no local LLM installed: pip install -e '.[local]')"
+                         if fell_to_rules and config.strategy == "rules" else ""))
         data = _load(config.dataset, Path(config.root), csv)
         data.require_attribute(target, "target")
         data.require_attribute(protected, "protected")
@@ -321,7 +327,7 @@ def _default_synthfaces(seed: int, console) -> Path:
 
 def _run_with_progress(config, folder) -> None:
     from fairloop.graphs.loop import run_loop
-    from fairloop.graphs.run import RunServices
+    from fairloop.runs import RunServices
 
     console = _console()
     with _progress() as progress:
@@ -340,6 +346,85 @@ def _run_with_progress(config, folder) -> None:
     console.print(table)
     console.print(state["status"])
     console.print(f"wrote {folder.path / 'summary.json'} and {folder.path / 'report.html'}")
+
+
+@app.command()
+def experiment(
+    out: Annotated[Optional[Path], typer.Option("--out", help="Experiment folder to create.")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue this experiment folder: only jobs without a result run; --arms, --seeds and --scenario may add jobs.")] = None,
+    root: Annotated[Optional[Path], typer.Option("--root", help="A CelebA-format folder to use; without it each scenario is synthesized as SynthFaces inside the experiment folder.")] = None,
+    dataset: DatasetOpt = "celeba",
+    csv: CsvOpt = None,
+    target: Annotated[str, typer.Option("--target")] = "Male",
+    protected: Annotated[str, typer.Option("--protected")] = "Gray_Hair",
+    correlation: Annotated[float, typer.Option("--correlation", help="SynthFaces: P(protected == target) in the training split.")] = 0.95,
+    scenario: Annotated[Optional[list[str]], typer.Option("--scenario", help="TARGET:PROTECTED[:CORRELATION], repeatable: a grid of scenarios instead of --target/--protected/--correlation.")] = None,
+    arms: Annotated[Optional[str], typer.Option("--arms", help="Comma-separated arms: erm, realft, resampling, reweighing, groupdro, dfr, and the strategies rules, llm, llm-raw, manual, manual-min, random. Default: every arm that needs no language model, plus llm and llm-raw when one is available and manual with --prompts.")] = None,
+    seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds; each gets one ERM model that every arm starts from.")] = "0,1,2",
+    generator: Annotated[str, typer.Option("--generator", help="render (the SynthFaces oracle: minutes), embedded (fairloop's diffusion model: hours on two cores) or sd.")] = "render",
+    generator_model: Annotated[Optional[str], typer.Option("--generator-model", help="sd: a diffusers folder or a cached hub id.")] = None,
+    protocol: Annotated[str, typer.Option("--protocol", help="fixed: one round, every image arm makes --images images with the same fine-tune; loop: the whole fairloop run with --images as its budget.")] = "fixed",
+    images: Annotated[int, typer.Option("--images", help="Generated images per job (fixed) or per run (loop).")] = 2000,
+    mix_ratio: Annotated[Optional[float], typer.Option("--mix-ratio", help="fixed: the share of generated images in fine-tuning, the same for every arm (default: their share of the training split plus them).")] = None,
+    reference: Annotated[str, typer.Option("--reference", help="The arm paired differences are taken against.")] = "erm",
+    prompts: Annotated[Optional[Path], typer.Option("--prompts", help="The manual arm's descriptions: 'LABEL: description' lines.")] = None,
+    llm: Annotated[str, typer.Option("--llm", help="Language model of the llm arms: auto, local or openai.")] = "auto",
+    llm_model: Annotated[Optional[str], typer.Option("--llm-model", help="Model name for --llm openai.")] = None,
+    llm_base_url: Annotated[Optional[str], typer.Option("--llm-base-url", help="Endpoint (default: $OPENAI_BASE_URL).")] = None,
+    n: Annotated[int, typer.Option("--n", help="SynthFaces images per scenario.")] = 12000,
+    finetune_epochs: Annotated[int, typer.Option("--finetune-epochs")] = 2,
+    baseline_epochs: Annotated[int, typer.Option("--baseline-epochs")] = 8,
+    threads: Annotated[int, typer.Option("--threads", help="torch threads in every job (recorded: thread counts change float rounding).")] = 2,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Compare counterfactual strategies and debiasing baselines: arms × seeds × scenarios, with 95 % CIs."""
+    from fairloop.errors import ConfigError
+    from fairloop.experiments import BASIC_ARMS, ExperimentConfig, ScenarioSpec, open_experiment, run_experiment
+    from fairloop.experiments.config import load_experiment
+
+    console = _console()
+    if (out is None) == (resume is None):
+        raise ConfigError("say where the experiment goes", "pass --out EXP for a new one, or --resume EXP to continue one")
+    folder = out or resume
+    try:
+        seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
+    except ValueError:
+        raise ConfigError(f"--seeds {seeds!r} is not a list of numbers", "use e.g. --seeds 0,1,2") from None
+    given = {k for k, v in {"arms": arms, "seeds": seeds != "0,1,2", "scenario": scenario}.items() if v}
+    config = None
+    if resume is None or given:
+        base = load_experiment(resume) if resume is not None else None
+        from fairloop.llm import resolve_llm
+
+        llm_kind = base.llm if base else resolve_llm(llm, llm_model)
+        synthetic = root is None if base is None else base.root is None
+        specs = tuple(ScenarioSpec.parse(s, synthetic=synthetic) for s in scenario) if scenario else (
+            base.scenarios if base else (ScenarioSpec(target, protected, correlation if synthetic else None),))
+        default_arms = [*BASIC_ARMS, *(("llm", "llm-raw") if llm_kind != "rules" else ()), *(("manual",) if prompts else ())]
+        arm_list = tuple(a.strip() for a in arms.split(",") if a.strip()) if arms else (
+            base.arms if base else tuple(default_arms))
+        if base is not None:
+            from dataclasses import replace
+
+            config = replace(base, arms=arm_list, seeds=seed_list if "seeds" in given else base.seeds, scenarios=specs)
+        else:
+            config = ExperimentConfig(
+                arms=arm_list, seeds=seed_list, scenarios=specs, dataset=dataset,
+                root=str(root.absolute()) if root else None, csv=str(csv) if csv else None, n=n, generator=generator,
+                generator_model=generator_model, protocol=protocol, images=images, mix_ratio=mix_ratio,
+                reference=reference, llm=llm_kind, llm_model=llm_model, llm_base_url=llm_base_url,
+                prompts=str(prompts.absolute()) if prompts else None, baseline_epochs=baseline_epochs,
+                finetune_epochs=finetune_epochs, threads=threads, device=device)
+    config = open_experiment(folder, config, resume=resume is not None)
+    if config.llm == "local" and any(a in ("llm", "llm-raw") for a in config.arms):
+        from fairloop.llm.local import check_available
+
+        check_available()
+    with _progress() as progress:
+        summary = run_experiment(config, folder, progress=progress, log=lambda line: console.print(line, markup=False))
+    console.print((folder / "table.md").read_text(), markup=False, highlight=False)
+    console.print(f"wrote {folder / 'results.csv'}, {folder / 'table.md'} and {folder / 'report.html'} "
+                  f"({summary['jobs']} jobs)")
 
 
 @app.command()
@@ -370,7 +455,7 @@ def chat(
     from fairloop.chat.terminal import chat_loop
     from fairloop.chat.tools import Workspace
     from fairloop.errors import ConfigError, DataError
-    from fairloop.graphs.run import RunConfig, RunFolder, RunServices
+    from fairloop.runs import RunConfig, RunFolder, RunServices
     from fairloop.llm import make_chat_model, resolve_llm
 
     console = _console()

@@ -43,6 +43,7 @@ from fairloop.agent.schema import (
 from fairloop.errors import ConfigError
 from fairloop.llm import content_text, grammar_schema
 from fairloop.prompts import load_prompt
+from fairloop.strategies.base import Proposal
 from fairloop.tools.metrics import METRIC_LABELS, METRIC_NAMES, FairBand
 from fairloop.tools.prompt_parser import attribute_phrase, attribute_words
 
@@ -96,56 +97,12 @@ def describe(target: str, label: int, attribute: str, present: bool) -> str:
     return f"a realistic portrait photo of {noun}{joint}{attribute_phrase(attribute, present)}"
 
 
-# --- the result --------------------------------------------------------------------------------
-@dataclass
-class AnalysisResult:
-    """One analyzer call, with everything a report needs to show how the decision came about."""
-
-    decision: AnalyzerDecision
-    backend: str                 # "rules" | "openai"
-    model: str | None
-    prompt: str                  # the user prompt sent, verbatim; "" for rules
-    raw: list[str]               # every raw answer received, verbatim (key scrubbed, capped)
-    attempts: int
-    errors: list[str]            # why each rejected attempt was rejected
-    fell_back: bool              # the LLM never gave a usable answer and the rules decided
-    seconds: float
-    system_prompt: str = ""      # the system message sent, verbatim; "" for rules
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-safe dict."""
-        return {
-            "decision": self.decision.model_dump(mode="json"),
-            "backend": self.backend,
-            "model": self.model,
-            "prompt": self.prompt,
-            "system_prompt": self.system_prompt,
-            "raw": list(self.raw),
-            "attempts": int(self.attempts),
-            "errors": list(self.errors),
-            "fell_back": bool(self.fell_back),
-            "seconds": float(self.seconds) if math.isfinite(self.seconds) else None,
-        }
-
-
 # --- shared helpers ----------------------------------------------------------------------------
 def _num(metrics: dict[str, Any], name: str) -> float | None:
     value = metrics.get(name)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return float(value)
-
-
-def _band_check(metrics: dict[str, Any], band: FairBand | None = None):
-    """:meth:`FairBand.check` on the metrics; a missing metric counts as undefined (outside)."""
-    undefined = dict(metrics.get("undefined") or {})
-    names = ("disparate_impact", "statistical_parity_difference", "equal_opportunity_difference",
-             "average_odds_difference")
-    values: dict[str, Any] = {name: _num(metrics, name) for name in names}
-    for name in names:
-        if values[name] is None:
-            undefined.setdefault(name, "not reported")
-    return (band or FairBand()).check({**values, "undefined": undefined})
 
 
 def _worst_group_gap(metrics: dict[str, Any]) -> float | None:
@@ -156,7 +113,7 @@ def _worst_group_gap(metrics: dict[str, Any]) -> float | None:
 def is_fair(metrics: dict[str, Any], band: FairBand | None = None) -> bool:
     """Inside the fair band, and worst-group accuracy within 0.05 of accuracy (when both known)."""
     gap = _worst_group_gap(metrics)
-    return _band_check(metrics, band).inside and (gap is None or gap <= MAX_WORST_GROUP_GAP + 1e-12)
+    return (band or FairBand()).check(metrics).inside and (gap is None or gap <= MAX_WORST_GROUP_GAP + 1e-12)
 
 
 def check_decision(decision: AnalyzerDecision, ctx: AnalyzerContext) -> list[str]:
@@ -164,7 +121,7 @@ def check_decision(decision: AnalyzerDecision, ctx: AnalyzerContext) -> list[str
     band with budget left needs counterfactuals, and plans must use the budget's classes."""
     problems = validate_decision(decision, ctx.attributes, ctx.target, ctx.max_images)
     if not decision.counterfactuals_needed and ctx.max_images > 0 and not is_fair(ctx.metrics, ctx.band):
-        outside = "; ".join(f"{METRIC_LABELS[k]} {v}" for k, v in _band_check(ctx.metrics, ctx.band).outside.items())
+        outside = "; ".join(f"{METRIC_LABELS[k]} {v}" for k, v in ctx.band.check(ctx.metrics).outside.items())
         problems.append("counterfactuals_needed is false, but the model is not fair: "
                         + (outside or "worst-group accuracy trails accuracy by more than 0.05"))
     if decision.counterfactuals_needed and is_fair(ctx.metrics, ctx.band):
@@ -251,6 +208,18 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 
 
 # --- rules -------------------------------------------------------------------------------------
+def default_mix(n_images: int, n_train: int | None) -> float:
+    """The mix ratio that adds ``n_images`` to a training split of ``n_train`` images as they are
+    (their share of the union), within :data:`MIX_RANGE`; :data:`DEFAULT_MIX` when the size is unknown."""
+    mix = DEFAULT_MIX if not n_train else n_images / (n_images + n_train)
+    return round(min(max(mix, MIX_RANGE[0]), MIX_RANGE[1]), 4)
+
+
+def train_size(ctx: AnalyzerContext) -> int | None:
+    """The training split's size as the context's group counts give it (None when they do not)."""
+    return _group_counts(ctx.train_groups or {}, ctx.target, ctx.protected)[1]
+
+
 class RulesAnalyzer:
     """Deterministic analyzer: shortcut from LIME, direction from its sign, size from the counts."""
 
@@ -259,10 +228,10 @@ class RulesAnalyzer:
     def __repr__(self) -> str:
         return "RulesAnalyzer()"
 
-    def analyze(self, ctx: AnalyzerContext) -> AnalysisResult:
+    def analyze(self, ctx: AnalyzerContext) -> Proposal:
         start = time.perf_counter()
         decision = self.decide(ctx)
-        return AnalysisResult(decision=decision, backend=self.name, model=None, prompt="", raw=[],
+        return Proposal(decision=decision, backend=self.name, model=None, prompt="", raw=[],
                               attempts=1, errors=[], fell_back=False,
                               seconds=time.perf_counter() - start)
 
@@ -290,8 +259,7 @@ class RulesAnalyzer:
                            f"image budget of this iteration is {ctx.max_images}."),
                 counterfactuals_needed=False, shortcut_attributes=[shortcut], mix_ratio=0.0,
                 negative_prompt=NEGATIVE_PROMPT)
-        mix = DEFAULT_MIX if n_train is None else total / (total + n_train)
-        mix = round(min(max(mix, MIX_RANGE[0]), MIX_RANGE[1]), 4)
+        mix = default_mix(total, n_train)
         towards = target_noun(ctx.target, 1 if present_pushes_one else 0)
         diagnosis = " ".join([
             self._bias_sentence(ctx),
@@ -322,7 +290,7 @@ class RulesAnalyzer:
     def _bias_sentence(ctx: AnalyzerContext) -> str:
         metrics = ctx.metrics or {}
         band = ctx.band
-        check = _band_check(metrics, band)
+        check = band.check(metrics)
         unpriv = f"{ctx.protected}={1 - ctx.privileged_value}"
         priv = f"{ctx.protected}={ctx.privileged_value}"
         if check.outside:
@@ -347,7 +315,7 @@ class RulesAnalyzer:
                   if name in allowed and isinstance(score, (int, float)) and math.isfinite(score)]
         ranked.sort(key=lambda item: -abs(item[1]))   # stable: ties keep the given order
         names = [name for name, _ in ranked]
-        biased = bool(_band_check(ctx.metrics or {}, ctx.band).outside)
+        biased = bool(ctx.band.check(ctx.metrics or {}).outside)
         if ctx.protected in allowed and (biased or ctx.protected in names[:PROTECTED_TOP]):
             # the band measures bias with respect to the protected attribute: while it is violated,
             # that attribute is what the counterfactuals must balance, whatever its LIME rank
@@ -442,7 +410,7 @@ def format_metrics(ctx: AnalyzerContext) -> str:
             lines.append(f"{METRIC_LABELS[name]} = undefined{f' ({_one_line(reason, 200)})' if reason else ''}")
         else:
             lines.append(f"{METRIC_LABELS[name]} = {value:.4f}")
-    check = _band_check(metrics, ctx.band)
+    check = ctx.band.check(metrics)
     lines.append("Fair band check: " + ("inside the band" if check.inside else "outside the band ("
                  + "; ".join(f"{METRIC_LABELS[k]}: {_one_line(v, 80)}" for k, v in check.outside.items()) + ")"))
     if isinstance(metrics.get("worst_group"), str):
@@ -572,7 +540,7 @@ class LLMAnalyzer:
     errors, and falling back to the rules analyzer, so a run never stops on a bad answer."""
 
     def __init__(self, client: Any, *, name: str, model: str, where: str, max_attempts: int = 3,
-                 scrub: Any = None) -> None:
+                 scrub: Any = None, raw: bool = False) -> None:
         if max_attempts < 1:
             raise ConfigError(f"max_attempts must be at least 1, got {max_attempts}.", "use 1 or more")
         self._client = client
@@ -580,11 +548,15 @@ class LLMAnalyzer:
         self.max_attempts = int(max_attempts)
         self._scrub = scrub or (lambda text: text)
         self._rules = RulesAnalyzer()
+        #: raw: only the schema and the attribute names are checked (no data-consistency checks,
+        #: no narrowed grammar) and no rules fallback, so the model's own contribution shows
+        self.raw = bool(raw)
+        self.sampling_seed: int | None = None  # set per proposal by the strategy that wraps this analyzer
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model!r}, at={self.where!r})"
 
-    def analyze(self, ctx: AnalyzerContext) -> AnalysisResult:
+    def analyze(self, ctx: AnalyzerContext) -> Proposal:
         from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
         start = time.perf_counter()
@@ -606,7 +578,7 @@ class LLMAnalyzer:
             text = self._scrub(content_text(getattr(reply, "content", "")))
             raw.append(text if len(text) <= _MAX_RAW
                        else text[:_MAX_RAW] + f"[... {len(text) - _MAX_RAW} characters cut]")
-            problems = self._problems(text, ctx)
+            problems = self._problems(text, ctx, raw=self.raw)
             if isinstance(problems, AnalyzerDecision):
                 decision = problems
                 break
@@ -617,9 +589,12 @@ class LLMAnalyzer:
                 "Your answer could not be used:\n" + "\n".join(f"- {p}" for p in problems)
                 + "\nAnswer again with one JSON object only that fixes these problems."))]
         fell_back = decision is None
-        if fell_back:
+        if fell_back and self.raw:
+            decision = AnalyzerDecision(diagnosis="The model gave no usable answer; nothing is proposed.",
+                                        counterfactuals_needed=False, mix_ratio=0.0)
+        elif fell_back:
             decision = self._rules.decide(ctx)
-        return AnalysisResult(decision=decision, backend=self.name, model=self.model, prompt=prompt, raw=raw,
+        return Proposal(decision=decision, backend=self.name, model=self.model, prompt=prompt, raw=raw,
                               attempts=attempts, errors=errors, fell_back=fell_back,
                               seconds=time.perf_counter() - start, system_prompt=system)
 
@@ -628,8 +603,9 @@ class LLMAnalyzer:
         return self._client
 
     @staticmethod
-    def _problems(text: str, ctx: AnalyzerContext) -> AnalyzerDecision | list[str]:
-        """The decision in ``text``, or the list of reasons it cannot be used."""
+    def _problems(text: str, ctx: AnalyzerContext, raw: bool = False) -> AnalyzerDecision | list[str]:
+        """The decision in ``text``, or the list of reasons it cannot be used (``raw``: the schema
+        and :func:`validate_decision` only)."""
         try:
             data = parse_answer(text)
         except ValueError as error:
@@ -638,6 +614,8 @@ class LLMAnalyzer:
             decision = AnalyzerDecision.model_validate(data)
         except ValidationError as error:
             return _validation_errors(error)
+        if raw:
+            return validate_decision(decision, ctx.attributes, ctx.target, ctx.max_images) or decision
         return check_decision(decision, ctx) or decision
 
 
@@ -646,12 +624,18 @@ class OpenAIAnalyzer(LLMAnalyzer):
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
                  timeout: float = 120, max_attempts: int = 3, temperature: float = 0.0,
-                 max_retries: int = 2) -> None:
+                 max_retries: int = 2, raw: bool = False) -> None:
         from fairloop.llm.endpoint import endpoint_chat_model
 
         client, where, scrub = endpoint_chat_model(model, base_url=base_url, api_key=api_key, timeout=timeout,
                                                    max_retries=max_retries, temperature=temperature)
-        super().__init__(client, name="openai", model=str(model), where=where, max_attempts=max_attempts, scrub=scrub)
+        super().__init__(client, name="openai", model=str(model), where=where, max_attempts=max_attempts, scrub=scrub,
+                         raw=raw)
+
+    def _client_for(self, ctx: AnalyzerContext, attempt: int) -> Any:
+        if self.sampling_seed is None:
+            return self._client
+        return self._client.bind(seed=self.sampling_seed + attempt)  # endpoints that honour it sample reproducibly
 
     def __repr__(self) -> str:
         return f"OpenAIAnalyzer(model={self.model!r}, base_url={self.where!r})"
@@ -667,18 +651,20 @@ class LocalAnalyzer(LLMAnalyzer):
     """The LLM analyzer on the packaged local LLM, its output constrained by a grammar built for each
     context (:func:`decision_grammar`)."""
 
-    def __init__(self, *, max_attempts: int = 3, threads: int | None = None) -> None:
+    def __init__(self, *, max_attempts: int = 3, threads: int | None = None, raw: bool = False) -> None:
         from fairloop.llm.local import MODEL_NAME, local_chat_model
 
         client = local_chat_model(threads=threads)  # its grammar is set per call by _client_for
         super().__init__(client, name="local", model=MODEL_NAME, where="llama.cpp on this machine",
-                         max_attempts=max_attempts)
+                         max_attempts=max_attempts, raw=raw)
 
     def _client_for(self, ctx: AnalyzerContext, attempt: int) -> Any:
         # greedy first; a retry samples (RETRY_TEMPERATURE), since greedy decoding of a small model
         # tends to repeat the rejected answer whatever the feedback says
-        return self._client.model_copy(update={"json_schema": decision_grammar(ctx),
-                                               "temperature": 0.0 if attempt <= 1 else RETRY_TEMPERATURE})
+        schema = (grammar_schema(AnalyzerDecision.model_json_schema()) if self.raw else decision_grammar(ctx))
+        return self._client.model_copy(update={"json_schema": schema,
+                                               "temperature": 0.0 if attempt <= 1 else RETRY_TEMPERATURE,
+                                               "seed": (self.sampling_seed or 0) + attempt})
 
 
 def decision_grammar(ctx: AnalyzerContext) -> dict[str, Any]:
@@ -712,17 +698,17 @@ def decision_grammar(ctx: AnalyzerContext) -> dict[str, Any]:
     return schema
 
 
-def make_analyzer(kind: str, *, model: str | None = None,
-                  base_url: str | None = None) -> RulesAnalyzer | LLMAnalyzer:
+def make_analyzer(kind: str, *, model: str | None = None, base_url: str | None = None,
+                  raw: bool = False) -> RulesAnalyzer | LLMAnalyzer:
     """The analyzer named ``kind``: "rules" (deterministic), "local" (the packaged LLM) or "openai"
-    (needs ``model``)."""
+    (needs ``model``); ``raw`` LLM analyzers check the schema only and never fall back."""
     name = str(kind or "").strip().lower()
     if name == "rules":
         return RulesAnalyzer()
     if name == "local":
-        return LocalAnalyzer()
+        return LocalAnalyzer(raw=raw)
     if name == "openai":
         if not model:
             raise ConfigError("--llm openai needs a model name.", "pass --llm-model, e.g. gpt-4o-mini")
-        return OpenAIAnalyzer(model, base_url=base_url)
+        return OpenAIAnalyzer(model, base_url=base_url, raw=raw)
     raise ConfigError(f"Unknown analyzer {kind!r}.", f"use one of: {', '.join(ANALYZER_KINDS)}")

@@ -49,7 +49,8 @@ class AnalyzerDecision(BaseModel):
                                            description="attributes the model wrongly relies on")
     change_attributes: list[str] = Field(default_factory=list, max_length=6,
                                          description="attributes the counterfactuals change")
-    plans: list[ClassPlan] = Field(default_factory=list, max_length=2)
+    plans: list[ClassPlan] = Field(default_factory=list, max_length=8,
+                                   description="one plan per class from an analyzer; strategies may give several")
     negative_prompt: str = Field(default="", max_length=MAX_DESCRIPTION)
     mix_ratio: float = Field(ge=0.0, le=0.9, description="fraction of counterfactual images in the fine-tuning set")
 

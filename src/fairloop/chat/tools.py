@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator
 
 from fairloop.errors import FairloopError
-from fairloop.graphs.run import MEMORY_KEYS, RunServices
+from fairloop.runs import MEMORY_KEYS, RunServices
 from fairloop.io import atomic_write
 
 #: Characters of a tool result shown to the model; the full result is in the run folder.
@@ -160,7 +160,7 @@ class Workspace:
 
     # --- the tools ---------------------------------------------------------------------------
     def audit(self, args: AuditArgs, state: dict[str, Any]) -> ToolOutcome:
-        from fairloop.graphs.loop import evaluate_model, train_baseline
+        from fairloop.runs.steps import evaluate_model, train_baseline
 
         update: dict[str, Any] = {}
         if not state.get("model") and args.model in ("current", "baseline"):
@@ -181,7 +181,7 @@ class Workspace:
         return ToolOutcome(result, update)
 
     def explain(self, args: ExplainArgs, state: dict[str, Any]) -> ToolOutcome:
-        from fairloop.graphs.loop import explain_model
+        from fairloop.runs.steps import explain_model
 
         relative = self.resolve_model(args.model, state)
         explanation = explain_model(self.services, relative)
@@ -201,7 +201,7 @@ class Workspace:
 
     def suggest(self, args: SuggestArgs, state: dict[str, Any]) -> ToolOutcome:
         from fairloop.agent.analyzer import RulesAnalyzer
-        from fairloop.graphs.loop import analyzer_context, evaluate_model, explain_model, train_groups
+        from fairloop.runs.steps import analyzer_context, evaluate_model, explain_model, train_groups
 
         relative = self.resolve_model("current", state)
         context = analyzer_context(self.services, evaluate_model(self.services, relative)["val"],
@@ -228,7 +228,7 @@ class Workspace:
         return stated if args.label is None else args.label
 
     def generate(self, args: GenerateArgs, state: dict[str, Any]) -> ToolOutcome:
-        from fairloop.graphs.loop import make_counterfactuals
+        from fairloop.runs.steps import make_counterfactuals
         from fairloop.tools.generate import image_grid
 
         label = self.generate_label(args)
@@ -258,7 +258,7 @@ class Workspace:
                            files=[str(grid)] if rows else [])
 
     def finetune(self, args: FinetuneArgs, state: dict[str, Any]) -> ToolOutcome:
-        from fairloop.graphs.loop import evaluate_model, finetune_model
+        from fairloop.runs.steps import evaluate_model, finetune_model
 
         sets = state.get("sets", [])
         chosen = [s for s in sets if not args.sets or s["set"] in args.sets]
@@ -296,7 +296,7 @@ class Workspace:
                                                 f"{_compact(before)['worst_group_accuracy']} → {_compact(after)['worst_group_accuracy']}"))
 
     def compare_models(self, args: NoArgs, state: dict[str, Any]) -> ToolOutcome:
-        from fairloop.graphs.loop import evaluate_model
+        from fairloop.runs.steps import evaluate_model
 
         rows = []
         listed = [("baseline", state.get("baseline")), ("current", state.get("model")),
@@ -332,7 +332,7 @@ class Workspace:
         from dataclasses import replace
 
         from fairloop.graphs.loop import run_loop
-        from fairloop.graphs.run import RunFolder
+        from fairloop.runs import RunFolder
 
         current = self.services.folder.resolve(self.resolve_model("current", state))
         config = replace(self.services.config, baseline=str(current), max_iterations=args.max_iterations,

@@ -11,23 +11,25 @@ Artifacts are content-addressed, so even a node that is re-run finds its images 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
-from dataclasses import replace
 from functools import wraps
 from typing import Any, TypedDict
 
 import numpy as np
-import pandas as pd
 
-from fairloop.graphs.run import MEMORY_KEYS, RunServices
-from fairloop.io import atomic_write, atomic_write_json
-
-#: A generator that is not exact also gets a fine-tune at this multiple of the analyzer's mix ratio
-#: (see finetune_model), up to the largest mix ratio an analyzer may ask for.
-BOLDER_MIX, MAX_MIX = 1.5, 0.9
-
+from fairloop.runs import RunServices
+from fairloop.runs.steps import (
+    compact_metrics,
+    analyzer_context,
+    evaluate_model,
+    explain_model,
+    finetune_model,
+    make_counterfactuals,
+    save_model,
+    train_baseline,
+    train_groups,
+)
 
 class LoopState(TypedDict, total=False):
     iteration: int
@@ -48,248 +50,6 @@ class LoopState(TypedDict, total=False):
     no_gain: int
     status: str
     report: dict[str, str]         # relative paths of summary.json and report.html
-
-
-# ------------------------------------------------------------------------------------ evaluation
-
-
-def model_key(relative: str) -> str:
-    return relative.rsplit("/", 1)[-1].removesuffix(".safetensors")
-
-
-def save_model(services: RunServices, model, meta: dict[str, Any]) -> str:
-    """Save a checkpoint under the hash of its weights; return its path relative to the run."""
-    from fairloop.vision.models import save_checkpoint
-
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    path = services.folder.path / "models" / digest.hexdigest()[:16]
-    if not path.with_suffix(".safetensors").exists():
-        save_checkpoint(model, path, meta)
-    return services.folder.relative(path.with_name(path.name + ".safetensors"))
-
-
-def train_baseline(services: RunServices) -> str:
-    """Train the run's starting classifier (ERM on the training split) and save it; its relative path."""
-    from fairloop.vision.train import TrainConfig, train_classifier
-
-    cfg = services.config
-    train_cfg = TrainConfig(arch=cfg.arch, epochs=cfg.baseline_epochs, seed=cfg.seed, device=cfg.device)
-    model, history = train_classifier(services.dataset, cfg.target, train_cfg, progress=services.progress)
-    meta = {"arch": cfg.arch, "target": cfg.target, "image_size": train_cfg.image_size,
-            "data_hash": services.dataset.fingerprint(), "history": history, "role": "baseline"}
-    return save_model(services, model, meta)
-
-
-def evaluate_model(services: RunServices, relative: str) -> dict[str, Any]:
-    """Val and test metrics of a checkpoint, computed once and kept in ``RUN/evals``."""
-    from fairloop.tools.metrics import fairness_report
-    from fairloop.vision.train import predict_proba
-
-    cache = services.folder.path / "evals" / f"{model_key(relative)}.metrics.json"
-    if cache.exists():
-        return json.loads(cache.read_text())
-    cfg, data = services.config, services.dataset
-    model, meta = services.load_model(relative)
-    out: dict[str, Any] = {}
-    for split in ("val", "test"):
-        part = data.split(split)
-        probs = predict_proba(model, part.images(meta.get("image_size", 64)), device=services.device,
-                              progress=services.progress)
-        report = fairness_report(y_true=part.labels(cfg.target), y_pred=(probs >= 0.5).astype(int),
-                                 protected=part.labels(cfg.protected), privileged_value=cfg.privileged_value,
-                                 target_name=cfg.target, protected_name=cfg.protected, n_bootstrap=100, seed=cfg.seed)
-        out[split] = report.as_dict()
-        probs_file = cache.with_name(f"{model_key(relative)}.{split}.npy")
-        _save_array(probs_file, probs.astype(np.float32))
-    atomic_write_json(cache, out)
-    return out
-
-
-def _save_array(path, array: np.ndarray) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a bare temp name
-            np.save(f, array)
-
-    atomic_write(path, write)
-
-
-def explain_model(services: RunServices, relative: str) -> dict[str, Any]:
-    """LIME attribute importance of a checkpoint on the validation split (cached)."""
-    from fairloop.tools.explain import explain_attributes
-
-    cache = services.folder.path / "evals" / f"{model_key(relative)}.explain.json"
-    if cache.exists():
-        return json.loads(cache.read_text())
-    evaluate_model(services, relative)
-    cfg = services.config
-    val = services.dataset.split("val")
-    probs = np.load(services.folder.path / "evals" / f"{model_key(relative)}.val.npy")
-    exp = explain_attributes(attributes=val.table[[a for a in val.attributes if a != cfg.target]], scores=probs,
-                             protected=cfg.protected, n_explain=min(cfg.explain_rows, len(val)), seed=cfg.seed)
-    out = exp.as_dict() | {"as_list": [[k, v] for k, v in exp.as_list()]}
-    atomic_write_json(cache, out)
-    return out
-
-
-def band_distance(metrics: dict[str, Any], band) -> float:
-    """How far the metrics are outside the fair band (0 inside); undefined metrics count as 1."""
-    di = metrics.get("disparate_impact")
-    total = 1.0 if di is None else max(0.0, band.di_low - di) + max(0.0, di - band.di_high)
-    for key in ("statistical_parity_difference", "equal_opportunity_difference", "average_odds_difference"):
-        value = metrics.get(key)
-        total += 1.0 if value is None else max(0.0, abs(value) - band.max_abs_diff)
-    return total
-
-
-def overshoots(before: dict[str, Any], after: dict[str, Any], band) -> list[str]:
-    """Metrics that crossed the band to its other side (seed 000's DI 0.27 → 1.355)."""
-    crossed = []
-    di0, di1 = before.get("disparate_impact"), after.get("disparate_impact")
-    if di0 is not None and di1 is not None and (
-            (di0 < band.di_low and di1 > band.di_high) or (di0 > band.di_high and di1 < band.di_low)):
-        crossed.append(f"disparate_impact {di0:.3f} → {di1:.3f}")
-    for key in ("statistical_parity_difference", "equal_opportunity_difference", "average_odds_difference"):
-        v0, v1 = before.get(key), after.get(key)
-        if v0 is not None and v1 is not None and abs(v1) > band.max_abs_diff and v0 * v1 < 0:
-            crossed.append(f"{key} {v0:+.3f} → {v1:+.3f}")
-    return crossed
-
-
-def _compact(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: metrics.get(k) for k in MEMORY_KEYS}
-
-
-# ------------------------------------------------------- counterfactuals and fine-tuning (shared with chat)
-
-
-def make_counterfactuals(services: RunServices, plans: list[dict[str, Any]], negative_prompt: str = "", *,
-                         seed_key: tuple[int, ...], manifest) -> dict[str, Any]:
-    """Generate the images of ``plans`` (label, description, n_images) as minimal edits of training
-    images, matched to the group they fill on its strongest proxy (:mod:`fairloop.tools.sources`),
-    keep those the attribute oracle confirms (when there is one), and write ``manifest``.
-
-    Returns ``{"manifest": relative path, "n": images kept, "made": images generated, "notes",
-    "verification"}``."""
-    from fairloop.tools.generate import GenerationRequest
-    from fairloop.tools.sources import plan_sources
-
-    cfg = services.config
-    train = services.dataset.split("train").table
-    rows, notes, proxies = [], [], []
-    for k, plan in enumerate(plans):
-        if plan["n_images"] <= 0:
-            continue
-        rng = np.random.default_rng([*seed_key, k])
-        batches, proxy = plan_sources(train, target=cfg.target, label=plan["label"], description=plan["description"],
-                                      n=plan["n_images"], vocabulary=services.dataset.attributes, rng=rng,
-                                      protected=cfg.protected)
-        if proxy is not None:
-            notes.append(proxy.note(plan["description"]))
-            proxies.append({"description": plan["description"], **proxy.as_dict()})
-            services.log(f"  {notes[-1]}")
-        for batch in batches:
-            request = GenerationRequest(prompt=batch.prompt, n=batch.n, label=plan["label"], target=cfg.target,
-                                        negative_prompt=negative_prompt, source_ids=batch.source_ids,
-                                        seed=int(rng.integers(2**31 - 1)))
-            result = services.generator.generate(request, services.folder.path / "images",
-                                                 sources=services.dataset, progress=services.progress)
-            notes += result.notes
-            for row in result.rows:
-                row["path"] = services.folder.relative(row["path"])
-                source_value = train.at[row["source_id"], cfg.protected] if row.get("source_id") else None
-                row["protected"] = int(row.get("attributes", {}).get(
-                    cfg.protected, source_value if source_value is not None else -1))
-            rows += result.rows
-    made = len(rows)
-    verification, rejected = None, []
-    if services.oracle is not None:  # non-exact generators on SynthFaces: keep what the oracle confirms
-        from fairloop.tools.quality import verify_generated
-
-        passed, verification = verify_generated(services.oracle, rows, cfg.target, services.folder.resolve)
-        rejected = [r for r, ok in zip(rows, passed) if not ok]
-        rows = [r for r, ok in zip(rows, passed) if ok]
-        services.log(f"  verification: {verification['passed']}/{verification['checked']} generated images show "
-                     f"what their prompt asked for")
-    atomic_write_json(manifest, {"generator": services.generator.name, "model_id": services.generator.model_id,
-                                 "exact_oracle": services.generator.exact, "notes": notes, "proxies": proxies,
-                                 "verification": verification, "images": rows, "rejected": rejected})
-    return {"manifest": services.folder.relative(manifest), "n": len(rows), "made": made, "notes": notes,
-            "verification": verification}
-
-
-def analyzer_context(services: RunServices, metrics: dict[str, Any], explanation: dict[str, Any], *,
-                     train_groups: dict[str, int], max_images: int, iteration: int = 1,
-                     recalled: list[str] | None = None, history: list[str] | None = None):
-    """Seed 000's prompt P for this run: validation metrics, LIME importances and training counts."""
-    from fairloop.agent.schema import AnalyzerContext
-
-    cfg = services.config
-    return AnalyzerContext(
-        task=f"classify {cfg.target} from face images without bias towards any attribute",
-        target=cfg.target, protected=cfg.protected, privileged_value=cfg.privileged_value,
-        attributes=[a for a in services.dataset.attributes if a != cfg.target], metrics=metrics,
-        importances=[(k, v) for k, v in explanation["as_list"]], train_groups=train_groups, max_images=max_images,
-        iteration=iteration, recalled=list(recalled or []), history=list(history or []), band=cfg.target_band)
-
-
-def counterfactual_table(services: RunServices, manifests: list[str]) -> pd.DataFrame:
-    """(path, label, protected) of the images in these manifests, ready for fine-tuning."""
-    rows = []
-    for relative in manifests:
-        for r in json.loads(services.folder.resolve(relative).read_text())["images"]:
-            rows.append({"path": str(services.folder.resolve(r["path"])), "label": r["label"],
-                         "protected": r["protected"]})
-    table = pd.DataFrame(rows, columns=["path", "label", "protected"])
-    return table[table["protected"].isin([0, 1])]
-
-
-def train_groups(services: RunServices, kept_manifests: list[str]) -> dict[str, int]:
-    """Group counts of the training data as the next fine-tuning sees it: real rows plus the
-    counterfactuals of accepted iterations (seed 000's D ← D + D̂)."""
-    cfg = services.config
-    counts = services.dataset.split("train").table.groupby([cfg.target, cfg.protected]).size().to_dict()
-    kept = counterfactual_table(services, kept_manifests)
-    for (label, protected), n in kept.groupby(["label", "protected"]).size().items():
-        counts[(label, protected)] = counts.get((label, protected), 0) + int(n)
-    return {f"{cfg.target}={t}, {cfg.protected}={p}": int(n) for (t, p), n in sorted(counts.items())}
-
-
-def finetune_model(services: RunServices, model: str, manifests: list[str], kept_manifests: list[str], *,
-                   mix_ratio: float, seed: int, role: str, epochs: int | None = None, bolder: bool = False):
-    """Fine-tune checkpoint ``model`` on the images of ``manifests`` mixed in at ``mix_ratio`` (with
-    the images of ``kept_manifests`` as extra training data) and save the result; returns its
-    relative path and the :class:`~fairloop.tools.finetune.FinetuneResult`.
-
-    With ``bolder`` and a generator that is not exact, it also fine-tunes at :data:`BOLDER_MIX` × the
-    mix ratio and keeps the result validation ranks higher (:func:`select_alpha`'s order; a tie
-    keeps ``mix_ratio``): such counterfactuals teach less per image than real ones, and how much
-    less is for validation to say."""
-    from fairloop.tools.finetune import FinetuneConfig, finetune, select_alpha
-
-    cfg = services.config
-    base, meta = services.load_model(model)
-    exact = services.generator.exact
-    # an exact generator's counterfactuals look like the real images; any other's need the real
-    # members of each group drawn as often as a large group's (see draw_real_rows)
-    ft_cfg = FinetuneConfig(mode=cfg.finetune_mode, epochs=epochs or cfg.finetune_epochs, mix_ratio=mix_ratio,
-                            real_sampling="uniform" if exact else "balanced", accuracy_budget=cfg.accuracy_budget,
-                            image_size=meta.get("image_size", 64), seed=seed, device=cfg.device)
-    mixes = [mix_ratio]
-    if bolder and not exact and 0 < mix_ratio < MAX_MIX:
-        mixes.append(round(min(MAX_MIX, mix_ratio * BOLDER_MIX), 4))
-    counterfactuals, kept = counterfactual_table(services, manifests), counterfactual_table(services, kept_manifests)
-    results = [finetune(base, services.dataset, counterfactuals, target=cfg.target, protected=cfg.protected,
-                        privileged_value=cfg.privileged_value, config=replace(ft_cfg, mix_ratio=mix),
-                        band=cfg.target_band, extra_training=kept, progress=services.progress)
-               for mix in mixes]
-    chosen = select_alpha([r.chosen for r in results], base_accuracy=results[0].base.accuracy,
-                          accuracy_budget=cfg.accuracy_budget)
-    result = next(r for r in results if r.chosen is chosen)
-    relative = save_model(services, result.model, {**meta, "role": role, "parent": model, "alpha": result.alpha})
-    return relative, result
 
 
 # ----------------------------------------------------------------------------------------- nodes
@@ -386,7 +146,7 @@ class MitigationLoop:
                                      "diagnosis": "The model is inside the fair band, with its margin, on validation.",
                                      "counterfactuals_needed": False, "shortcut_attributes": [],
                                      "change_attributes": [], "plans": [], "negative_prompt": "", "mix_ratio": 0.0}}}
-        result = self.services.analyzer.analyze(context)
+        result = self.services.strategy.propose(context, np.random.default_rng([cfg.seed, state["iteration"]]))
         for error in result.errors:
             self.services.log(f"  analyzer answer rejected: {error}")
         return {"analysis": result.as_dict() | {"budget": budget}}
@@ -405,7 +165,8 @@ class MitigationLoop:
         decision = state["analysis"]["decision"]
         manifest = self.services.folder.path / "manifests" / f"it{state['iteration']}.json"
         made = make_counterfactuals(self.services, decision["plans"], decision.get("negative_prompt", ""),
-                                    seed_key=(self.config.seed, state["iteration"]), manifest=manifest)
+                                    seed_key=(self.config.seed, state["iteration"]), manifest=manifest,
+                                    text_to_image=state["analysis"].get("text_to_image", False))
         return {"generated": {"manifest": made["manifest"], "n": made["n"], "notes": made["notes"],
                               "verification": made["verification"], "iteration": state["iteration"]},
                 "images_used": state["images_used"] + made["made"]}
@@ -436,10 +197,10 @@ class MitigationLoop:
 
         if (state.get("candidate") or {}).get("iteration") == iteration and "eval" in state["candidate"]:
             cand = state["candidate"]["eval"]["val"]
-            crossed = overshoots(initial, cand, cfg.band)
+            crossed = cfg.band.crossed(initial, cand)
             accuracy_ok = cand["accuracy"] >= initial["accuracy"] - cfg.accuracy_budget
             wga_gain = (cand["worst_group_accuracy"] or 0) - (current["worst_group_accuracy"] or 0)
-            closer = band_distance(current, band) - band_distance(cand, band)
+            closer = band.distance(current) - band.distance(cand)
             # reaching the band is worth a little worst-group accuracy; otherwise the candidate must be
             # better on one count (worst-group accuracy, distance to the band) and not worse on the other
             reaches_band = band.check(cand).inside and not band.check(current).inside
@@ -528,7 +289,7 @@ class MitigationLoop:
             run_id=services.folder.path.name, iteration=entry["iteration"], dataset=services.dataset.name,
             target=cfg.target, protected=cfg.protected,
             scenario=f"{services.dataset.name} at {services.dataset.root.name}: {cfg.target} vs {cfg.protected}",
-            metrics_before=_compact(state["current"]["val"]), metrics_after=_compact(entry["val_metrics"]),
+            metrics_before=compact_metrics(state["current"]["val"]), metrics_after=compact_metrics(entry["val_metrics"]),
             importances=[(k, float(v)) for k, v in state["explanation"]["as_list"][:8]],
             analyzer=decision, generator=services.generator.name, n_generated=entry["n_generated"],
             mix_ratio=float(entry["mix_ratio"]), alpha=entry["alpha"], accepted=accepted, outcome=entry["reason"],

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from fairloop.graphs.loop import build_graph
-from fairloop.graphs.run import RunConfig, RunFolder, RunServices
+from fairloop.runs import RunConfig, RunFolder, RunServices
 
 
 def make_graph():

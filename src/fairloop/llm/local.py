@@ -153,6 +153,7 @@ def _chat_model_class():
         max_tokens: int = 768
         json_schema: dict | None = None
         tools: list[dict] | None = None
+        seed: int | None = None        # llama.cpp's sampling seed (matters when temperature > 0)
 
         @property
         def _llm_type(self) -> str:
@@ -170,6 +171,8 @@ def _chat_model_class():
             chat = router.render_history(list(messages))
             options: dict[str, Any] = {"temperature": self.temperature, "max_tokens": self.max_tokens,
                                        "stop": stop}
+            if self.seed is not None:
+                options["seed"] = int(self.seed)
             schema = router.router_schema(self.tools) if self.tools else self.json_schema
             if self.tools:
                 instructions = router.router_instructions(self.tools)

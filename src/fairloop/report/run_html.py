@@ -18,7 +18,7 @@ from fairloop.io import atomic_write_json, atomic_write_text
 from fairloop.report.render import figure_png, image_png, render_template
 
 if TYPE_CHECKING:
-    from fairloop.graphs.run import RunServices
+    from fairloop.runs import RunServices
 
 TRAJECTORY = (("disparate_impact", "DI"), ("statistical_parity_difference", "SPD"),
               ("equal_opportunity_difference", "EOD"), ("average_odds_difference", "AOD"),
@@ -141,7 +141,7 @@ def _generated(services: RunServices, manifest_rel: str | None, per_prompt: int 
 def _flips(services: RunServices, summary: dict[str, Any], per_side: int = 12) -> dict[str, list[dict[str, Any]]]:
     """Test images whose prediction changed between the starting and the final model."""
     from fairloop.data.datasets import read_image
-    from fairloop.graphs.loop import model_key
+    from fairloop.runs.steps import model_key
 
     evals = services.folder.path / "evals"
     first = evals / f"{model_key(summary['initial_model'])}.test.npy"

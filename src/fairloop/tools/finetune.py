@@ -30,10 +30,20 @@ from fairloop.data.datasets import FaceDataset, ImageStream, read_image
 from fairloop.errors import ConfigError, DataError
 from fairloop.tools.metrics import FairBand, fairness_report
 from fairloop.vision.models import FaceClassifier, resolve_device
-from fairloop.vision.train import LabeledImages, Progress, positive_probability, predict_proba, train_epoch
+from fairloop.vision.train import (
+    GroupDRO,
+    LabeledImages,
+    Progress,
+    positive_probability,
+    predict_proba,
+    train_epoch,
+)
 
 MODES = ("full", "head")
 REAL_SAMPLING = ("uniform", "balanced")
+#: What each batch minimises: the mean loss (erm), AIF360 Reweighing's weighted loss
+#: (w = P(a)P(y)/P(a,y) per training row), or online group DRO over target × protected groups.
+OBJECTIVES = ("erm", "reweighing", "groupdro")
 #: Validation splits up to this many images are decoded once and kept in memory as uint8.
 DECODE_LIMIT = 50_000
 COUNTERFACTUAL_COLUMNS = ("path", "label", "protected")
@@ -54,6 +64,7 @@ class FinetuneConfig:
     batch_size: int = 64
     mix_ratio: float = 0.3  # fraction of counterfactual images in each epoch's training set
     real_sampling: str = "uniform"  # or "balanced": see draw_real_rows
+    objective: str = "erm"  # one of OBJECTIVES
     patience: int = 1  # stop when the validation objective has not improved for this many epochs
     alphas: tuple[float, ...] = ALPHAS
     accuracy_budget: float = 0.01  # max drop of validation accuracy vs the starting model
@@ -69,6 +80,8 @@ class FinetuneConfig:
             raise ConfigError(f"epochs={self.epochs}, batch_size={self.batch_size}, lr={self.lr}, "
                               f"patience={self.patience} are not usable",
                               "use epochs ≥ 1, batch size ≥ 1, patience ≥ 1 and a positive learning rate")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"unknown fine-tuning objective {self.objective!r}", f"use one of {', '.join(OBJECTIVES)}")
         if self.real_sampling not in REAL_SAMPLING:
             raise ConfigError(f"unknown real_sampling {self.real_sampling!r}", f"use one of {', '.join(REAL_SAMPLING)}")
         if not 0 <= self.mix_ratio <= 1:
@@ -294,6 +307,17 @@ def draw_real_rows(groups: np.ndarray, n: int, rng: np.random.Generator, samplin
     return np.sort(rng.choice(size, n, replace=True, p=weights / weights.sum()))
 
 
+def reweighing_weights(groups: np.ndarray) -> np.ndarray:
+    """AIF360 Reweighing's weight of each row, w(y, a) = P(a)·P(y) / P(y, a), from its group id
+    ``2·y + a``: rare (class, protected) pairs count as much as independence would make them."""
+    groups = np.asarray(groups, np.int64)
+    y, a = groups // 2, groups % 2
+    p_y = np.bincount(y, minlength=2) / len(groups)
+    p_a = np.bincount(a, minlength=2) / len(groups)
+    p_ya = np.bincount(groups, minlength=4) / len(groups)
+    return p_a[a] * p_y[y] / p_ya[groups]
+
+
 def check_counterfactuals(counterfactuals: pd.DataFrame | None) -> pd.DataFrame:
     """The counterfactual table with ``path`` (str), ``label`` and ``protected`` (0/1 int); every
     file must exist. None or an empty table means no counterfactuals."""
@@ -419,20 +443,25 @@ def finetune(model: FaceClassifier, dataset: FaceDataset, counterfactuals: pd.Da
 
     history: list[dict] = []
     best_key, best_state, best_epoch, stale = None, None, 0, 0
+    row_weights = reweighing_weights(train_groups) if config.objective == "reweighing" else np.ones(n_pool)
+    objective = GroupDRO(4) if config.objective == "groupdro" else None
+    cf_groups = cf_labels * 2 + cf["protected"].to_numpy(np.int64)[:n_cf]
     for epoch in range(config.epochs):
         rng = np.random.default_rng([config.seed, epoch])
         rows = draw_real_rows(train_groups, n_real, rng, config.real_sampling, kept)
         paths = cf_paths + train_paths[rows].tolist()
         labels = np.concatenate([cf_labels, train_labels[rows]])
+        weights = np.concatenate([np.ones(n_cf), row_weights[rows]])
+        groups = np.concatenate([cf_groups, train_groups[rows]])
         loader = DataLoader(
-            LabeledImages(ImageStream(paths, config.image_size), labels, flip=True),
+            LabeledImages(ImageStream(paths, config.image_size), labels, weights, flip=True, groups=groups),
             batch_size=config.batch_size, shuffle=True, num_workers=config.num_workers,
             generator=torch.Generator().manual_seed(config.seed * 1000 + epoch),
             pin_memory=device.type == "cuda", drop_last=len(paths) > config.batch_size,
         )
         _train_mode(work, config.mode)
         loss = train_epoch(work, loader, opt, sched, device, stage=f"fine-tune epoch {epoch + 1}/{config.epochs}",
-                           progress=progress)
+                           progress=progress, objective=objective)
         scored = val.score(work, 1.0, base.accuracy, config.accuracy_budget)
         key = validation_objective(scored, base_accuracy=base.accuracy, accuracy_budget=config.accuracy_budget)
         improved = best_key is None or key > best_key
@@ -469,5 +498,6 @@ def finetune(model: FaceClassifier, dataset: FaceDataset, counterfactuals: pd.Da
     )
 
 
-__all__ = ["ALPHAS", "AlphaCandidate", "FinetuneConfig", "FinetuneResult", "MODES", "REAL_SAMPLING",
-           "check_counterfactuals", "draw_real_rows", "finetune", "interpolate", "select_alpha", "validation_objective"]
+__all__ = ["ALPHAS", "AlphaCandidate", "FinetuneConfig", "FinetuneResult", "MODES", "OBJECTIVES", "REAL_SAMPLING",
+           "check_counterfactuals", "draw_real_rows", "finetune", "interpolate", "reweighing_weights", "select_alpha",
+           "validation_objective"]

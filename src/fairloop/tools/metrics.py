@@ -17,6 +17,7 @@ or warning leaks out.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -265,21 +266,52 @@ class FairBand:
                         self.max_abs_diff * (1 - margin))
 
     def check(self, result: FairnessReport | Mapping[str, Any]) -> BandCheck:
-        """Check a report, or its :meth:`FairnessReport.as_dict`; an undefined metric is outside."""
+        """Check a report, or its :meth:`FairnessReport.as_dict`; an undefined or missing metric
+        (or one that is not a finite number) is outside."""
         values = result.as_dict() if isinstance(result, FairnessReport) else result
-        bounds = {"disparate_impact": (self.di_low, self.di_high)} | {
-            name: (-self.max_abs_diff, self.max_abs_diff)
-            for name in ("statistical_parity_difference", "equal_opportunity_difference",
-                         "average_odds_difference")
-        }
+        undefined = values.get("undefined") or {}
         outside = {}
-        for name, (low, high) in bounds.items():
-            value = values[name]
+        for name, (low, high) in self._bounds().items():
+            value = _finite(values.get(name))
             if value is None:
-                outside[name] = values["undefined"][name]
+                outside[name] = str(undefined.get(name) or "not reported")
             elif not low <= value <= high:
                 outside[name] = f"{value:.4f} is outside [{low:g}, {high:g}]"
         return BandCheck(inside=not outside, outside=outside)
+
+    def distance(self, metrics: Mapping[str, Any]) -> float:
+        """How far the metrics are outside the band, summed over DI, |SPD|, |EOD|, |AOD| (0 inside);
+        an undefined metric counts as 1."""
+        total = 0.0
+        for name, (low, high) in self._bounds().items():
+            value = _finite(metrics.get(name))
+            total += 1.0 if value is None else max(0.0, low - value) + max(0.0, value - high)
+        return total
+
+    def crossed(self, before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
+        """Metrics that crossed the band to its other side (seed 000's DI 0.27 → 1.355)."""
+        crossed = []
+        di0, di1 = _finite(before.get("disparate_impact")), _finite(after.get("disparate_impact"))
+        if di0 is not None and di1 is not None and (
+                (di0 < self.di_low and di1 > self.di_high) or (di0 > self.di_high and di1 < self.di_low)):
+            crossed.append(f"disparate_impact {di0:.3f} → {di1:.3f}")
+        for name in ("statistical_parity_difference", "equal_opportunity_difference", "average_odds_difference"):
+            v0, v1 = _finite(before.get(name)), _finite(after.get(name))
+            if v0 is not None and v1 is not None and abs(v1) > self.max_abs_diff and v0 * v1 < 0:
+                crossed.append(f"{name} {v0:+.3f} → {v1:+.3f}")
+        return crossed
+
+    def _bounds(self) -> dict[str, tuple[float, float]]:
+        return {"disparate_impact": (self.di_low, self.di_high)} | {
+            name: (-self.max_abs_diff, self.max_abs_diff)
+            for name in ("statistical_parity_difference", "equal_opportunity_difference", "average_odds_difference")}
+
+
+def _finite(value: Any) -> float | None:
+    """A metric value as a float, or None when it is undefined, missing or not a finite number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 @dataclass

@@ -82,16 +82,18 @@ def augmentation(name: str, image_size: int) -> Callable[[torch.Tensor], torch.T
 
 
 class LabeledImages(Dataset):
-    """Images streamed from disk with one float label (and optional sample weight) each.
+    """Images streamed from disk with one float label, a sample weight and a group id each.
 
     ``flip`` flips half of the images horizontally; ``transform`` (e.g. :func:`augmentation`) is
-    applied to every image after that.
+    applied to every image after that. ``groups`` (e.g. target × protected) feed group-wise
+    objectives such as :class:`GroupDRO`; without them every image is in group 0.
     """
 
     def __init__(self, stream: ImageStream, labels: np.ndarray, weights: np.ndarray | None = None, flip: bool = False,
-                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None):
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None, groups: np.ndarray | None = None):
         self.stream, self.labels, self.flip, self.transform = stream, labels.astype(np.float32), flip, transform
         self.weights = np.ones(len(labels), np.float32) if weights is None else weights.astype(np.float32)
+        self.groups = np.zeros(len(labels), np.int64) if groups is None else np.asarray(groups, np.int64)
 
     def __len__(self) -> int:
         return len(self.stream)
@@ -102,7 +104,29 @@ class LabeledImages(Dataset):
             image = image.flip(-1)
         if self.transform is not None:
             image = self.transform(image)
-        return image, self.labels[i], self.weights[i]
+        return image, self.labels[i], self.weights[i], self.groups[i]
+
+
+class GroupDRO:
+    """Online group DRO (Sagawa et al., 2020): the loss is Σ_g q_g · loss_g, and after each batch
+    q_g ← q_g · exp(η · loss_g), normalised, so training leans on whichever group is worst now.
+
+    ``step`` is η; the weights q start uniform over ``n_groups`` and persist across batches."""
+
+    def __init__(self, n_groups: int, step: float = 0.01) -> None:
+        self.q = torch.full((n_groups,), 1.0 / n_groups)
+        self.step = step
+
+    def __call__(self, losses: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+        n = len(self.q)
+        q = self.q.to(losses.device)
+        sums = torch.zeros(n, device=losses.device).scatter_add(0, groups, losses)
+        counts = torch.zeros(n, device=losses.device).scatter_add(0, groups, torch.ones_like(losses))
+        group_loss = sums / counts.clamp_min(1)
+        present = counts > 0
+        q = torch.where(present, q * torch.exp(self.step * group_loss.detach()), q)
+        self.q = (q / q.sum()).detach().cpu()
+        return (self.q.to(losses.device) * group_loss).sum()
 
 
 def group_balanced_weights(*columns: np.ndarray) -> np.ndarray:
@@ -182,16 +206,21 @@ def train_classifier(dataset: FaceDataset, target: str, config: TrainConfig = Tr
 
 def train_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer,
                 sched: torch.optim.lr_scheduler.LRScheduler | None, device: torch.device, *, stage: str = "train",
-                progress: Progress | None = None) -> float:
-    """One pass over ``loader`` (batches of image, label, weight) with the weighted BCE loss; the
-    mean loss per image. The caller puts the model in train mode (or partly in eval mode)."""
+                progress: Progress | None = None, objective: GroupDRO | None = None) -> float:
+    """One pass over ``loader`` (batches of image, label, weight, group) with the weighted BCE
+    loss, or ``objective`` over the per-image losses and groups; the mean objective per image. The
+    caller puts the model in train mode (or partly in eval mode)."""
     loss_fn = nn.BCEWithLogitsLoss(reduction="none")
     total, count = 0.0, 0
-    for step, (x, y, w) in enumerate(loader):
+    for step, (x, y, w, g) in enumerate(loader):
         x, y, w = x.to(device, non_blocking=True), y.to(device), w.to(device)
         with torch.autocast(device.type, enabled=device.type == "cuda"):
+            losses = loss_fn(model(x).float(), y)
+        if objective is not None:
+            loss = objective(losses, g.to(device))
+        else:
             # clamp: a batch whose weights are all 0 contributes nothing instead of a NaN loss
-            loss = (loss_fn(model(x).float(), y) * w).sum() / w.sum().clamp_min(1e-12)
+            loss = (losses * w).sum() / w.sum().clamp_min(1e-12)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -1,0 +1,69 @@
+"""The strategy interface: every way of deciding what counterfactual images to make.
+
+A strategy reads the analyzer's context (validation metrics, LIME importances, training group
+counts, memory, the image budget: seed 000's prompt P) and returns a :class:`Proposal`: which
+images to make, per class, how many, at what mix ratio, and everything it produced on the way (the
+LLM's prompt and raw answers, its errors) for the report. ``fairloop run``, ``fairloop chat`` and
+``fairloop experiment`` all call strategies through :meth:`Strategy.propose`; the run's steps
+(:mod:`fairloop.runs.steps`) turn a proposal into images and a fine-tune.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from fairloop.agent.schema import AnalyzerContext, AnalyzerDecision
+
+
+@dataclass
+class Proposal:
+    """What a strategy wants made, and how it came to it.
+
+    ``decision`` holds the plans (label, description, n_images), the negative prompt and the mix
+    ratio. ``text_to_image`` asks for new faces drawn from the descriptions instead of edits of
+    training images matched to the group they fill. ``fell_back`` says the strategy's own answer
+    was not used: the rules decided for an LLM, or nothing was proposed (``llm-raw``)."""
+
+    decision: AnalyzerDecision
+    backend: str                 # who decided: "rules", "local", "openai", "manual", "random", …
+    model: str | None
+    prompt: str                  # the user prompt sent, verbatim; "" without a language model
+    raw: list[str]               # every raw answer received, verbatim (key scrubbed, capped)
+    attempts: int
+    errors: list[str]            # why each rejected attempt was rejected
+    fell_back: bool
+    seconds: float
+    system_prompt: str = ""      # the system message sent, verbatim; "" without a language model
+    strategy: str = ""           # the strategy's name (set by the strategy that returns it)
+    text_to_image: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-safe dict."""
+        return {
+            "strategy": self.strategy or self.backend,
+            "decision": self.decision.model_dump(mode="json"),
+            "backend": self.backend,
+            "model": self.model,
+            "prompt": self.prompt,
+            "system_prompt": self.system_prompt,
+            "raw": list(self.raw),
+            "attempts": int(self.attempts),
+            "errors": list(self.errors),
+            "fell_back": bool(self.fell_back),
+            "seconds": float(self.seconds) if math.isfinite(self.seconds) else None,
+            "text_to_image": bool(self.text_to_image),
+        }
+
+
+class Strategy(Protocol):
+    """Decides what counterfactuals to make. ``rng`` seeds whatever the strategy samples (random
+    edits, an LLM's sampling), so a (seed, arm) pair always proposes the same."""
+
+    name: str
+
+    def propose(self, context: AnalyzerContext, rng: np.random.Generator) -> Proposal: ...

@@ -189,3 +189,17 @@ def test_run_loop_from_the_chat_makes_a_run_that_compare_runs_lists(workspace, t
     assert len(loop["iterations"]) == 1 and "start_test" in loop and "final_test" in loop
     runs = {row["run"]: row for row in results["compare_runs"]["runs"]}
     assert runs[loop["run"]]["iterations"] == 1 and runs["chat-run"]["status"].startswith("unfinished")
+
+
+def test_run_experiment_from_the_chat_answers_with_intervals(workspace, tmp_path):
+    chat, _ = session(workspace, [("run_experiment", {"arms": ["rules", "random"], "seeds": 2, "images": 10}),
+                                  "rules wins, but within the noise"], tmp_path, thread="t8")
+    out = events(chat.send("which strategy works best here?"))
+    approval = [e for e in out if e["kind"] == "question"]
+    assert approval and "3 arms × 2 seeds" in approval[0]["text"]
+    out = events(chat.answer(True))
+    result = json.loads(next(e["text"] for e in out if e["kind"] == "result"))
+    arms = {a["arm"]: a for a in result["ranked_by_worst_group_accuracy"]}
+    assert set(arms) == {"erm", "rules", "random"}
+    assert arms["rules"]["worst_group_accuracy"]["n"] == 2 and "vs_erm" in arms["rules"] and "vs_erm" not in arms["erm"]
+    assert result["report"].endswith("report.html") and (tmp_path / "runs" / result["experiment"] / "table.md").exists()

@@ -124,6 +124,17 @@ def test_audit_without_model_trains_a_baseline_first(pipeline, tmp_path):
     assert (out / "model.safetensors").is_file() and (out / "audit.json").is_file()
 
 
+def test_experiment_command_prints_the_table_and_resumes(synth_root, tmp_path):
+    out = tmp_path / "exp"
+    common = ["--root", synth_root, "--llm", "rules", "--seeds", "0,1", "--images", "8", "--baseline-epochs", "1",
+              "--finetune-epochs", "1", "--threads", "1", "--device", "cpu"]
+    first = invoke("experiment", "--out", out, "--arms", "erm,manual-min", *common)
+    assert "| manual-min | 2 |" in first.output and "Paired differences against `erm`" in first.output
+    assert (out / "report.html").is_file() and (out / "results.csv").read_text().count("\n") == 5
+    again = invoke("experiment", "--resume", out, "--arms", "erm,manual-min,dfr")
+    assert "8 jobs (2 shared ERM models, 6 arm jobs), 6 already done" in again.output and "| dfr | 2 |" in again.output
+
+
 # ------------------------------------------------------------------------------------------ errors
 
 
@@ -175,6 +186,13 @@ def bad_cases(synth_root, tiny_checkpoint, tmp_path_factory) -> dict[str, list]:
                          "--model", tiny_checkpoint, "--device", "cpu", "--out", base / "o9"],
         "train_unknown_target": ["train", "--root", synth_root, "--target", "Mal", "--out", base / "m",
                                  "--device", "cpu"],
+        "experiment_one_seed": ["experiment", "--out", base / "e1", "--seeds", "0", "--llm", "rules"],
+        "experiment_unknown_arm": ["experiment", "--out", base / "e2", "--arms", "erm,oracle", "--llm", "rules"],
+        "experiment_no_folder": ["experiment", "--llm", "rules"],
+        "experiment_resume_nothing": ["experiment", "--resume", base / "e3"],
+        "experiment_llm_without_model": ["experiment", "--out", base / "e4", "--arms", "erm,llm", "--llm", "rules"],
+        "run_manual_without_prompts": ["run", "--root", synth_root, "--strategy", "manual", "--llm", "rules",
+                                       "--out", base / "r1"],
         "_corrupt_image": first_test,
     }
 
@@ -190,6 +208,12 @@ EXPECTED = {
     "privileged_3": ["--privileged 3", "use 0 or 1"],
     "other_target": ["was trained for 'Male'", "--target Male"],
     "train_unknown_target": ["unknown target attribute 'Mal'", "did you mean Male"],
+    "experiment_one_seed": ["one seed gives no confidence interval", "--seeds 0,1,2"],
+    "experiment_unknown_arm": ["unknown arm 'oracle'", "groupdro"],
+    "experiment_no_folder": ["say where the experiment goes", "--out EXP"],
+    "experiment_resume_nothing": ["not a fairloop experiment folder"],
+    "experiment_llm_without_model": ["the llm strategy needs a language model", "--llm local"],
+    "run_manual_without_prompts": ["the manual strategy needs the descriptions", "--prompts FILE"],
 }
 #: Run through a real ``python -m fairloop.cli`` process as well; each costs a torch import, so the
 #: other cases run through the same ``main()`` in this process.

@@ -108,6 +108,25 @@ class LoopArgs(BaseModel):
     max_images: int = Field(default=6000, ge=1, le=50000)
 
 
+class ExperimentArgs(BaseModel):
+    arms: list[str] = Field(default_factory=lambda: ["erm", "resampling", "random", "rules"], min_length=2,
+                            max_length=12, description="arms to compare: erm, realft, resampling, reweighing, "
+                                                       "groupdro, dfr, rules, llm, llm-raw, manual-min, random")
+    seeds: int = Field(default=3, ge=2, le=5, description="paired seeds (each trains one ERM model)")
+    images: int = Field(default=500, ge=10, le=5000, description="generated images per image arm and seed")
+
+    @field_validator("arms")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        from fairloop.experiments import ARMS
+
+        unknown = [a for a in value if a not in ARMS or a == "manual"]
+        if unknown or len(set(value)) != len(value):
+            raise ValueError(f"arms must be distinct names from {', '.join(a for a in ARMS if a != 'manual')}; "
+                             f"not {', '.join(unknown) or 'a repeated name'}")
+        return value
+
+
 class NoArgs(BaseModel):
     pass
 
@@ -350,6 +369,58 @@ class Workspace:
                            files=[str(report)])
 
 
+    def experiment_config(self, args: ExperimentArgs):
+        """The experiment a chat asks for: the run's data, scenario and generator, the thread's arms."""
+        from fairloop.experiments import ExperimentConfig, ScenarioSpec
+
+        cfg = self.services.config
+        arms = tuple(dict.fromkeys(["erm", *args.arms]))  # erm is the reference every difference is taken against
+        return ExperimentConfig(arms=arms, seeds=tuple(range(args.seeds)),
+                                scenarios=(ScenarioSpec(cfg.target, cfg.protected, None),), dataset=cfg.dataset,
+                                root=cfg.root, csv=cfg.csv, generator=cfg.generator,
+                                generator_model=cfg.generator_model, images=args.images, llm=cfg.llm,
+                                llm_model=cfg.llm_model, llm_base_url=cfg.llm_base_url, arch=cfg.arch,
+                                baseline_epochs=cfg.baseline_epochs, finetune_epochs=cfg.finetune_epochs,
+                                device=cfg.device)
+
+    def run_experiment(self, args: ExperimentArgs, state: dict[str, Any]) -> ToolOutcome:
+        """A small fixed-protocol experiment on this run's data, in a folder next to the run; it
+        answers "which strategy works best here?" with intervals, not with one run."""
+        from fairloop.experiments import open_experiment, run_experiment
+
+        config = self.experiment_config(args)
+        try:
+            config.validate()
+        except FairloopError as error:
+            raise ToolError(f"{error.problem} ({error.fix})") from None
+        from fairloop.manifest import config_hash
+
+        folder = self.folder.resolve().parent / f"{self.folder.name}-exp-{config_hash(config.as_dict())[:10]}"
+        config = open_experiment(folder, config, resume=(folder / "experiment.json").exists())
+        summary = run_experiment(config, folder, progress=self.services.progress, log=self.services.log)
+        arms = []
+        for s in summary["arms"]:
+            wga = s["metrics"]["worst_group_accuracy"]
+            entry = {"arm": s["arm"], "worst_group_accuracy": _interval(wga),
+                     "accuracy": _interval(s["metrics"]["accuracy"]), "in_band": f"{s['in_band']}/{s['n']}"}
+            if s["paired"]:
+                diff = s["paired"]["worst_group_accuracy"]
+                entry["vs_erm"] = {"difference": _interval(diff), "wins": f"{diff['wins']}/{diff['seeds']}",
+                                   "within_noise": diff["within_noise"]}
+            arms.append(entry)
+        arms.sort(key=lambda e: -(e["worst_group_accuracy"]["mean"] or 0))
+        return ToolOutcome({"experiment": folder.name, "split": "test", "seeds": args.seeds, "images": args.images,
+                            "ranked_by_worst_group_accuracy": arms, "table": str(folder / "table.md"),
+                            "report": str(folder / "report.html"),
+                            "note": "means with 95 % t-intervals over seeds; a difference whose interval contains 0 "
+                                    "is within the noise"}, files=[str(folder / "report.html")])
+
+
+def _interval(interval: dict[str, Any]) -> dict[str, Any]:
+    rounded = {k: None if interval[k] is None else round(float(interval[k]), 4) for k in ("mean", "low", "high")}
+    return rounded | {"n": interval["n"]}
+
+
 # --- the tool table ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ChatTool:
@@ -407,6 +478,12 @@ TOOLS = (
     ChatTool("run_loop", "Run the autonomous mitigation loop from the current model (analyze, generate, "
              "fine-tune until fair) and write its report.", LoopArgs, Workspace.run_loop,
              lambda ws, a, s: f"Run the mitigation loop ({a.max_iterations} iterations, up to {a.max_images} images)?"),
+    ChatTool("run_experiment", "Compare strategies and baselines on this run's data: each arm over several "
+             "paired seeds (one ERM model each), with 95 % intervals; answers which strategy works best here.",
+             ExperimentArgs, Workspace.run_experiment,
+             lambda ws, a, s: f"Run an experiment: {len(set(['erm', *a.arms]))} arms × {a.seeds} seeds, "
+                              f"{a.images} images per image arm, with the {ws.services.config.generator} generator "
+                              "(each seed trains a baseline first)?"),
 )
 TOOLS_BY_NAME = {tool.name: tool for tool in TOOLS}
 

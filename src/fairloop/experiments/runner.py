@@ -93,7 +93,9 @@ def run_experiment(config: ExperimentConfig, out: Path, *, progress: Callable[[s
                                                                           "machine_cpus": torch.get_num_threads()}))
     jobs = plan_jobs(config)
     todo = [job for job in jobs if read_result(job.folder(out) / "result.json", job) is None]
-    log(f"{len(jobs)} jobs, {len(jobs) - len(todo)} already done; writing to {out}")
+    shared = sum(job.arm == "ERM" for job in jobs)
+    log(f"{len(jobs)} jobs ({shared} shared ERM models, {len(jobs) - shared} arm jobs), {len(jobs) - len(todo)} "
+        f"already done; writing to {out}")
     roots: dict[str, str] = {}
     start = time.perf_counter()
     for done, job in enumerate(todo):

@@ -158,3 +158,32 @@ def test_a_damaged_result_is_redone_not_trusted(synth_root, tmp_path):
     summary = run_experiment(config, out, log=lambda line: None)
     after = json.loads(result.read_text())
     assert summary["jobs"] == 4 and after["metrics"] == before["metrics"]  # redone, and deterministic
+
+
+def test_ray_gives_the_same_results_as_in_process(synth_root, tmp_path):
+    pytest.importorskip("ray", reason="Ray is the optional [ray] extra")
+    config = tiny_experiment(synth_root, arms=("erm", "groupdro", "rules"))
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    run_experiment(open_experiment(local, config, resume=False), local, log=lambda line: None)
+    lines: list[str] = []
+    run_experiment(open_experiment(remote, config, resume=False), remote, executor="ray", log=lines.append)
+    assert any(line.startswith("Ray: 8 tasks") for line in lines)
+
+    def numbers(folder):
+        with open(folder / "results.csv") as f:
+            return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+    assert numbers(local) == numbers(remote) and len(numbers(local)) == 6
+    assert json.loads((remote / "experiment.json").read_text())["executor"] == "ray"
+
+
+def test_loop_protocol_runs_the_whole_loop_per_arm(synth_root, tmp_path):
+    out = tmp_path / "exp"
+    config = tiny_experiment(synth_root, arms=("erm", "rules"), protocol="loop", images=20, max_iterations=1)
+    summary = run_experiment(open_experiment(out, config, resume=False), out, log=lambda line: None)
+    rules = json.loads((out / "jobs" / "Male-Gray_Hair" / "rules" / "s0" / "result.json").read_text())
+    run = out / "jobs" / "Male-Gray_Hair" / "rules" / "s0"
+    assert (run / "summary.json").is_file() and (run / "report.html").is_file()  # a whole fairloop run
+    assert rules["iterations"] == 1 and rules["status"] and rules["n_made"] <= 20
+    assert rules["metrics"] == json.loads((run / "summary.json").read_text())["final"]
+    assert {s["arm"] for s in summary["arms"]} == {"erm", "rules"}

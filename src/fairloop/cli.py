@@ -374,7 +374,9 @@ def experiment(
     n: Annotated[int, typer.Option("--n", help="SynthFaces images per scenario.")] = 12000,
     finetune_epochs: Annotated[int, typer.Option("--finetune-epochs")] = 2,
     baseline_epochs: Annotated[int, typer.Option("--baseline-epochs")] = 8,
-    threads: Annotated[int, typer.Option("--threads", help="torch threads in every job (recorded: thread counts change float rounding).")] = 2,
+    threads: Annotated[int, typer.Option("--threads", help="torch threads (and Ray CPUs) of every job; recorded, since thread counts change float rounding.")] = 2,
+    executor: Annotated[str, typer.Option("--executor", help="local: jobs one after another in this process; ray: one Ray task per job (pip install -e '.[ray]').")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="An existing Ray cluster (e.g. ray://head:10001 or auto); default: a local Ray started for this experiment.")] = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """Compare counterfactual strategies and debiasing baselines: arms × seeds × scenarios, with 95 % CIs."""
@@ -421,7 +423,8 @@ def experiment(
 
         check_available()
     with _progress() as progress:
-        summary = run_experiment(config, folder, progress=progress, log=lambda line: console.print(line, markup=False))
+        summary = run_experiment(config, folder, executor=executor, ray_address=ray_address, progress=progress,
+                                 log=lambda line: console.print(line, markup=False))
     console.print((folder / "table.md").read_text(), markup=False, highlight=False)
     console.print(f"wrote {folder / 'results.csv'}, {folder / 'table.md'} and {folder / 'report.html'} "
                   f"({summary['jobs']} jobs)")

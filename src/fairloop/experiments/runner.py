@@ -81,22 +81,38 @@ def open_experiment(out: Path, config: ExperimentConfig | None, *, resume: bool)
     return config.validate()
 
 
-def run_experiment(config: ExperimentConfig, out: Path, *, progress: Callable[[str, int, int], None] | None = None,
+EXECUTORS = ("local", "ray")
+
+
+def run_experiment(config: ExperimentConfig, out: Path, *, executor: str = "local", ray_address: str | None = None,
+                   progress: Callable[[str, int, int], None] | None = None,
                    log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every job without a result (in this process, one after another), then write the tables."""
-    import torch
+    """Run every job without a result, then write the tables. ``local`` runs the jobs in this
+    process one after another; ``ray`` submits them to Ray (:mod:`fairloop.experiments.ray_executor`).
+    Both give the same ``result.json`` for the same job: the executor decides where, not what."""
+    import os
 
     from fairloop.manifest import build_manifest
 
+    if executor not in EXECUTORS:
+        raise ConfigError(f"unknown --executor {executor!r}", f"use one of {', '.join(EXECUTORS)}")
     out.mkdir(parents=True, exist_ok=True)
-    save_experiment(out, config, build_manifest(config.as_dict(), threads={"torch": config.threads,
-                                                                          "machine_cpus": torch.get_num_threads()}))
+    save_experiment(out, config, build_manifest(config.as_dict(), executor=executor, ray_address=ray_address,
+                                                threads={"torch_per_job": config.threads,
+                                                         "machine_cpus": os.cpu_count()}))
     jobs = plan_jobs(config)
     todo = [job for job in jobs if read_result(job.folder(out) / "result.json", job) is None]
     shared = sum(job.arm == "ERM" for job in jobs)
     log(f"{len(jobs)} jobs ({shared} shared ERM models, {len(jobs) - shared} arm jobs), {len(jobs) - len(todo)} "
         f"already done; writing to {out}")
     roots: dict[str, str] = {}
+    if executor == "ray":
+        from fairloop.experiments.ray_executor import run_on_ray
+
+        for scenario in dict.fromkeys(job.scenario for job in todo):  # data first, once, on this machine
+            roots[scenario.key] = scenario_root(config, scenario, out, log)
+        run_on_ray(config, out, todo, roots, address=ray_address, progress=progress, log=log)
+        return write_outputs(config, out)
     start = time.perf_counter()
     for done, job in enumerate(todo):
         if progress:
@@ -209,4 +225,4 @@ def markdown_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["METRICS", "collect", "open_experiment", "plan_jobs", "run_experiment", "write_outputs"]
+__all__ = ["EXECUTORS", "METRICS", "collect", "open_experiment", "plan_jobs", "run_experiment", "write_outputs"]

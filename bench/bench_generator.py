@@ -119,7 +119,7 @@ def edits(pipe, oracle, cfg, n: int, seed: int) -> dict:
     from fairloop.data.synthfaces import render_face, sample_attributes
     from fairloop.diffusion.captions import caption
     from fairloop.diffusion.embedded import DEFAULT_STRENGTH
-    from fairloop.tools.generate import apply_edits
+    from fairloop.generators import apply_edits
 
     column = {a: j for j, a in enumerate(oracle.attributes)}
     rng = np.random.default_rng(seed)

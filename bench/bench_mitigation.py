@@ -40,9 +40,9 @@ import numpy as np
 from fairloop.data.datasets import FaceDataset, load_dataset
 from fairloop.data.synthfaces import Scenario, write_synthfaces
 from fairloop.io import atomic_write_json
+from fairloop.runs import RunConfig
 from fairloop.tools.metrics import FairBand, fairness_report
 from fairloop.vision.train import TrainConfig, group_balanced_weights, predict_proba, train_classifier
-from fairloop.runs import RunConfig
 
 TARGET, PROTECTED, PRIVILEGED = "Male", "Gray_Hair", 1
 BASELINES = ("ERM", "Reweighing (AIF360)", "group-balanced resampling", "standard augmentation")

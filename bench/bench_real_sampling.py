@@ -26,8 +26,8 @@ def main() -> None:
 
     import pandas as pd
 
-    from fairloop.runs import RunConfig
     from fairloop.data import load_dataset
+    from fairloop.runs import RunConfig
     from fairloop.tools.finetune import FinetuneConfig, finetune
     from fairloop.tools.metrics import fairness_report
     from fairloop.vision.models import load_checkpoint

@@ -13,6 +13,7 @@ from torch import nn
 
 from fairloop.data.datasets import FaceDataset
 from fairloop.errors import ConfigError
+from fairloop.report.audit_html import write_audit
 from fairloop.tools.audit import AuditResult, audit
 from fairloop.tools.metrics import METRIC_NAMES
 from fairloop.vision.models import load_checkpoint
@@ -200,7 +201,7 @@ def test_misclassified_lists_confident_errors_per_group(shortcut):
 
 def test_write_creates_json_html_and_csv(shortcut, tmp_path):
     out = tmp_path / "audit"
-    paths = shortcut.write(out)
+    paths = write_audit(shortcut, out)
     assert sorted(os.listdir(out)) == ["audit.html", "audit.json", "predictions.csv"]  # no temp files left
     assert paths == {"json": out / "audit.json", "html": out / "audit.html", "predictions": out / "predictions.csv"}
 
@@ -224,7 +225,7 @@ def test_write_creates_json_html_and_csv(shortcut, tmp_path):
 
 
 def test_write_with_json_path_puts_the_json_there(result, tmp_path):
-    paths = result.write(tmp_path / "out", json_path=tmp_path / "elsewhere" / "summary.json")
+    paths = write_audit(result, tmp_path / "out", json_path=tmp_path / "elsewhere" / "summary.json")
     assert paths["json"] == tmp_path / "elsewhere" / "summary.json"
     assert json.loads(paths["json"].read_text())["protected"] == PROTECTED
     assert sorted(os.listdir(tmp_path / "out")) == ["audit.html", "predictions.csv"]
@@ -232,9 +233,9 @@ def test_write_with_json_path_puts_the_json_there(result, tmp_path):
 
 
 def test_write_replaces_an_earlier_audit(result, tmp_path):
-    result.write(tmp_path)
+    write_audit(result, tmp_path)
     (tmp_path / "audit.json").write_text("old")
-    result.write(tmp_path)
+    write_audit(result, tmp_path)
     assert json.loads((tmp_path / "audit.json").read_text())["target"] == TARGET
     assert sorted(os.listdir(tmp_path)) == ["audit.html", "audit.json", "predictions.csv"]
 

@@ -15,7 +15,7 @@ import torch
 from fairloop.data.synthfaces import ATTRIBUTES, sample_attributes
 from fairloop.diffusion.captions import ACCESSORIES, caption, intended_attributes, training_caption
 from fairloop.errors import ConfigError
-from fairloop.tools.generate import GenerationRequest, make_generator
+from fairloop.generators import GenerationRequest, make_generator
 
 
 # ----------------------------------------------------------------------------------------- captions

@@ -12,7 +12,12 @@ import pytest
 import torch
 
 from fairloop.errors import ConfigError
-from fairloop.experiments import ExperimentConfig, ScenarioSpec, open_experiment, run_experiment
+from fairloop.experiments import (
+    ExperimentConfig,
+    ScenarioSpec,
+    open_experiment,
+    run_experiment,
+)
 from fairloop.experiments.jobs import scale_plans
 from fairloop.experiments.stats import paired, t_interval, unfairness
 from fairloop.tools.finetune import reweighing_weights
@@ -51,9 +56,9 @@ def test_every_image_arm_gets_exactly_the_budget():
 
 
 def test_reweighing_weights_are_aif360s():
+    import pandas as pd
     from aif360.algorithms.preprocessing import Reweighing
     from aif360.datasets import BinaryLabelDataset
-    import pandas as pd
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 500)

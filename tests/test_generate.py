@@ -8,7 +8,8 @@ from PIL import Image
 
 from fairloop.data.synthfaces import ATTRIBUTES, HAIR_STATES, read_identities, render_face
 from fairloop.errors import ConfigError
-from fairloop.tools.generate import GenerationRequest, apply_edits, make_generator, manifest_digest
+from fairloop.generators import GenerationRequest, apply_edits, make_generator
+from fairloop.tools.generate import manifest_digest
 from fairloop.tools.prompt_parser import ATTRIBUTE_PHRASES, attribute_phrase, parse_prompt
 
 

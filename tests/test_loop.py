@@ -158,7 +158,7 @@ def test_a_non_exact_generator_gets_group_balanced_real_images_and_a_bolder_mix(
     fine-tuning draws each (target, protected) group's real images equally often, and it runs at the
     analyzer's mix ratio and at a bolder one."""
     from fairloop.tools import finetune as finetune_module
-    from fairloop.tools.generate import RenderGenerator
+    from fairloop.generators import RenderGenerator
 
     monkeypatch.setattr(RenderGenerator, "exact", False)
     mixes, finetune = [], finetune_module.finetune

@@ -18,7 +18,7 @@ from PIL import Image
 
 from fairloop.diffusion import sd
 from fairloop.errors import ConfigError
-from fairloop.tools.generate import GenerationRequest
+from fairloop.generators import GenerationRequest
 
 WORDS = ["a", "photo", "of", "portrait", "man", "woman", "person", "with", "without", "gray", "hair", "black",
          "blond", "brown", "glasses", "eyeglasses", "smiling", "old", "young", "face", "hat"]

@@ -10,7 +10,7 @@ import pytest
 
 from fairloop.data.synthfaces import ATTRIBUTES, sample_attributes
 from fairloop.tools import sources
-from fairloop.tools.generate import GenerationRequest, make_generator
+from fairloop.generators import GenerationRequest, make_generator
 from fairloop.tools.sources import plan_sources
 
 VOCAB = list(ATTRIBUTES)

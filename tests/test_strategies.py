@@ -8,21 +8,13 @@ import json
 import numpy as np
 import pytest
 from chat_stub import Stub
-from test_analyzer import KEY, good_answer, make_ctx
+from test_analyzer import KEY, _no_proxy, good_answer, make_ctx  # noqa: F401 (_no_proxy: autouse)
 
 from fairloop.agent.schema import validate_decision
 from fairloop.errors import ConfigError
 from fairloop.runs import RunConfig
 from fairloop.strategies import STRATEGIES, check_strategy, make_strategy
 from fairloop.strategies.fixed import read_manual_prompts, split_budget
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch):
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy",
-                 "OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_API_BASE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
 
 
 @pytest.fixture

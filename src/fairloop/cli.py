@@ -202,7 +202,9 @@ def audit(
                            seed=seed, progress=progress,
                            model_info={"checkpoint": str(model), "arch": meta.get("arch"),
                                        "train_data_hash": meta.get("data_hash")})
-    paths = result.write(out, json_path=json_path)
+    from fairloop.report.audit_html import write_audit
+
+    paths = write_audit(result, out, json_path=json_path)
     console.print(result.metrics.as_rich_table())
     console.print(result.explanation.as_rich_table(top))
     band = result.metrics.in_band()
@@ -271,7 +273,7 @@ def run(
                            **_parse_band(fair_band),
                            baseline=str(baseline) if baseline else None, finetune_epochs=finetune_epochs,
                            memory=str(memory) if memory else None, seed=seed, device=device).validate()
-        from fairloop.tools.generate import make_generator
+        from fairloop.generators import make_generator
 
         # bad input fails before a run folder exists (the generator checks its weights without loading them)
         make_generator(config.generator, model=config.generator_model, device=config.device)

@@ -29,7 +29,6 @@ import logging
 import math
 import re
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError

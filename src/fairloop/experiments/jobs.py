@@ -16,7 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from fairloop.experiments.config import FINETUNE_ARMS, ExperimentConfig, ScenarioSpec, job_seed
+from fairloop.experiments.config import (
+    FINETUNE_ARMS,
+    ExperimentConfig,
+    ScenarioSpec,
+    job_seed,
+)
 from fairloop.io import atomic_write_json
 from fairloop.strategies import STRATEGIES
 
@@ -64,8 +69,8 @@ def run_job(config: ExperimentConfig, job: Job, experiment: Path, root: str, *, 
     start = time.perf_counter()
     folder = RunFolder(job.folder(experiment))
     if job.arm == "ERM":
-        services = RunServices(config.run_config(job.scenario, "erm", job.seed, root, memory=str(folder.path / "memory")),
-                               folder, progress=progress, log=log)
+        run_config = config.run_config(job.scenario, "erm", job.seed, root, memory=str(folder.path / "memory"))
+        services = RunServices(run_config, folder, progress=progress, log=log)
         result = _erm(services)
     else:
         seed = job_seed(job.seed, job.arm)

@@ -63,7 +63,8 @@ def run_on_ray(config: ExperimentConfig, out: Path, todo: list[Job], roots: dict
             ray.get(done)  # a failed task raises here, with its traceback
             finished = len(todo) - len(pending)
             eta = (time.perf_counter() - start) / finished * len(pending)
-            log(f"job {finished}/{len(todo)} done: {keys[done[0]]}" + (f", about {eta / 60:.0f} min left" if pending else ""))
+            left = f", about {eta / 60:.0f} min left" if pending else ""
+            log(f"job {finished}/{len(todo)} done: {keys[done[0]]}{left}")
             if progress:
                 progress("jobs", finished, len(todo))
     finally:

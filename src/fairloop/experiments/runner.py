@@ -17,14 +17,18 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fairloop.errors import ConfigError
-from fairloop.experiments.config import ExperimentConfig, ScenarioSpec, load_experiment, save_experiment
+from fairloop.experiments.config import (
+    ExperimentConfig,
+    ScenarioSpec,
+    load_experiment,
+    save_experiment,
+)
 from fairloop.experiments.jobs import Job, read_result, run_job
 from fairloop.experiments.stats import METRICS, summarize
 from fairloop.io import atomic_write_json, atomic_write_text
@@ -70,7 +74,8 @@ def open_experiment(out: Path, config: ExperimentConfig | None, *, resume: bool)
     stored_path = out / "experiment.json"
     if not resume:
         if stored_path.exists():
-            raise ConfigError(f"{out} already holds an experiment", f"continue it with --resume {out}, or choose another --out")
+            raise ConfigError(f"{out} already holds an experiment",
+                              f"continue it with --resume {out}, or choose another --out")
         return config.validate()
     stored = load_experiment(out)
     if config is None:

@@ -20,8 +20,8 @@ import numpy as np
 
 from fairloop.runs import RunServices
 from fairloop.runs.steps import (
-    compact_metrics,
     analyzer_context,
+    compact_metrics,
     evaluate_model,
     explain_model,
     finetune_model,
@@ -30,6 +30,28 @@ from fairloop.runs.steps import (
     train_baseline,
     train_groups,
 )
+
+
+class Generated(TypedDict):
+    """What the generate node made in one iteration."""
+
+    manifest: str                  # relative path of the iteration's manifest
+    n: int                         # images kept (after the oracle's check)
+    notes: list[str]
+    verification: dict[str, Any] | None
+    iteration: int
+
+
+class Candidate(TypedDict, total=False):
+    """The fine-tuned model of one iteration, before decide accepts or rolls it back."""
+
+    model: str                     # relative path of the checkpoint
+    alpha: float
+    finetune: dict[str, Any]       # FinetuneResult.as_dict()
+    mix_ratio: float
+    iteration: int
+    eval: dict[str, Any]           # {"val": metrics, "test": metrics}
+
 
 class LoopState(TypedDict, total=False):
     iteration: int
@@ -40,9 +62,9 @@ class LoopState(TypedDict, total=False):
     explanation: dict[str, Any]    # AttributeExplanation.as_dict() of the accepted model on val
     initial_explanation: dict[str, Any]
     recalled: list[str]
-    analysis: dict[str, Any]
-    generated: dict[str, Any]
-    candidate: dict[str, Any]
+    analysis: dict[str, Any]       # Proposal.as_dict() of this iteration's strategy, plus its "budget"
+    generated: Generated
+    candidate: Candidate
     iterations: list[dict[str, Any]]
     kept_manifests: list[str]      # counterfactual sets of accepted iterations: they stay in the training data
     images_used: int

@@ -58,7 +58,7 @@ class RunConfig:
             raise ConfigError(f"--stop-margin {self.stop_margin} is not a fraction", "use e.g. 0.4 (0 stops at the band's edge)")
         if not 0 <= self.accuracy_budget < 1:
             raise ConfigError(f"--accuracy-budget {self.accuracy_budget} is not a fraction", "use e.g. 0.01 (1 point)")
-        from fairloop.tools.generate import GENERATORS
+        from fairloop.generators import GENERATORS
 
         if self.generator not in GENERATORS:
             raise ConfigError(f"unknown --generator {self.generator!r}", f"use one of {', '.join(GENERATORS)}")

@@ -30,7 +30,7 @@ class RunServices:
 
     @cached_property
     def generator(self):
-        from fairloop.tools.generate import make_generator
+        from fairloop.generators import make_generator
 
         return make_generator(self.config.generator, model=self.config.generator_model, device=self.config.device)
 

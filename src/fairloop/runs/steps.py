@@ -124,7 +124,7 @@ def make_counterfactuals(services: RunServices, plans: list[dict[str, Any]], neg
 
     Returns ``{"manifest": relative path, "n": images kept, "made": images generated, "notes",
     "verification"}``."""
-    from fairloop.tools.generate import GenerationRequest
+    from fairloop.generators import GenerationRequest
     from fairloop.tools.sources import SourceBatch, plan_sources
 
     cfg = services.config

@@ -9,7 +9,6 @@ logits can be audited.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +16,6 @@ import pandas as pd
 
 from fairloop.data.datasets import FaceDataset
 from fairloop.errors import ConfigError
-from fairloop.io import atomic_write, atomic_write_json, atomic_write_text
 from fairloop.manifest import build_manifest
 from fairloop.tools.explain import AttributeExplanation, explain_attributes
 from fairloop.tools.metrics import FairnessReport, fairness_report
@@ -57,21 +55,6 @@ class AuditResult:
         for (y, a), rows in wrong.groupby(["y_true", "protected"]):
             out[f"{self.target}={y}, {self.protected}={a}"] = rows.nlargest(per_group, "confidence")
         return out
-
-    def write(self, out_dir: str | Path, *, json_path: str | Path | None = None) -> dict[str, Path]:
-        """Write ``audit.json``, ``audit.html`` and ``predictions.csv`` (each atomically)."""
-        from fairloop.report.audit_html import render_audit_html
-
-        out_dir = Path(out_dir)
-        paths = {
-            "json": Path(json_path) if json_path else out_dir / "audit.json",
-            "html": out_dir / "audit.html",
-            "predictions": out_dir / "predictions.csv",
-        }
-        atomic_write_json(paths["json"], self.as_dict())
-        atomic_write_text(paths["html"], render_audit_html(self))
-        atomic_write(paths["predictions"], lambda tmp: self.predictions.to_csv(tmp))
-        return paths
 
 
 def audit(model, dataset: FaceDataset, *, target: str, protected: str, privileged_value: int = 1,

@@ -12,8 +12,8 @@ import time
 import pytest
 
 from fairloop.graphs.loop import run_loop
-from fairloop.runs.steps import BOLDER_MIX, MAX_MIX
 from fairloop.runs import RunConfig, RunFolder, RunServices
+from fairloop.runs.steps import BOLDER_MIX, MAX_MIX
 from fairloop.tools.metrics import FairBand
 
 METRIC_KEYS = ("accuracy", "balanced_accuracy", "disparate_impact", "statistical_parity_difference",
@@ -157,8 +157,8 @@ def test_a_non_exact_generator_gets_group_balanced_real_images_and_a_bolder_mix(
     """Renders passed off as a non-exact generator's images: they are verified by the shipped oracle,
     fine-tuning draws each (target, protected) group's real images equally often, and it runs at the
     analyzer's mix ratio and at a bolder one."""
-    from fairloop.tools import finetune as finetune_module
     from fairloop.generators import RenderGenerator
+    from fairloop.tools import finetune as finetune_module
 
     monkeypatch.setattr(RenderGenerator, "exact", False)
     mixes, finetune = [], finetune_module.finetune

@@ -56,12 +56,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def tiny_sd(tmp_path_factory) -> Path:
     """A random Stable Diffusion checkpoint in diffusers layout (safetensors)."""
-    from diffusers import (
-        AutoencoderKL,
-        DDIMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     work = tmp_path_factory.mktemp("tiny-sd")

@@ -41,7 +41,14 @@ def _console():
 @contextmanager
 def _progress():
     """A rich progress display; yields a ``(stage, done, total)`` callback with one bar per stage."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     with Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("eta"), TimeRemainingColumn(), console=_console(), transient=False) as progress:
@@ -460,8 +467,8 @@ def chat(
     from fairloop.chat.terminal import chat_loop
     from fairloop.chat.tools import Workspace
     from fairloop.errors import ConfigError, DataError
-    from fairloop.runs import RunConfig, RunFolder, RunServices
     from fairloop.llm import make_chat_model, resolve_llm
+    from fairloop.runs import RunConfig, RunFolder, RunServices
 
     console = _console()
     if min(confirm_over, max_images, max_tokens, max_steps) < 0 or max_steps < 1:

@@ -33,12 +33,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from fairloop.agent.schema import (
-    AnalyzerContext,
-    AnalyzerDecision,
-    ClassPlan,
-    validate_decision,
-)
+from fairloop.agent.schema import AnalyzerContext, AnalyzerDecision, ClassPlan, validate_decision
 from fairloop.errors import ConfigError
 from fairloop.llm import content_text, grammar_schema
 from fairloop.prompts import load_prompt

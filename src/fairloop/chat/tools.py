@@ -20,8 +20,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator
 
 from fairloop.errors import FairloopError
-from fairloop.runs import MEMORY_KEYS, RunServices
 from fairloop.io import atomic_write
+from fairloop.runs import MEMORY_KEYS, RunServices
 
 #: Characters of a tool result shown to the model; the full result is in the run folder.
 MAX_RESULT = 2400

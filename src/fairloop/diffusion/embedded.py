@@ -43,8 +43,8 @@ from PIL.PngImagePlugin import PngInfo
 
 from fairloop import minilm
 from fairloop.errors import ConfigError
-from fairloop.io import atomic_write
 from fairloop.generators.base import GenerationResult, Generator, apply_edits, request_edits
+from fairloop.io import atomic_write
 from fairloop.vision.models import resolve_device
 
 IMAGE_SIZE = 64

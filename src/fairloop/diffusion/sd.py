@@ -32,8 +32,8 @@ from PIL import Image, UnidentifiedImageError
 from fairloop.data.datasets import FaceDataset
 from fairloop.data.synthfaces import ATTRIBUTES
 from fairloop.errors import ConfigError, DataError
-from fairloop.io import atomic_write
 from fairloop.generators.base import GenerationRequest, GenerationResult, Generator, apply_edits, request_edits
+from fairloop.io import atomic_write
 from fairloop.vision.models import resolve_device
 
 GIB = 1024**3

@@ -16,12 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from fairloop.experiments.config import (
-    FINETUNE_ARMS,
-    ExperimentConfig,
-    ScenarioSpec,
-    job_seed,
-)
+from fairloop.errors import DataError
+from fairloop.experiments.config import FINETUNE_ARMS, ExperimentConfig, ScenarioSpec, job_seed
 from fairloop.io import atomic_write_json
 from fairloop.strategies import STRATEGIES
 
@@ -78,6 +74,9 @@ def run_job(config: ExperimentConfig, job: Job, experiment: Path, root: str, *, 
         services = RunServices(run_config, folder, progress=progress, log=log)
         erm = Job(job.scenario, "ERM", job.seed)
         erm_result = read_result(erm.folder(experiment) / "result.json", erm)
+        if erm_result is None:
+            raise DataError(f"job {job.key} starts from the ERM model of seed {job.seed}, which has no result yet",
+                            f"run the experiment again with --resume {experiment}: ERM jobs run first")
         model = _adopt(services, RunFolder(erm.folder(experiment)), erm_result["model"])
         if job.arm == "erm":  # its cost is the shared baseline's training
             result = _unchanged(services, model) | {"erm_seconds": erm_result["seconds"]}

@@ -23,12 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fairloop.errors import ConfigError
-from fairloop.experiments.config import (
-    ExperimentConfig,
-    ScenarioSpec,
-    load_experiment,
-    save_experiment,
-)
+from fairloop.experiments.config import ExperimentConfig, ScenarioSpec, load_experiment, save_experiment
 from fairloop.experiments.jobs import Job, read_result, run_job
 from fairloop.experiments.stats import METRICS, summarize
 from fairloop.io import atomic_write_json, atomic_write_text

@@ -18,13 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from fairloop.errors import ConfigError
-from fairloop.generators.base import (
-    GenerationRequest,
-    GenerationResult,
-    Generator,
-    apply_edits,
-    request_edits,
-)
+from fairloop.generators.base import GenerationRequest, GenerationResult, Generator, apply_edits, request_edits
 from fairloop.generators.render import RenderGenerator
 
 GENERATORS = ("embedded", "sd", "render")

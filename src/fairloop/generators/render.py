@@ -10,12 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from fairloop.errors import ConfigError
-from fairloop.generators.base import (
-    GenerationResult,
-    Generator,
-    apply_edits,
-    request_edits,
-)
+from fairloop.generators.base import GenerationResult, Generator, apply_edits, request_edits
 
 
 class RenderGenerator(Generator):
@@ -26,12 +21,7 @@ class RenderGenerator(Generator):
     exact = True
 
     def generate(self, request, out_dir, *, sources=None, progress=None) -> GenerationResult:
-        from fairloop.data.synthfaces import (
-            ATTRIBUTES,
-            read_identities,
-            render_face,
-            sample_attributes,
-        )
+        from fairloop.data.synthfaces import ATTRIBUTES, read_identities, render_face, sample_attributes
 
         request.validate()
         out_dir = Path(out_dir)

@@ -46,11 +46,7 @@ def make_strategy(name: str, *, llm: str = "rules", llm_model: str | None = None
     ``llm`` and ``llm-raw``, ``prompts`` the file of ``manual``."""
     from fairloop.agent.analyzer import RulesAnalyzer, make_analyzer
     from fairloop.strategies.analyzers import AnalyzerStrategy
-    from fairloop.strategies.fixed import (
-        ManualMinStrategy,
-        ManualStrategy,
-        RandomStrategy,
-    )
+    from fairloop.strategies.fixed import ManualMinStrategy, ManualStrategy, RandomStrategy
 
     check_strategy(name, llm=llm, prompts=prompts)
     if name == "rules":

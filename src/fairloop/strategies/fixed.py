@@ -9,13 +9,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from fairloop.agent.analyzer import (
-    NEGATIVE_PROMPT,
-    default_mix,
-    describe,
-    target_noun,
-    train_size,
-)
+from fairloop.agent.analyzer import NEGATIVE_PROMPT, default_mix, describe, target_noun, train_size
 from fairloop.agent.schema import AnalyzerDecision, ClassPlan
 from fairloop.errors import ConfigError
 from fairloop.strategies.base import Proposal

@@ -30,14 +30,7 @@ from fairloop.data.datasets import FaceDataset, ImageStream, read_image
 from fairloop.errors import ConfigError, DataError
 from fairloop.tools.metrics import FairBand, fairness_report
 from fairloop.vision.models import FaceClassifier, resolve_device
-from fairloop.vision.train import (
-    GroupDRO,
-    LabeledImages,
-    Progress,
-    positive_probability,
-    predict_proba,
-    train_epoch,
-)
+from fairloop.vision.train import GroupDRO, LabeledImages, Progress, positive_probability, predict_proba, train_epoch
 
 MODES = ("full", "head")
 REAL_SAMPLING = ("uniform", "balanced")

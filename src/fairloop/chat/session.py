@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,9 +40,10 @@ def check_thread_id(thread: str) -> str:
 
 
 def open_checkpointer(path: Path | None = None):
-    from langgraph.checkpoint.sqlite import SqliteSaver
+    """The thread database (strict deserialization: see :mod:`fairloop.runs.checkpoints`)."""
+    from fairloop.runs.checkpoints import open_checkpoints
 
-    return SqliteSaver(sqlite3.connect(path or threads_db(), check_same_thread=False))
+    return open_checkpoints(path or threads_db())
 
 
 def saved_run(checkpointer, thread: str) -> str | None:

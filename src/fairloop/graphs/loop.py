@@ -357,13 +357,11 @@ def run_loop(services: RunServices) -> dict[str, Any]:
     A run is finished once its report node has run. Any other saved state is continued: even an
     empty ``next`` can mean a node finished but the step's checkpoint was not yet written.
     """
-    import sqlite3
+    from fairloop.runs.checkpoints import open_checkpoints
 
-    from langgraph.checkpoint.sqlite import SqliteSaver
-
-    conn = sqlite3.connect(services.folder.state_db, check_same_thread=False)
+    saver = open_checkpoints(services.folder.state_db)  # strict: a run folder is untrusted input
     try:
-        graph = build_graph(services, SqliteSaver(conn))
+        graph = build_graph(services, saver)
         config = {"configurable": {"thread_id": "loop"}, "recursion_limit": 10 * services.config.max_iterations + 20}
         snapshot = graph.get_state(config)
         if snapshot.values.get("report"):
@@ -371,4 +369,4 @@ def run_loop(services: RunServices) -> dict[str, Any]:
         graph.invoke(None if snapshot.values else {}, config)
         return graph.get_state(config).values
     finally:
-        conn.close()
+        saver.conn.close()

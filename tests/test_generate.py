@@ -106,3 +106,18 @@ def test_the_parser_reads_every_attribute_phrase_fairloop_writes(value):
                             ("a woman with gray hair, ", {"Male": 0, "Gray_Hair": 1})):
             prompt = base + attribute_phrase(name, bool(value))
             assert parse_prompt(prompt, names).edits == {**meant, name: value}, prompt
+
+
+def test_an_empty_image_left_by_a_full_disk_is_redrawn_on_resume(tmp_path, synth_data):
+    from fairloop.generators import GenerationRequest, make_generator
+
+    request = GenerationRequest(prompt="a woman with gray hair", n=3, label=0, target="Male", seed=4,
+                                source_ids=tuple(synth_data.split("train").table.index[:3]))
+    first = make_generator("render").generate(request, tmp_path, sources=synth_data)
+    victim = first.rows[1]["path"]
+    before = open(victim, "rb").read()
+    open(victim, "wb").close()  # what a write cut off by ENOSPC leaves under a non-atomic writer
+    again = make_generator("render").generate(request, tmp_path, sources=synth_data)
+    assert [r["path"] for r in again.rows] == [r["path"] for r in first.rows]
+    assert open(victim, "rb").read() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left behind

@@ -25,6 +25,15 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     return path
 
 
+def finished_file(path: str | Path) -> bool:
+    """Whether ``path`` holds a finished artifact: it exists and is not empty. fairloop writes
+    atomically, so an empty file is another writer's crash (e.g. a full disk), to be redone."""
+    try:
+        return Path(path).stat().st_size > 0
+    except OSError:
+        return False
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 

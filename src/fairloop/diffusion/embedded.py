@@ -44,7 +44,7 @@ from PIL.PngImagePlugin import PngInfo
 from fairloop import minilm
 from fairloop.errors import ConfigError
 from fairloop.generators.base import GenerationResult, Generator, apply_edits, request_edits
-from fairloop.io import atomic_write
+from fairloop.io import atomic_write, finished_file
 from fairloop.vision.models import resolve_device
 
 IMAGE_SIZE = 64
@@ -513,7 +513,7 @@ class EmbeddedGenerator(Generator):
         fixed_strength = (cfg.strength or DEFAULT_STRENGTH) if request.source_ids and not checked else None
         names = [self._file_name(p, request.negative_prompt, s, i, fixed_strength, edit, checked)
                  for p, s, i in zip(prompts, seeds, ids)]
-        todo = [k for k, name in enumerate(names) if not (out_dir / name).exists()]
+        todo = [k for k, name in enumerate(names) if not finished_file(out_dir / name)]
         done = request.n - len(todo)
         for start in range(0, len(todo), cfg.batch_size):
             if self.cancel is not None and self.cancel.is_set():

@@ -33,7 +33,7 @@ from fairloop.data.datasets import FaceDataset
 from fairloop.data.synthfaces import ATTRIBUTES
 from fairloop.errors import ConfigError, DataError
 from fairloop.generators.base import GenerationRequest, GenerationResult, Generator, apply_edits, request_edits
-from fairloop.io import atomic_write
+from fairloop.io import atomic_write, finished_file
 from fairloop.vision.models import resolve_device
 
 GIB = 1024**3
@@ -209,7 +209,7 @@ class SDGenerator(Generator):
                 "steps": self.steps, "guidance": self.guidance, "strength": strength,
             })
 
-        todo = [row for row in result.rows if not Path(row["path"]).exists()]  # resumed runs skip finished images
+        todo = [row for row in result.rows if not finished_file(row["path"])]  # resumed runs skip finished images
         if todo:
             self._draw(todo, request, sources, progress, done=request.n - len(todo))
         return result

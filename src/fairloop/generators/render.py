@@ -11,6 +11,7 @@ import numpy as np
 
 from fairloop.errors import ConfigError
 from fairloop.generators.base import GenerationResult, Generator, apply_edits, request_edits
+from fairloop.io import atomic_write, finished_file
 
 
 class RenderGenerator(Generator):
@@ -56,8 +57,9 @@ class RenderGenerator(Generator):
             attributes = apply_edits(base, edits, rng, avoid=negative)
             key = hashlib.sha256(f"{seed}:{sorted(attributes.items())}".encode()).hexdigest()[:16]
             path = out_dir / f"{key}.png"
-            if not path.exists():  # content-addressed: a resumed run does not redo finished images
-                render_face(attributes, seed).save(path)
+            if not finished_file(path):  # content-addressed: a resumed run does not redo finished images
+                image = render_face(attributes, seed)
+                atomic_write(path, lambda tmp, image=image: image.save(tmp, format="PNG"))
             result.rows.append({
                 "file": path.name, "path": str(path), "prompt": request.prompt,
                 "negative_prompt": request.negative_prompt, "source_id": source_id, "seed": seed,

@@ -38,6 +38,11 @@ def _console():
     return Console(stderr=True, soft_wrap=True)  # soft wrap: messages stay whole when piped or logged
 
 
+def _plain(console):
+    """A log callback that prints lines as they are: "[iteration 2]" is text, not rich markup."""
+    return lambda line: console.print(line, markup=False, highlight=False)
+
+
 @contextmanager
 def _progress():
     """A rich progress display; yields a ``(stage, done, total)`` callback with one bar per stage."""
@@ -340,7 +345,7 @@ def _run_with_progress(config, folder) -> None:
 
     console = _console()
     with _progress() as progress:
-        services = RunServices(config, folder, progress=progress, log=console.print)
+        services = RunServices(config, folder, progress=progress, log=_plain(console))
         state = run_loop(services)
     initial, final = state["initial"]["test"], state["current"]["test"]
     from rich.table import Table
@@ -433,7 +438,7 @@ def experiment(
         check_available()
     with _progress() as progress:
         summary = run_experiment(config, folder, executor=executor, ray_address=ray_address, progress=progress,
-                                 log=lambda line: console.print(line, markup=False))
+                                 log=_plain(console))
     console.print((folder / "table.md").read_text(), markup=False, highlight=False)
     console.print(f"wrote {folder / 'results.csv'}, {folder / 'table.md'} and {folder / 'report.html'} "
                   f"({summary['jobs']} jobs)")
@@ -503,7 +508,7 @@ def chat(
         data.require_attribute(protected, "protected")
         folder = RunFolder(folder_path or Path("runs") / f"chat-{config.run_id()[4:]}")
         folder.save_config(config)
-    services = RunServices(config, folder, progress=_line_progress(console), log=console.print)
+    services = RunServices(config, folder, progress=_line_progress(console), log=_plain(console))
     workspace = Workspace(services, confirm_images=confirm_over, max_images=max_images)
     if export is not None:
         session = ChatSession(ChatAgent(_NoModel(), workspace), thread, checkpointer)
@@ -585,7 +590,7 @@ def generator_train(
     console = _console()
     config = GeneratorTrainConfig(n_images=n, data_seed=seed, ae_steps=ae_steps, decoder_steps=decoder_steps,
                                   unet_steps=unet_steps, threads=threads)
-    train_generator(config, work, out, log=console.print)
+    train_generator(config, work, out, log=_plain(console))
 
 
 @generator_app.command("train-oracle")

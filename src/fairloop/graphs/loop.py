@@ -163,8 +163,9 @@ class MitigationLoop:
                                    iteration=state["iteration"], recalled=state.get("recalled", []),
                                    history=[it["line"] for it in state.get("iterations", [])])
         if cfg.target_band.check(state["current"]["val"]).inside:  # one notion of "fair" in the loop
-            return {"analysis": {"backend": "loop", "model": None, "prompt": "", "raw": [], "attempts": 0, "errors": [],
-                                 "fell_back": False, "seconds": 0.0, "budget": budget, "decision": {
+            return {"analysis": {"strategy": "loop", "backend": "loop", "model": None, "prompt": "", "raw": [],
+                                 "attempts": 0, "errors": [], "fell_back": False, "seconds": 0.0, "budget": budget,
+                                 "text_to_image": False, "decision": {
                                      "diagnosis": "The model is inside the fair band, with its margin, on validation.",
                                      "counterfactuals_needed": False, "shortcut_attributes": [],
                                      "change_attributes": [], "plans": [], "negative_prompt": "", "mix_ratio": 0.0}}}

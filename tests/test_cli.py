@@ -193,6 +193,12 @@ def bad_cases(synth_root, tiny_checkpoint, tmp_path_factory) -> dict[str, list]:
         "experiment_llm_without_model": ["experiment", "--out", base / "e4", "--arms", "erm,llm", "--llm", "rules"],
         "run_manual_without_prompts": ["run", "--root", synth_root, "--strategy", "manual", "--llm", "rules",
                                        "--out", base / "r1"],
+        "train_image_size_3": ["train", "--root", synth_root, "--target", "Male", "--out", base / "m3",
+                               "--image-size", "3", "--device", "cpu"],
+        "train_workers_negative": ["train", "--root", synth_root, "--target", "Male", "--out", base / "m4",
+                                   "--workers", "-1", "--device", "cpu"],
+        "generate_too_many": ["generate", "a woman with gray hair", "-n", "100000", "--generator", "render",
+                              "--out", base / "g1"],
         "_corrupt_image": first_test,
     }
 
@@ -214,6 +220,9 @@ EXPECTED = {
     "experiment_resume_nothing": ["not a fairloop experiment folder"],
     "experiment_llm_without_model": ["the llm strategy needs a language model", "--llm local"],
     "run_manual_without_prompts": ["the manual strategy needs the descriptions", "--prompts FILE"],
+    "train_image_size_3": ["--image-size 3 leaves the network nothing to see", "--image-size 8 or more"],
+    "train_workers_negative": ["--workers -1 is not a number of processes"],
+    "generate_too_many": ["-n 100000 is not a number of images", "another --seed"],
 }
 #: Run through a real ``python -m fairloop.cli`` process as well; each costs a torch import, so the
 #: other cases run through the same ``main()`` in this process.

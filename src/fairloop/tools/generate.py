@@ -14,6 +14,9 @@ from fairloop.data.datasets import FaceDataset
 from fairloop.errors import ConfigError
 from fairloop.generators import GenerationRequest, make_generator
 
+#: The most images one ``fairloop generate`` makes (each is a file; the grid shows them all).
+MAX_IMAGES = 10_000
+
 
 def image_grid(paths: list[str | Path], columns: int = 8, size: int = 64):
     """One PIL image with ``paths`` tiled in rows of ``columns`` (``fairloop generate``'s preview)."""
@@ -42,6 +45,9 @@ def generate_to_folder(prompt: str, *, n: int, out: str | Path, generator: str =
     from fairloop.io import atomic_write_json
     from fairloop.tools.prompt_parser import parse_prompt
 
+    if not 1 <= n <= MAX_IMAGES:
+        raise ConfigError(f"-n {n} is not a number of images this command makes at once",
+                          f"ask for 1 to {MAX_IMAGES} images; run it again with another --seed for more")
     out = Path(out)
     options = {k: v for k, v in {"steps": steps, "guidance": guidance, "strength": strength}.items() if v is not None}
     if generator == "render" and options:

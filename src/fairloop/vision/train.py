@@ -57,6 +57,12 @@ class TrainConfig:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError(f"epochs={self.epochs}, batch_size={self.batch_size}, lr={self.lr} are not usable",
                               "use epochs ≥ 1, batch size ≥ 1 and a positive learning rate")
+        if self.image_size < 8:
+            raise ConfigError(f"--image-size {self.image_size} leaves the network nothing to see",
+                              "use --image-size 8 or more (64 is the default and what fairloop's generators draw)")
+        if self.num_workers < 0:
+            raise ConfigError(f"--workers {self.num_workers} is not a number of processes",
+                              "use --workers 0 (load in this process) or more")
         return self
 
 

@@ -219,3 +219,24 @@ def test_chat_without_any_language_model_is_a_clear_error(synth_root, tmp_path, 
     code, stdout, stderr = run_main(monkeypatch, capsys, ["chat", "--root", synth_root, "--run", tmp_path / "r"])
     assert code == 2 and "needs a language model" in stderr and "--llm openai" in stderr and not (tmp_path / "r").exists()
     assert "Traceback" not in stdout + stderr
+
+
+def test_the_raw_local_analyzer_keeps_the_schema_unnarrowed_and_seeds_its_samples(fake_llama):
+    import numpy as np
+
+    from fairloop.strategies import make_strategy
+
+    reinforcing = {"diagnosis": "Gray_Hair.", "counterfactuals_needed": True, "shortcut_attributes": ["Gray_Hair"],
+                   "change_attributes": ["Gray_Hair"], "negative_prompt": "", "mix_ratio": 0.3,
+                   "plans": [{"label": 1, "description": "a man with gray hair", "n_images": 40}]}
+    seeds = []
+    for _ in range(2):  # the same rng seed asks the same way
+        fake_llama.answers, fake_llama.requests = ["not json", json.dumps(reinforcing)], []
+        proposal = make_strategy("llm-raw", llm="local").propose(make_ctx(), np.random.default_rng(3))
+        seeds.append([r["seed"] for r in fake_llama.requests])
+    assert not proposal.fell_back and proposal.decision.plans[0].description == "a man with gray hair"
+    schema = fake_llama.requests[0]["response_format"]["schema"]
+    assert "const" not in schema["properties"]["counterfactuals_needed"]  # not fixed by the band check
+    assert "enum" not in json.dumps(schema["properties"]["shortcut_attributes"])  # names checked after, not forced
+    assert schema["properties"]["diagnosis"]["maxLength"] <= 600  # bounded, or the model never closes the object
+    assert seeds[0] == seeds[1] and len(set(seeds[0])) == 2

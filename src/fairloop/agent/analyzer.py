@@ -655,10 +655,19 @@ class LocalAnalyzer(LLMAnalyzer):
     def _client_for(self, ctx: AnalyzerContext, attempt: int) -> Any:
         # greedy first; a retry samples (RETRY_TEMPERATURE), since greedy decoding of a small model
         # tends to repeat the rejected answer whatever the feedback says
-        schema = (grammar_schema(AnalyzerDecision.model_json_schema()) if self.raw else decision_grammar(ctx))
+        schema = raw_grammar() if self.raw else decision_grammar(ctx)
         return self._client.model_copy(update={"json_schema": schema,
                                                "temperature": 0.0 if attempt <= 1 else RETRY_TEMPERATURE,
                                                "seed": (self.sampling_seed or 0) + attempt})
+
+
+def raw_grammar() -> dict[str, Any]:
+    """AnalyzerDecision's schema as it is, for ``llm-raw``: nothing the context settles is fixed,
+    only the diagnosis is bounded as in :func:`decision_grammar` (unbounded, the 1.5B model wrote
+    "The model is also biased towards …" until its token limit and never closed the object)."""
+    schema = grammar_schema(AnalyzerDecision.model_json_schema())
+    schema["properties"]["diagnosis"] = {"type": "string", "maxLength": DIAGNOSIS_GRAMMAR_CHARS}
+    return schema
 
 
 def decision_grammar(ctx: AnalyzerContext) -> dict[str, Any]:

@@ -394,45 +394,43 @@ def experiment(
     device: DeviceOpt = "auto",
 ) -> None:
     """Compare counterfactual strategies and debiasing baselines: arms × seeds × scenarios, with 95 % CIs."""
+    from dataclasses import replace
+
     from fairloop.errors import ConfigError
     from fairloop.experiments import BASIC_ARMS, ExperimentConfig, ScenarioSpec, open_experiment, run_experiment
     from fairloop.experiments.config import load_experiment
+    from fairloop.strategies import LLM_STRATEGIES
 
     console = _console()
     if (out is None) == (resume is None):
         raise ConfigError("say where the experiment goes", "pass --out EXP for a new one, or --resume EXP to continue one")
-    folder = out or resume
     try:
         seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
     except ValueError:
         raise ConfigError(f"--seeds {seeds!r} is not a list of numbers", "use e.g. --seeds 0,1,2") from None
-    given = {k for k, v in {"arms": arms, "seeds": seeds != "0,1,2", "scenario": scenario}.items() if v}
-    config = None
-    if resume is None or given:
-        base = load_experiment(resume) if resume is not None else None
+    arm_list = tuple(a.strip() for a in (arms or "").split(",") if a.strip())
+    if resume is not None:  # only arms, seeds and scenarios may change: they add jobs
+        stored = load_experiment(resume)
+        specs = tuple(ScenarioSpec.parse(s, synthetic=stored.root is None) for s in scenario or ())
+        config = replace(stored, arms=arm_list or stored.arms, scenarios=specs or stored.scenarios,
+                         seeds=seed_list if seeds != "0,1,2" else stored.seeds)
+    else:
         from fairloop.llm import resolve_llm
 
-        llm_kind = base.llm if base else resolve_llm(llm, llm_model)
-        synthetic = root is None if base is None else base.root is None
-        specs = tuple(ScenarioSpec.parse(s, synthetic=synthetic) for s in scenario) if scenario else (
-            base.scenarios if base else (ScenarioSpec(target, protected, correlation if synthetic else None),))
-        default_arms = [*BASIC_ARMS, *(("llm", "llm-raw") if llm_kind != "rules" else ()), *(("manual",) if prompts else ())]
-        arm_list = tuple(a.strip() for a in arms.split(",") if a.strip()) if arms else (
-            base.arms if base else tuple(default_arms))
-        if base is not None:
-            from dataclasses import replace
-
-            config = replace(base, arms=arm_list, seeds=seed_list if "seeds" in given else base.seeds, scenarios=specs)
-        else:
-            config = ExperimentConfig(
-                arms=arm_list, seeds=seed_list, scenarios=specs, dataset=dataset,
-                root=str(root.absolute()) if root else None, csv=str(csv) if csv else None, n=n, generator=generator,
-                generator_model=generator_model, protocol=protocol, images=images, mix_ratio=mix_ratio,
-                reference=reference, llm=llm_kind, llm_model=llm_model, llm_base_url=llm_base_url,
-                prompts=str(prompts.absolute()) if prompts else None, baseline_epochs=baseline_epochs,
-                finetune_epochs=finetune_epochs, threads=threads, device=device)
+        llm_kind = resolve_llm(llm, llm_model)
+        specs = tuple(ScenarioSpec.parse(s, synthetic=root is None) for s in scenario or ()) or (
+            ScenarioSpec(target, protected, correlation if root is None else None),)
+        default_arms = (*BASIC_ARMS, *(LLM_STRATEGIES if llm_kind != "rules" else ()), *(("manual",) if prompts else ()))
+        config = ExperimentConfig(
+            arms=arm_list or default_arms, seeds=seed_list, scenarios=specs, dataset=dataset,
+            root=str(root.absolute()) if root else None, csv=str(csv) if csv else None, n=n, generator=generator,
+            generator_model=generator_model, protocol=protocol, images=images, mix_ratio=mix_ratio,
+            reference=reference, llm=llm_kind, llm_model=llm_model, llm_base_url=llm_base_url,
+            prompts=str(prompts.absolute()) if prompts else None, baseline_epochs=baseline_epochs,
+            finetune_epochs=finetune_epochs, threads=threads, device=device)
+    folder = out or resume
     config = open_experiment(folder, config, resume=resume is not None)
-    if config.llm == "local" and any(a in ("llm", "llm-raw") for a in config.arms):
+    if config.llm == "local" and any(a in LLM_STRATEGIES for a in config.arms):
         from fairloop.llm.local import check_available
 
         check_available()

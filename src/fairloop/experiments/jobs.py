@@ -19,7 +19,6 @@ import numpy as np
 from fairloop.errors import DataError
 from fairloop.experiments.config import FINETUNE_ARMS, ExperimentConfig, ScenarioSpec, job_seed
 from fairloop.io import atomic_write_json
-from fairloop.strategies import STRATEGIES
 
 #: Kept images whose paths a result lists, for the report's examples.
 EXAMPLES = 8
@@ -235,4 +234,4 @@ def _examples(services, manifest: str) -> list[dict[str, Any]]:
     return [{"path": r["path"], "prompt": r.get("prompt", ""), "label": r.get("label")} for r in rows]
 
 
-__all__ = ["Job", "STRATEGIES", "read_result", "run_job", "scale_plans"]
+__all__ = ["Job", "read_result", "run_job", "scale_plans"]

@@ -64,11 +64,11 @@ def scenario_root(config: ExperimentConfig, scenario: ScenarioSpec, experiment: 
 
 
 def open_experiment(out: Path, config: ExperimentConfig | None, *, resume: bool) -> ExperimentConfig:
-    """The experiment folder's config: a new one written, or the stored one (with ``config``'s arms,
-    seeds and scenarios when given: they add jobs, never change finished ones)."""
-    stored_path = out / "experiment.json"
+    """The experiment folder's config: ``config`` for a new folder; for ``resume``, the stored one,
+    or ``config`` when it differs from it only in arms, seeds and scenarios (they add jobs, never
+    change finished ones)."""
     if not resume:
-        if stored_path.exists():
+        if (out / "experiment.json").exists():
             raise ConfigError(f"{out} already holds an experiment",
                               f"continue it with --resume {out}, or choose another --out")
         return config.validate()

@@ -52,9 +52,9 @@ def _forest(arms: list[dict[str, Any]], band: dict[str, float]):
             ax.plot([low, high], [y, y], color="#246", lw=2)
             ax.plot([interval["mean"]], [y], "o", color="#246")
         ax.set_title(label, fontsize=10)
-        ax.set_yticks(range(len(names)), names)
-        ax.invert_yaxis()
         ax.grid(axis="x", color="#eee")
+    axes[0].set_yticks(range(len(names)), names)
+    axes[0].invert_yaxis()  # the axes share y: once puts the first arm on top of every panel
     fig.tight_layout()
     return fig
 

@@ -117,3 +117,8 @@ def test_llm_raw_proposes_nothing_when_no_answer_parses():
         proposal = strategy.propose(make_ctx(), np.random.default_rng(0))
     assert proposal.fell_back and not proposal.decision.counterfactuals_needed and not proposal.decision.plans
     assert len(proposal.errors) == 3
+
+
+def test_a_run_config_without_a_strategy_uses_the_analyzer_its_llm_names():
+    assert RunConfig(llm="openai", llm_model="m").strategy == "llm"
+    assert RunConfig().strategy == "rules" and RunConfig(llm="local", strategy="random").strategy == "random"

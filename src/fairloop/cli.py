@@ -275,7 +275,6 @@ def run(
         if root is None:
             root = _default_synthfaces(seed, console)
         asked, llm = llm, resolve_llm(llm, llm_model)
-        strategy = strategy or ("rules" if llm == "rules" else "llm")
         config = RunConfig(dataset=dataset, root=str(root.absolute()), csv=str(csv) if csv else None, target=target,
                            protected=protected, privileged_value=privileged, generator=generator,
                            generator_model=generator_model, strategy=strategy,

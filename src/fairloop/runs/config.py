@@ -25,7 +25,7 @@ class RunConfig:
     privileged_value: int = 1
     generator: str = "embedded"  # fairloop's own diffusion model; render: the SynthFaces oracle
     generator_model: str | None = None  # sd: checkpoint path or hub id; embedded: other weights
-    strategy: str = "rules"           # what decides the counterfactuals (fairloop.strategies)
+    strategy: str | None = None       # what decides the counterfactuals; None: llm with a language model, else rules
     prompts: str | None = None        # the manual strategy's descriptions
     llm: str = "rules"                # the language model of the llm strategies
     llm_model: str | None = None
@@ -47,6 +47,10 @@ class RunConfig:
     device: str = "auto"
     memory: str | None = None         # memory folder; default $FAIRLOOP_HOME/memory
     explain_rows: int = 200
+
+    def __post_init__(self) -> None:
+        if self.strategy is None:  # the analyzer --llm names decides, as before strategies existed
+            object.__setattr__(self, "strategy", "rules" if self.llm == "rules" else "llm")
 
     def validate(self) -> RunConfig:
         if self.max_iterations < 1 or self.max_images < 0 or self.images_per_iteration < 1:
@@ -98,10 +102,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        if "strategy" not in values:  # a run from before strategies: its --llm was the analyzer
-            values["strategy"] = "rules" if values.get("llm", cls.llm) == "rules" else "llm"
-        return cls(**values)
+        return cls(**{k: v for k, v in data.items() if k in known})  # no strategy (an older run): from its llm
 
     def run_id(self) -> str:
         canonical = json.dumps(self.as_dict(), sort_keys=True)

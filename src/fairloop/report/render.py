@@ -17,9 +17,12 @@ def render_template(name: str, **context) -> str:
 
 
 def figure_png(fig) -> str:
-    """A matplotlib figure as a ``data:`` URI."""
+    """A matplotlib figure as a ``data:`` URI; the figure is closed (pyplot keeps open ones alive)."""
+    import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 

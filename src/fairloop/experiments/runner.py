@@ -24,7 +24,7 @@ from typing import Any
 
 from fairloop.errors import ConfigError
 from fairloop.experiments.config import ExperimentConfig, ScenarioSpec, load_experiment, save_experiment
-from fairloop.experiments.jobs import Job, read_result, run_job
+from fairloop.experiments.jobs import Job, fell_back, read_result, run_job
 from fairloop.experiments.stats import METRICS, summarize
 from fairloop.io import atomic_write_json, atomic_write_text
 
@@ -173,7 +173,7 @@ def results_csv(rows: list[dict[str, Any]], band) -> str:
                          "in_band": band.check(r["metrics"]).inside, "n_generated": r.get("n_generated", 0),
                          "n_made": r.get("n_made", r.get("n_generated", 0)),
                          "oracle_checked": verification.get("checked"), "oracle_passed": verification.get("passed"),
-                         "fell_back": bool((r.get("proposal") or {}).get("fell_back")) or bool(r.get("fallbacks")),
+                         "fell_back": fell_back(r),
                          "alpha": r.get("alpha"), "mix_ratio": r.get("mix_ratio"), "seconds": r.get("seconds"),
                          "threads": r.get("threads")})
     return buffer.getvalue()

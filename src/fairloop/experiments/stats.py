@@ -8,6 +8,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from fairloop.experiments.jobs import fell_back
+
 CONFIDENCE = 0.95
 #: Metrics compared, with the direction that counts as better: "up" (higher), or "fair" (closer
 #: to the fair value: 1 for disparate impact, 0 for differences).
@@ -88,8 +90,7 @@ def summarize(rows: list[dict[str, Any]], *, reference: str, band) -> list[dict[
             "n_generated": t_interval([r.get("n_generated", 0) for r in group]),
             "n_made": t_interval([r.get("n_made", r.get("n_generated", 0)) for r in group]),
             "oracle_pass_rate": passed / checked if checked else None,
-            "fallbacks": sum(bool((r.get("proposal") or {}).get("fell_back")) or int(r.get("fallbacks") or 0) > 0
-                             for r in group),
+            "fallbacks": sum(fell_back(r) for r in group),
             "seconds": t_interval([r.get("seconds") for r in group]),
             "paired": {m: paired(m, {s: r["metrics"].get(m) for s, r in mine.items()},
                                  {s: r["metrics"].get(m) for s, r in ref.items()}) for m in METRICS}

@@ -105,20 +105,17 @@ def run_experiment(config: ExperimentConfig, out: Path, *, executor: str = "loca
     shared = sum(job.arm == "ERM" for job in jobs)
     log(f"{len(jobs)} jobs ({shared} shared ERM models, {len(jobs) - shared} arm jobs), {len(jobs) - len(todo)} "
         f"already done; writing to {out}")
-    roots: dict[str, str] = {}
+    roots = {scenario.key: scenario_root(config, scenario, out, log)  # the data first, once, on this machine
+             for scenario in dict.fromkeys(job.scenario for job in todo)}
     if executor == "ray":
         from fairloop.experiments.ray_executor import run_on_ray
 
-        for scenario in dict.fromkeys(job.scenario for job in todo):  # data first, once, on this machine
-            roots[scenario.key] = scenario_root(config, scenario, out, log)
         run_on_ray(config, out, todo, roots, address=ray_address, progress=progress, log=log)
         return write_outputs(config, out)
     start = time.perf_counter()
     for done, job in enumerate(todo):
         if progress:
             progress("jobs", done, len(todo))
-        if job.scenario.key not in roots:
-            roots[job.scenario.key] = scenario_root(config, job.scenario, out, log)
         elapsed = time.perf_counter() - start
         eta = f", about {elapsed / done * (len(todo) - done) / 60:.0f} min left" if done else ""
         log(f"job {done + 1}/{len(todo)}: {job.key}{eta}")

@@ -178,6 +178,26 @@ def test_an_endpoint_that_keeps_failing_is_retried_then_reported_without_the_key
     assert key not in chat.transcript() and key not in out[-1]["text"]
 
 
+def test_an_endpoint_that_echoes_the_key_leaves_it_in_no_file_and_no_terminal_text(workspace, tmp_path):
+    from chat_stub import Stub
+
+    from fairloop.llm.endpoint import endpoint_chat_model
+
+    key = "sk-echo-" + "q" * 30
+    script = [{"tool": "recall", "args": {"query": f"runs with {key}"}}, f"Your key is {key} and the rest is fine."]
+    with Stub(script) as stub:
+        client, where, scrub = endpoint_chat_model("stub-model", base_url=stub.url, api_key=key, timeout=5)
+        chat = ChatSession(ChatAgent(client, workspace, where=where, scrub=scrub), "t9",
+                           open_checkpointer(tmp_path / "threads.sqlite"))
+        out = events(chat.send("what is my key?"))
+    assert stub.requests and any(e["kind"] == "token" for e in out)        # the answer was streamed
+    shown = "".join(e.get("text", "") + json.dumps(e.get("args", {})) for e in out)
+    assert key not in shown and "[redacted]" in shown
+    assert "Your key is [redacted] and the rest is fine." in "".join(e["text"] for e in out if e["kind"] == "token")
+    saved = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert saved and not [p for p in saved if key.encode() in p.read_bytes()]
+
+
 def test_run_loop_from_the_chat_makes_a_run_that_compare_runs_lists(workspace, tmp_path):
     chat, _ = session(workspace, [("audit", {}), ("run_loop", {"max_iterations": 1, "max_images": 40}),
                                   ("compare_runs", {}), "done"], tmp_path, thread="t7")

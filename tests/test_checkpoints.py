@@ -1,4 +1,5 @@
-"""A planted checkpoint must not run code: run folders and thread databases are untrusted input."""
+"""Run state is untrusted and fragile input: a planted checkpoint must not run code, and a locked,
+damaged or emptied run folder must stop with a clear error instead of being run twice or restarted."""
 
 from __future__ import annotations
 
@@ -90,3 +91,90 @@ def test_resuming_a_run_or_a_chat_thread_with_a_planted_checkpoint_runs_no_code(
     state = run_loop(services)  # "finished before": it only reads the state
     assert state["report"] and type(state["recalled"][0]).__name__ != "Planted"
     assert not marker.exists(), "resuming the run rebuilt a planted object"
+
+
+@pytest.fixture
+def services(tmp_path):
+    from fairloop.runs import RunConfig, RunFolder, RunServices
+
+    return RunServices(RunConfig(root=str(tmp_path), generator="render"), RunFolder(tmp_path / "run"))
+
+
+def test_a_second_process_on_a_locked_run_folder_is_told_who_holds_it(services):
+    import os
+
+    from fairloop.errors import DataError
+    from fairloop.graphs.loop import run_loop
+
+    with services.folder.lock():
+        with pytest.raises(DataError) as info:
+            run_loop(services)
+    assert f"in use by another fairloop process (PID {os.getpid()})" in info.value.problem
+    assert "resume" in info.value.fix
+    with services.folder.lock():  # released: the next run gets it
+        pass
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_damaged_checkpoint_database_stops_the_run_with_a_clear_error(services, damage):
+    from fairloop.errors import DataError
+    from fairloop.graphs.loop import build_graph, run_loop
+
+    db = services.folder.state_db
+    if damage == "garbage":
+        db.write_bytes(b"this is not SQLite " * 200)
+    else:
+        saver = open_checkpoints(db)
+        build_graph(services, saver).update_state({"configurable": {"thread_id": "loop"}}, {"iteration": 1},
+                                                  as_node="setup")
+        saver.conn.close()
+        db.write_bytes(db.read_bytes()[:3000])
+    with pytest.raises(DataError) as info:
+        run_loop(services)
+    assert "is not a readable checkpoint database" in info.value.problem and "--out" in info.value.fix
+
+
+def test_an_emptied_checkpoint_database_is_not_silently_restarted(services):
+    from fairloop.errors import DataError
+    from fairloop.graphs.loop import run_loop
+
+    for node in ("setup", "measure", "explain"):
+        services.folder.trace(node, 0, 1.0, {})
+    services.folder.state_db.write_bytes(b"")
+    with pytest.raises(DataError) as info:
+        run_loop(services)
+    assert "trace of 3 finished steps" in info.value.problem and "restore state.sqlite" in info.value.fix
+
+
+def test_a_node_traced_twice_after_a_kill_counts_once(services):
+    services.folder.trace("setup", 0, 1.0, {"try": 1})
+    services.folder.trace("measure", 0, 1.0, {})
+    services.folder.trace("measure", 0, 2.0, {"try": 2})   # killed before its checkpoint, run again
+    trace = services.folder.read_trace()
+    assert [(t["node"], t["result"]) for t in trace] == [("setup", {"try": 1}), ("measure", {"try": 2})]
+
+
+def test_a_deleted_model_or_image_names_a_fix_that_can_be_carried_out(services):
+    import json
+
+    from fairloop.errors import DataError
+    from fairloop.runs.steps import counterfactual_table
+
+    with pytest.raises(DataError) as info:
+        services.load_model("models/0123456789abcdef.safetensors")
+    assert "missing from the run folder" in info.value.problem and "new --out" in info.value.fix
+    manifest = services.folder.path / "manifests" / "it1.json"
+    manifest.write_text(json.dumps({"images": [{"path": "images/gone.png", "label": 1, "protected": 0}]}))
+    with pytest.raises(DataError) as info:
+        counterfactual_table(services, ["manifests/it1.json"])
+    assert "the counterfactual image images/gone.png is missing" in info.value.problem
+
+
+def test_a_damaged_thread_database_is_a_clear_error(tmp_path):
+    from fairloop.chat.session import open_checkpointer, saved_run
+    from fairloop.errors import DataError
+
+    database = tmp_path / "threads.sqlite"
+    database.write_bytes(b"\x00garbage" * 500)
+    with pytest.raises(DataError, match="thread database is not readable"):
+        saved_run(open_checkpointer(database), "t1")

@@ -170,6 +170,8 @@ def bad_cases(synth_root, tiny_checkpoint, tmp_path_factory) -> dict[str, list]:
     first_test = next(name for name, code in zip(partition[::2], partition[1::2]) if code == "2")
     (corrupt / "img_align_celeba" / first_test).write_bytes(b"\x00 this is not a JPEG " * 10)
 
+    a_file = base / "a_file"
+    a_file.write_text("not a folder")
     audit = ["audit", "--target", "Male", "--protected", "Gray_Hair", "--model", tiny_checkpoint,
              "--bootstrap", "0", "--explain-rows", "10", "--device", "cpu"]
     return {
@@ -199,6 +201,15 @@ def bad_cases(synth_root, tiny_checkpoint, tmp_path_factory) -> dict[str, list]:
                                    "--workers", "-1", "--device", "cpu"],
         "generate_too_many": ["generate", "a woman with gray hair", "-n", "100000", "--generator", "render",
                               "--out", base / "g1"],
+        "audit_out_is_a_file": [*audit, "--root", synth_root, "--out", a_file],
+        "train_out_under_a_file": ["train", "--root", synth_root, "--target", "Male", "--out", a_file / "model",
+                                   "--device", "cpu"],
+        "synth_out_is_a_file": ["data", "synth", "--out", a_file, "--n", "200"],
+        "generate_out_under_a_file": ["generate", "a woman", "-n", "2", "--generator", "render",
+                                      "--out", a_file / "g"],
+        "run_out_is_a_file": ["run", "--root", synth_root, "--llm", "rules", "--out", a_file],
+        "experiment_out_is_a_file": ["experiment", "--out", a_file, "--llm", "rules"],
+        "chat_export_to_a_folder": ["chat", "--thread", "no-such-thread", "--export", base],
         "_corrupt_image": first_test,
     }
 
@@ -223,6 +234,13 @@ EXPECTED = {
     "train_image_size_3": ["--image-size 3 leaves the network nothing to see", "--image-size 8 or more"],
     "train_workers_negative": ["--workers -1 is not a number of processes"],
     "generate_too_many": ["-n 100000 is not a number of images", "another --seed"],
+    "audit_out_is_a_file": ["a_file is a file, not a folder"],
+    "train_out_under_a_file": ["lies under", "a_file, which is a file"],
+    "synth_out_is_a_file": ["a_file is a file, not a folder"],
+    "generate_out_under_a_file": ["lies under"],
+    "run_out_is_a_file": ["a_file is a file, not a folder"],
+    "experiment_out_is_a_file": ["a_file is a file, not a folder"],
+    "chat_export_to_a_folder": ["is a folder, not a file", "--export a file path"],
 }
 #: Run through a real ``python -m fairloop.cli`` process as well; each costs a torch import, so the
 #: other cases run through the same ``main()`` in this process.

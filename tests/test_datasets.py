@@ -702,3 +702,61 @@ def test_fingerprint_changes_with_the_split_and_the_ids(tmp_path):
 def test_fingerprint_of_a_split_differs_from_the_whole(celeba):
     assert celeba.split("train").fingerprint() != celeba.fingerprint()
     assert celeba.split("train").fingerprint() == celeba.split("train").fingerprint()
+
+
+# ---------------------------------------------------------------------- hostile or damaged tables
+
+
+def _celeba_with(tmp_path, *, attr_lines=None, partition_text=None) -> Path:
+    root = write_celeba(tmp_path / "c")
+    if attr_lines is not None:
+        (root / "list_attr_celeba.txt").write_text("\n".join(attr_lines(root)) + "\n")
+    if partition_text is not None:
+        (root / "list_eval_partition.txt").write_text(partition_text)
+    return root
+
+
+def _attr_lines(count: str | None, rows=ROWS):
+    head = [] if count is None else [count]
+    return lambda root: head + [" ".join(NAMES)] + [f"{i} " + " ".join(f"{v:2d}" for v in r) for i, r in rows.items()]
+
+
+DAMAGED_CELEBA = {
+    "partition_extra_field": ({"partition_text": "".join(f"{i} {p} x\n" for i, p in PARTITION.items())},
+                              "3 fields per row, not 2"),
+    "partition_empty": ({"partition_text": ""}, "cannot parse"),
+    "partition_ragged": ({"partition_text": "000001.jpg 0\n000002.jpg 0 7 8\n"}, "cannot parse"),
+    "partition_repeats_an_image": ({"partition_text": "".join(f"{i} {p}\n" for i, p in PARTITION.items())
+                                    + "000001.jpg 2\n"}, "lists image 000001.jpg more than once"),
+    "count_line_wrong": ({"attr_lines": _attr_lines("60")}, "says 60 images, but lists 6"),
+    "count_line_missing": ({"attr_lines": _attr_lines(None)}, "not the image count"),
+    "image_listed_twice": ({"attr_lines": lambda root: _attr_lines("7")(root) + ["000001.jpg " + " ".join(
+                            f"{v:2d}" for v in [1, -1, -1, 1, 1])]}, "lists 1 images more than once"),
+}
+
+
+@pytest.mark.parametrize("case", DAMAGED_CELEBA)
+def test_damaged_celeba_tables_get_a_clear_error(tmp_path, case):
+    changes, words = DAMAGED_CELEBA[case]
+    with pytest.raises(DataError) as info:
+        load_dataset("celeba", _celeba_with(tmp_path, **changes))
+    assert_helpful(info.value, words)
+
+
+@pytest.mark.parametrize("image", ["../outside.png", "/tmp/elsewhere.png", "sub/../../x.png"])
+def test_csv_paths_that_leave_the_dataset_folder_are_refused_unless_allowed(tmp_path, monkeypatch, image):
+    root = write_csv_folder(tmp_path / "d", f"image,Male\na.png,1\n{image},0\n")
+    with pytest.raises(DataError) as info:
+        load_dataset("csv", root)
+    assert_helpful(info.value, "leave the dataset folder", image)
+    assert "FAIRLOOP_IMAGES_OUTSIDE_ROOT=1" in info.value.fix
+    monkeypatch.setenv("FAIRLOOP_IMAGES_OUTSIDE_ROOT", "1")
+    with pytest.raises(DataError, match="missing"):  # allowed now; the file itself does not exist
+        load_dataset("csv", root)
+
+
+def test_csv_with_one_image_twice_is_refused(tmp_path):
+    root = write_csv_folder(tmp_path / "d", "image,Male\na.png,1\nb.png,0\na.png,0\n")
+    with pytest.raises(DataError) as info:
+        load_dataset("csv", root)
+    assert_helpful(info.value, "more than once", "a.png")

@@ -7,6 +7,7 @@ problem and the fix, never as a traceback.
 
 from __future__ import annotations
 
+import errno
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from fairloop.errors import FairloopError
+from fairloop.io import check_destination
 
 app = typer.Typer(help="Debug and repair bias in image classifiers with counterfactual data.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -100,6 +102,7 @@ def data_synth(
     from fairloop.data.synthfaces import Scenario, write_synthfaces
 
     scenario = Scenario(target, spurious, correlation).validate()
+    check_destination(out, folder=True)
     with _progress() as progress:
         folder = write_synthfaces(out, n=n, scenario=scenario, seed=seed, force=force,
                                   progress=lambda done, total: progress("render", done, total))
@@ -138,6 +141,7 @@ def train(
     """Train a baseline classifier for TARGET on the train split (best epoch on val)."""
     data = _load(dataset, root, csv)
     data.require_attribute(target, "target")
+    check_destination(out, folder=False)
 
     from fairloop.vision.train import TrainConfig
 
@@ -194,6 +198,9 @@ def audit(
     data = _load(dataset, root, csv)  # checked before torch is imported, so input errors come at once
     data.require_attribute(target, "target")
     data.require_attribute(protected, "protected")
+    check_destination(out, folder=True)
+    if json_path is not None:
+        check_destination(json_path, folder=False, option="--json")
 
     from fairloop.tools.audit import audit as run_audit
     from fairloop.vision.models import load_checkpoint, resolve_device
@@ -307,7 +314,7 @@ def run(
         if config.generator == "embedded" and not is_synthfaces(config.root):
             console.print("warning: the embedded generator draws 64×64 SynthFaces-like faces, not photos like these; "
                           "for real photos use --generator sd --generator-model PATH_OR_ID on a GPU")
-        out = out or Path("runs") / config.run_id()
+        out = check_destination(out or Path("runs") / config.run_id(), folder=True)
         if (out / "config.json").exists():
             raise DataError(f"{out} already holds a run", f"continue it with --resume {out}, or choose another --out")
         folder = RunFolder(out)
@@ -405,6 +412,7 @@ def experiment(
     console = _console()
     if (out is None) == (resume is None):
         raise ConfigError("say where the experiment goes", "pass --out EXP for a new one, or --resume EXP to continue one")
+    check_destination(out or resume, folder=True)
     try:
         seed_list = tuple(int(s) for s in (seeds or "").split(",") if s.strip())
     except ValueError:
@@ -483,8 +491,10 @@ def chat(
     saved = saved_run(checkpointer, thread)
     if saved and run_dir is not None and Path(saved).resolve() != run_dir.resolve():
         raise ConfigError(f"thread {thread} works in {saved}, not {run_dir}", "leave out --run to resume it, or start a new thread")
-    if export is not None and not saved:
-        raise DataError(f"there is no thread {thread!r} to export", "pass the id that 'fairloop chat' printed")
+    if export is not None:
+        check_destination(export, folder=False, option="--export")
+        if not saved:
+            raise DataError(f"there is no thread {thread!r} to export", "pass the id that 'fairloop chat' printed")
     if export is None:  # the language model first: a missing one fails before a run folder exists
         kind = resolve_llm(llm, llm_model)
         if kind == "rules":
@@ -563,6 +573,7 @@ def generate(
     from fairloop.tools.generate import generate_to_folder
 
     console = _console()
+    check_destination(out, folder=True)
     with _progress() as progress:
         paths = generate_to_folder(prompt, n=n, generator=generator, model=model, negative_prompt=negative,
                                    from_image=from_image, strength=strength, steps=steps, guidance=guidance,
@@ -611,8 +622,20 @@ def generator_train_oracle(
     console.print(f"wrote {folder}; held-out balanced accuracy: lowest {worst[0]} {worst[1]:.3f}")
 
 
+#: Write failures a user can fix (full disk, quota, read-only or forbidden folder), not fairloop bugs.
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 def main() -> None:
     """Entry point: run the app, turning user errors into two readable lines and exit code 2."""
+    import warnings
+
+    def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        from rich.markup import escape  # a plain line, not Python's "file.py:65: UserWarning" and source line
+
+        _console().print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False)
+
+    warnings.showwarning = show_warning
     try:
         app()
     except FairloopError as exc:
@@ -623,8 +646,22 @@ def main() -> None:
         if exc.fix:
             console.print(f"[bold]fix:[/] {escape(exc.fix)}", highlight=False)
         sys.exit(2)
-    except KeyboardInterrupt:
-        _console().print("interrupted")
+    except OSError as exc:
+        if exc.errno not in _DISK_ERRORS:
+            raise
+        from rich.markup import escape
+
+        console = _console()
+        console.print(f"[bold red]error:[/] cannot write {escape(str(exc.filename or 'a file'))}: "
+                      f"{escape(exc.strerror or str(exc))}", highlight=False)
+        console.print("[bold]fix:[/] free space or choose a writable --out, then run the same command again: "
+                      "files are written whole, and finished steps are kept", highlight=False)
+        sys.exit(2)
+    except (KeyboardInterrupt, SystemExit) as exc:  # typer turns Ctrl-C into a silent exit 130
+        if isinstance(exc, SystemExit) and exc.code != 130:
+            raise
+        _console().print("interrupted: finished steps are kept; to continue, run the same command again "
+                         "('fairloop run --resume RUN', 'fairloop experiment --resume EXP')", highlight=False)
         sys.exit(130)
 
 

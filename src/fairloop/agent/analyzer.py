@@ -617,7 +617,7 @@ class OpenAIAnalyzer(LLMAnalyzer):
     """The LLM analyzer on an OpenAI-compatible chat endpoint (``OPENAI_BASE_URL``, ``OPENAI_API_KEY``)."""
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
-                 timeout: float = 120, max_attempts: int = 3, temperature: float = 0.0,
+                 timeout: float | None = None, max_attempts: int = 3, temperature: float = 0.0,
                  max_retries: int = 2, raw: bool = False) -> None:
         from fairloop.llm.endpoint import endpoint_chat_model
 

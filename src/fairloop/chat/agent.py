@@ -31,6 +31,7 @@ from pydantic import ValidationError
 from fairloop.chat.tools import TOOLS, TOOLS_BY_NAME, ToolOutcome, Workspace, call_tool
 from fairloop.io import atomic_write_json
 from fairloop.llm import content_text
+from fairloop.llm.endpoint import Scrubber
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +105,12 @@ class ChatAgent:
     """Builds the graph for one workspace and chat model (anything with LangChain's ``bind_tools``)."""
 
     def __init__(self, chat_model: Any, ws: Workspace, *, budgets: Budgets | None = None, auto_approve: bool = False,
-                 where: str = "", scrub: Any = None) -> None:
+                 where: str = "", scrub: Scrubber | None = None) -> None:
         self.ws = ws
         self.budgets = budgets or Budgets()
         self.auto_approve = auto_approve
         self.where = where
-        self._scrub = scrub or (lambda text: text)
+        self.scrub = scrub or Scrubber()
         self._plain = chat_model
         self._with_tools = chat_model.bind_tools([tool.spec() for tool in TOOLS])
         self._system = SystemMessage(content=system_prompt(ws))
@@ -137,12 +138,21 @@ class ChatAgent:
 
     def _invoke(self, model: Any, messages: list[BaseMessage]) -> AIMessage:
         try:
-            return model.invoke(messages)
+            return self._scrubbed(model.invoke(messages))
         except Exception as error:  # noqa: BLE001 — the endpoint retried with backoff already; say what failed
-            summary = self._scrub(f"{type(error).__name__}: {' '.join(str(error).split())[:300]}")
+            summary = self.scrub(f"{type(error).__name__}: {' '.join(str(error).split())[:300]}")
             log.warning("chat model failed: %s", summary)
             return AIMessage(content=f"The language model failed ({self.where or 'chat model'}): {summary}. "
                                      "Nothing was changed; try again, or check the endpoint.")
+
+    def _scrubbed(self, reply: AIMessage) -> AIMessage:
+        """The reply rebuilt from its text, tool calls and token counts, each scrubbed of the API key:
+        an endpoint that echoes the key must not put it in the thread database, the transcript or the
+        terminal. The provider's raw metadata (which may echo the request) is dropped."""
+        calls = [{**call, "args": json.loads(self.scrub(json.dumps(call.get("args") or {})))}
+                 for call in getattr(reply, "tool_calls", None) or []]
+        return AIMessage(content=self.scrub(content_text(reply.content)), tool_calls=calls, id=reply.id,
+                         usage_metadata=getattr(reply, "usage_metadata", None))
 
     def route_agent(self, state: ChatState) -> str:
         if state.get("stop"):

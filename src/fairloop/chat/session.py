@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from fairloop.errors import ConfigError
+from fairloop.errors import ConfigError, DataError
 from fairloop.io import atomic_write_text, fairloop_home
 from fairloop.llm import content_text
 
@@ -47,8 +47,16 @@ def open_checkpointer(path: Path | None = None):
 
 
 def saved_run(checkpointer, thread: str) -> str | None:
-    """The run folder of a saved thread, or None when the thread is new."""
-    saved = checkpointer.get_tuple({"configurable": {"thread_id": thread}})
+    """The run folder of a saved thread, or None when the thread is new. This is the thread
+    database's first read, so a damaged database is reported here."""
+    import sqlite3
+
+    try:
+        saved = checkpointer.get_tuple({"configurable": {"thread_id": thread}})
+    except sqlite3.DatabaseError as exc:
+        raise DataError(f"the chat's thread database is not readable ({exc})",
+                        "move threads.sqlite under $FAIRLOOP_HOME/chat away (its threads are lost) or restore it "
+                        "from a copy; fairloop then starts a new one") from None
     return (saved.checkpoint.get("channel_values") or {}).get("run") if saved else None
 
 
@@ -86,16 +94,24 @@ class ChatSession:
         yield from self._run(Command(resume="yes" if approve else "no"))
 
     def _run(self, graph_input) -> Iterator[dict[str, Any]]:
-        """Events for the terminal: token, call, result, answer, question."""
-        streamed = False
+        """Events for the terminal: token, call, result, answer, question. Streamed text passes the
+        key scrubber, and its last ``hold`` characters wait until the next token shows they are no key."""
+        scrub = self.agent.scrub
+        streamed, held = False, ""
         for mode, chunk in self.graph.stream(graph_input, self.config, stream_mode=["messages", "updates"]):
             if mode == "messages":
                 message, meta = chunk
                 text = content_text(getattr(message, "content", ""))
                 if meta.get("langgraph_node") in ("agent", "finish") and text and not getattr(message, "tool_calls", None):
-                    streamed = True
-                    yield {"kind": "token", "text": text}
+                    streamed, held = True, scrub(held + text)
+                    cut = len(held) - scrub.hold
+                    if cut > 0:
+                        yield {"kind": "token", "text": held[:cut]}
+                        held = held[cut:]
                 continue
+            if held:
+                yield {"kind": "token", "text": scrub(held)}
+                held = ""
             for node, update in chunk.items():
                 if node == "__interrupt__":
                     for item in update:

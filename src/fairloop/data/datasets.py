@@ -193,12 +193,18 @@ def load_celeba(root: Path) -> FaceDataset:
         if attr_file.suffix == ".csv":
             attrs = pd.read_csv(attr_file, index_col=0)
         else:  # line 1: count, line 2: 40 names, then "000001.jpg -1  1 ..." (one more field than names)
+            with open(attr_file, encoding="utf-8") as f:
+                count = f.readline().strip()
             attrs = pd.read_csv(attr_file, sep=r"\s+", skiprows=1)
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
         raise DataError(f"cannot parse {attr_file} as a CelebA attribute list ({exc})",
                         "the file must have a count line, a line of attribute names, then one ±1 row per image") from None
     if attrs.empty or attrs.shape[1] == 0:
         raise DataError(f"{attr_file} lists no images", "regenerate or re-download the attribute list")
+    if attr_file.suffix != ".csv" and count != str(len(attrs)):
+        said = f"says {count} images" if count.isdigit() else f"starts with {count[:40]!r}, not the image count"
+        raise DataError(f"{attr_file} {said}, but lists {len(attrs)}",
+                        f"make its first line the number of image rows ({len(attrs)}), as CelebA's own file has")
     bad = [c for c in attrs.columns if not set(pd.unique(attrs[c])) <= {-1, 1, 0}]
     if bad:
         raise DataError(f"{attr_file} has values other than ±1 in columns {', '.join(map(str, bad[:5]))}",
@@ -218,11 +224,21 @@ def _read_celeba_partition(root: Path, ids: pd.Index) -> pd.Series:
         warnings.warn(f"{root} has no list_eval_partition.txt: splitting 80/10/10 by a hash of the file name",
                       stacklevel=3)
         return _hash_split(ids)
-    if part_file.suffix == ".csv":
-        part = pd.read_csv(part_file, index_col=0).iloc[:, 0]
-    else:
-        part = pd.read_csv(part_file, sep=r"\s+", header=None, index_col=0).iloc[:, 0]
+    fix = "write one 'IMAGE_ID SPLIT' row per image, SPLIT 0 (train), 1 (val) or 2 (test), as CelebA's own file"
+    try:
+        if part_file.suffix == ".csv":
+            table = pd.read_csv(part_file, index_col=0)
+        else:
+            table = pd.read_csv(part_file, sep=r"\s+", header=None, index_col=0)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"cannot parse {part_file} as a partition list ({' '.join(str(exc).split())[:200]})",
+                        fix) from None
+    if table.shape[1] != 1:
+        raise DataError(f"{part_file} has {table.shape[1] + 1} fields per row, not 2", fix)
+    part = table.iloc[:, 0]
     part.index = part.index.astype(str)
+    if part.index.duplicated().any():
+        raise DataError(f"{part_file} lists image {part.index[part.index.duplicated()][0]} more than once", fix)
     codes = part.reindex(ids)
     if codes.isna().any():
         missing = codes[codes.isna()].index[:3].tolist()
@@ -356,6 +372,15 @@ def _hash_split(ids: pd.Index, fractions: tuple[float, float] = (0.8, 0.1)) -> p
 def _with_paths(attrs: pd.DataFrame, image_dir: Path, split: pd.Series) -> pd.DataFrame:
     """Add ``path`` and ``split`` and check that every listed image exists (one directory scan)."""
     ids = attrs.index.astype(str)
+    repeated = ids[ids.duplicated()]
+    if len(repeated):
+        raise DataError(f"the attribute table lists {len(repeated)} images more than once (e.g. {repeated[0]})",
+                        "keep one row per image: two rows of one image cannot both hold its labels")
+    outside = [i for i in ids if Path(i).is_absolute() or ".." in Path(i).parts]
+    if outside and os.environ.get("FAIRLOOP_IMAGES_OUTSIDE_ROOT") != "1":
+        raise DataError(f"{len(outside)} image paths of the attribute table leave the dataset folder "
+                        f"(e.g. {outside[0]})", "give paths relative to the dataset folder, or set "
+                        "FAIRLOOP_IMAGES_OUTSIDE_ROOT=1 if the table is yours and should reach other folders")
     present = set(os.listdir(image_dir)) if image_dir.is_dir() else set()
     if not present:
         raise DataError(f"image folder {image_dir} is empty", "put the dataset's images there")

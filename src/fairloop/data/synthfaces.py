@@ -21,7 +21,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from fairloop.errors import ConfigError, DataError
+from fairloop.io import work_folder
 
 ATTRIBUTES = (
     "Male", "Young", "Gray_Hair", "Black_Hair", "Blond_Hair", "Brown_Hair", "Bald", "Bangs",
@@ -355,8 +355,7 @@ def write_synthfaces(out: str | Path, *, n: int = 12000, scenario: Scenario = Sc
             raise DataError(f"{out} already exists and is not empty",
                             "choose another --out, or pass --force to replace it")
     table = scenario_table(n, scenario, seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = work_folder(out)
     try:
         images = tmp / "img_align_celeba"
         images.mkdir()

@@ -30,7 +30,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -42,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from fairloop.diffusion.embedded import ASSETS, SCHEDULE, TextEncoder, build_unet, build_vae
-from fairloop.io import atomic_write, atomic_write_json
+from fairloop.io import atomic_write, atomic_write_json, work_folder
 
 Log = Callable[[str], None]
 
@@ -333,8 +332,7 @@ def save_generator(vae, unet, manifest: dict, out: Path, critic=None) -> None:
     from fairloop.tools.quality import ORACLE_WIDTH
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+    tmp = work_folder(out)
     tmp.chmod(0o755)
     copy.deepcopy(vae).half().save_pretrained(tmp / "vae", safe_serialization=True)
     copy.deepcopy(unet).half().save_pretrained(tmp / "unet", safe_serialization=True)

@@ -18,6 +18,7 @@ from typing import Any, TypedDict
 
 import numpy as np
 
+from fairloop.errors import DataError
 from fairloop.runs import RunServices
 from fairloop.runs.steps import (
     analyzer_context,
@@ -356,18 +357,34 @@ def run_loop(services: RunServices) -> dict[str, Any]:
     """Run the loop to its end, or continue it from its last checkpoint; return the final state.
 
     A run is finished once its report node has run. Any other saved state is continued: even an
-    empty ``next`` can mean a node finished but the step's checkpoint was not yet written.
+    empty ``next`` can mean a node finished but the step's checkpoint was not yet written. The run
+    folder is locked meanwhile; a damaged or emptied checkpoint database stops the run with an error
+    instead of silently starting over.
     """
+    import sqlite3
+
     from fairloop.runs.checkpoints import open_checkpoints
 
-    saver = open_checkpoints(services.folder.state_db)  # strict: a run folder is untrusted input
-    try:
-        graph = build_graph(services, saver)
-        config = {"configurable": {"thread_id": "loop"}, "recursion_limit": 10 * services.config.max_iterations + 20}
-        snapshot = graph.get_state(config)
-        if snapshot.values.get("report"):
-            return snapshot.values  # finished before: nothing to redo
-        graph.invoke(None if snapshot.values else {}, config)
-        return graph.get_state(config).values
-    finally:
-        saver.conn.close()
+    folder = services.folder
+    with folder.lock():
+        saver = open_checkpoints(folder.state_db)  # strict: a run folder is untrusted input
+        try:
+            graph = build_graph(services, saver)
+            config = {"configurable": {"thread_id": "loop"},
+                      "recursion_limit": 10 * services.config.max_iterations + 20}
+            try:
+                snapshot = graph.get_state(config)
+            except sqlite3.DatabaseError as exc:
+                raise DataError(f"{folder.state_db} is not a readable checkpoint database ({exc})",
+                                "restore it from a copy of this run folder, or start over with a new --out") from None
+            if snapshot.values.get("report"):
+                return snapshot.values  # finished before: nothing to redo
+            done = len(folder.read_trace())
+            if not snapshot.values and done > 1:  # a kill can lose one node's checkpoint, not more
+                raise DataError(f"{folder.path} has a trace of {done} finished steps, but {folder.state_db.name} "
+                                "holds no checkpoint: the run state was lost",
+                                "restore state.sqlite from a copy of this run folder, or start over with a new --out")
+            graph.invoke(None if snapshot.values else {}, config)
+            return graph.get_state(config).values
+        finally:
+            saver.conn.close()

@@ -58,10 +58,11 @@ def make_chat_model(kind: str, *, model: str | None = None, base_url: str | None
     from fairloop.errors import ConfigError
 
     if kind == "local":
+        from fairloop.llm.endpoint import Scrubber
         from fairloop.llm.local import MODEL_NAME, check_available, local_chat_model
 
         check_available()
-        return local_chat_model(max_tokens=400), f"{MODEL_NAME} on llama.cpp", (lambda text: text)
+        return local_chat_model(max_tokens=400), f"{MODEL_NAME} on llama.cpp", Scrubber()
     if kind == "openai":
         from fairloop.llm.endpoint import endpoint_chat_model
 

@@ -7,7 +7,6 @@ which callers run over every error, answer and log line before it is kept or sho
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 from fairloop.errors import ConfigError
@@ -27,17 +26,45 @@ def safe_url(url: str | None) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", "")) if parts.scheme else "custom endpoint"
 
 
-def scrubber(key: str) -> Callable[[str], str]:
-    """A function that replaces the key in a text; a placeholder key is no secret."""
-    if not key or key == PLACEHOLDER_KEY or len(key) < 4:
-        return lambda text: text
-    return lambda text: text.replace(key, "[redacted]")
+class Scrubber:
+    """Replaces the API key in a text. A placeholder key is no secret. ``hold`` is how many trailing
+    characters of a stream may still be the start of the key, so a stream is shown only up to them."""
+
+    def __init__(self, key: str = "") -> None:
+        self._key = "" if not key or key == PLACEHOLDER_KEY or len(key) < 4 else key
+
+    def __call__(self, text: str) -> str:
+        return text.replace(self._key, "[redacted]") if self._key else text
+
+    @property
+    def hold(self) -> int:
+        return max(0, len(self._key) - 1)
+
+    def __repr__(self) -> str:  # never the key
+        return f"Scrubber({'key set' if self._key else 'no key'})"
 
 
-def endpoint_chat_model(model: str, *, base_url: str | None = None, api_key: str | None = None, timeout: float = 120,
-                        max_retries: int = 2, temperature: float = 0.0):
-    """``(client, where, scrub)``: the chat model (it retries with backoff ``max_retries`` times),
-    the endpoint without secrets, and the key scrubber."""
+def answer_timeout() -> float:
+    """Seconds to wait for one endpoint answer: ``$FAIRLOOP_LLM_TIMEOUT``, else 120. An endpoint that
+    never answers costs this times (1 + retries) per call, so a user who knows theirs is quick sets it lower."""
+    text = os.environ.get("FAIRLOOP_LLM_TIMEOUT", "").strip()
+    if not text:
+        return 120.0
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= 3600:
+        raise ConfigError(f"FAIRLOOP_LLM_TIMEOUT={text!r} is not a number of seconds in (0, 3600]",
+                          "set it to e.g. 30, or unset it for the default of 120 s")
+    return seconds
+
+
+def endpoint_chat_model(model: str, *, base_url: str | None = None, api_key: str | None = None,
+                        timeout: float | None = None, max_retries: int = 2, temperature: float = 0.0):
+    """``(client, where, scrub)``: the chat model (it retries with backoff ``max_retries`` times,
+    waiting ``timeout`` seconds, default :func:`answer_timeout`, for each answer), the endpoint without
+    secrets, and the key scrubber."""
     if not model or not str(model).strip():
         raise ConfigError("an OpenAI-compatible endpoint needs a model name",
                           "pass --llm-model (or set FAIRLOOP_LLM_MODEL), e.g. gpt-4o-mini or llama3.1")
@@ -45,6 +72,7 @@ def endpoint_chat_model(model: str, *, base_url: str | None = None, api_key: str
 
     base_url = base_url or os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_BASE")
     key = api_key or os.environ.get("OPENAI_API_KEY") or PLACEHOLDER_KEY
+    timeout = answer_timeout() if timeout is None else timeout
     client = ChatOpenAI(model=str(model), base_url=base_url, api_key=key, temperature=temperature,
                         timeout=timeout, max_retries=max_retries)
-    return client, safe_url(base_url), scrubber(key)
+    return client, safe_url(base_url), Scrubber(key)

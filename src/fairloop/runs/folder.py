@@ -17,7 +17,10 @@ RUN/summary.json, RUN/report.html
 from __future__ import annotations
 
 import json
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +59,15 @@ class RunFolder:
             raise DataError(f"state path {relative!r} points outside the run folder", "the run state is damaged")
         return path
 
+    def existing(self, relative: str, what: str) -> Path:
+        """:meth:`resolve` for a file the run made and still needs, with a fix that can be carried out
+        when it is gone (a checkpointed step is not redone, so the file cannot simply be remade)."""
+        path = self.resolve(relative)
+        if not path.exists():
+            raise DataError(f"{what} {relative} is missing from the run folder {self.path}",
+                            "restore it from a copy of this run folder, or start the run over with a new --out")
+        return path
+
     def save_config(self, config: RunConfig) -> None:
         atomic_write_json(self.config_file, config.as_dict())
 
@@ -73,7 +85,39 @@ class RunFolder:
             f.write(line + "\n")
 
     def read_trace(self) -> list[dict[str, Any]]:
+        """The trace, one line per node and iteration: a node killed after its trace line but before
+        its checkpoint runs again on resume, and its second line is the one that counts."""
         path = self.path / "trace.jsonl"
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        lines: dict[tuple[str, int], dict[str, Any]] = {}
+        for line in path.read_text().splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                key = (entry.get("node"), entry.get("iteration"))
+                lines.pop(key, None)
+                lines[key] = entry
+        return list(lines.values())
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold this folder for one process, so two runs never write it at once. The operating system
+        drops the lock when its process ends, so a crashed or killed run never blocks a resume."""
+        import fcntl
+
+        handle = open(self.path / ".lock", "a+", encoding="utf-8")  # noqa: SIM115 — held while locked
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise DataError(f"the run folder {self.path} is in use by another fairloop process (PID {holder})",
+                            "wait for that run to finish (or stop it), then resume with the same command") from None
+        try:
+            handle.truncate(0)
+            handle.write(str(os.getpid()))
+            handle.flush()
+            yield
+        finally:
+            handle.close()

@@ -66,6 +66,8 @@ class RunServices:
         return resolve_device(self.config.device)
 
     def load_model(self, relative: str):
-        from fairloop.vision.models import load_checkpoint
+        from fairloop.vision.models import checkpoint_paths, load_checkpoint
 
+        for path in checkpoint_paths(self.folder.resolve(relative)):
+            self.folder.existing(self.folder.relative(path), "the model file")
         return load_checkpoint(self.folder.resolve(relative), self.device)

@@ -193,8 +193,8 @@ def counterfactual_table(services: RunServices, manifests: list[str]) -> pd.Data
     """(path, label, protected) of the images in these manifests, ready for fine-tuning."""
     rows = []
     for relative in manifests:
-        for r in json.loads(services.folder.resolve(relative).read_text())["images"]:
-            rows.append({"path": str(services.folder.resolve(r["path"])), "label": r["label"],
+        for r in json.loads(services.folder.existing(relative, "the manifest").read_text())["images"]:
+            rows.append({"path": str(services.folder.existing(r["path"], "the counterfactual image")), "label": r["label"],
                          "protected": r["protected"]})
     table = pd.DataFrame(rows, columns=["path", "label", "protected"])
     return table[table["protected"].isin([0, 1])]

@@ -347,16 +347,9 @@ def test_resume_of_a_folder_that_is_no_run_is_a_clear_error(tmp_path, monkeypatc
     assert code == 2 and "not a fairloop run folder" in stderr
 
 
-def test_run_with_a_strategy_prints_it_and_its_progress_lines_whole(synth_root, tmp_path, monkeypatch, capsys):
-    from fairloop.data.datasets import load_dataset
-    from fairloop.vision.models import save_checkpoint
-    from fairloop.vision.train import TrainConfig, train_classifier
-
-    # a baseline that is not a constant predictor (one of those sits inside every band)
-    model, _ = train_classifier(load_dataset("celeba", synth_root), "Male",
-                                TrainConfig(epochs=3, batch_size=16, lr=3e-3, device="cpu"))
-    checkpoint = tmp_path / "baseline"
-    save_checkpoint(model, checkpoint, {"arch": "smallcnn", "target": "Male", "image_size": 64})
+def test_run_with_a_strategy_prints_it_and_its_progress_lines_whole(synth_root, biased_checkpoint, tmp_path,
+                                                                     monkeypatch, capsys):
+    checkpoint = biased_checkpoint
     out = tmp_path / "run"
     code, stdout, stderr = run_main(monkeypatch, capsys, [
         "run", "--root", synth_root, "--baseline", checkpoint, "--generator", "render", "--strategy", "random",

@@ -26,7 +26,7 @@ VOLATILE = ("seconds", "time", "created", "started", "finished", "wall")
 
 def command(synth_root, checkpoint, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "fairloop.cli", "run", "--root", str(synth_root), "--baseline", str(checkpoint),
-            "--max-iterations", "1", "--max-images", "40", "--out", str(out), "--device", "cpu",
+            "--max-iterations", "1", "--max-images", "40", "--generator", "render", "--out", str(out), "--device", "cpu",
             "--fair-band", "0.999,1.001,0.0001", "--llm", "rules", *extra]
 
 
@@ -59,17 +59,17 @@ def wait_for_node(proc: subprocess.Popen, run: Path, node: str, timeout: float =
 
 
 @pytest.fixture(scope="module")
-def reference(synth_root, tiny_checkpoint, tmp_path_factory):
+def reference(synth_root, biased_checkpoint, tmp_path_factory):
     """The summary of an uninterrupted run."""
     base = tmp_path_factory.mktemp("reference")
     run = base / "run"
-    done = subprocess.run(command(synth_root, tiny_checkpoint, run), env=environment(base / "home"),
+    done = subprocess.run(command(synth_root, biased_checkpoint, run), env=environment(base / "home"),
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     return comparable(json.loads((run / "summary.json").read_text()), run)
 
 
-def resume_and_compare(synth_root, tiny_checkpoint, run: Path, home: Path, reference) -> list[tuple[str, int]]:
+def resume_and_compare(run: Path, home: Path, reference) -> list[tuple[str, int]]:
     """Resume ``run``; check its summary against the reference; the trace before the resume."""
     before = [(t["node"], t["iteration"]) for t in RunFolder(run).read_trace()]
     resumed = subprocess.run([sys.executable, "-m", "fairloop.cli", "run", "--resume", str(run)], env=environment(home),
@@ -81,33 +81,33 @@ def resume_and_compare(synth_root, tiny_checkpoint, run: Path, home: Path, refer
 
 @pytest.mark.slow
 @pytest.mark.parametrize("node", NODES[:-1])
-def test_a_run_killed_after_any_node_resumes_to_the_same_summary(synth_root, tiny_checkpoint, tmp_path, reference,
+def test_a_run_killed_after_any_node_resumes_to_the_same_summary(synth_root, biased_checkpoint, tmp_path, reference,
                                                                    node):
     run = tmp_path / "run"
-    proc = start(command(synth_root, tiny_checkpoint, run), tmp_path / "home")
+    proc = start(command(synth_root, biased_checkpoint, run), tmp_path / "home")
     wait_for_node(proc, run, node)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
-    before = resume_and_compare(synth_root, tiny_checkpoint, run, tmp_path / "home", reference)
+    before = resume_and_compare(run, tmp_path / "home", reference)
     lines = [(t["node"], t["iteration"]) for t in (json.loads(x) for x in (run / "trace.jsonl").read_text().splitlines())]
     redone = [step for step in before if lines.count(step) > 1]
     assert len(redone) <= 1, f"more than the killed node was run again: {redone}"  # its checkpoint may be lost
 
 
-def test_ctrl_c_says_how_to_resume_and_the_resumed_run_matches(synth_root, tiny_checkpoint, tmp_path, reference):
+def test_ctrl_c_says_how_to_resume_and_the_resumed_run_matches(synth_root, biased_checkpoint, tmp_path, reference):
     run = tmp_path / "run"
-    proc = start(command(synth_root, tiny_checkpoint, run), tmp_path / "home")
+    proc = start(command(synth_root, biased_checkpoint, run), tmp_path / "home")
     wait_for_node(proc, run, "explain")
     os.killpg(proc.pid, signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in stderr
     assert "interrupted: finished steps are kept" in stderr and "--resume" in stderr
-    resume_and_compare(synth_root, tiny_checkpoint, run, tmp_path / "home", reference)
+    resume_and_compare(run, tmp_path / "home", reference)
 
 
-def test_a_second_process_on_a_running_folder_is_refused_with_the_holders_pid(synth_root, tiny_checkpoint, tmp_path):
+def test_a_second_process_on_a_running_folder_is_refused_with_the_holders_pid(synth_root, biased_checkpoint, tmp_path):
     run = tmp_path / "run"
-    proc = start(command(synth_root, tiny_checkpoint, run), tmp_path / "home")
+    proc = start(command(synth_root, biased_checkpoint, run), tmp_path / "home")
     try:
         wait_for_node(proc, run, "setup")
         second = subprocess.run([sys.executable, "-m", "fairloop.cli", "run", "--resume", str(run)],

@@ -190,11 +190,11 @@ def test_second_run_recalls_the_first(synth_root, tiny_checkpoint, tmp_path):
         state["iterations"][0]["analysis"]["backend"] == "rules"
 
 
-def test_run_killed_in_its_second_iteration_resumes_without_redoing_the_first(synth_root, tiny_checkpoint, tmp_path):
+def test_run_killed_in_its_second_iteration_resumes_without_redoing_the_first(synth_root, biased_checkpoint, tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "FAIRLOOP_HOME": str(tmp_path / "home"), "COLUMNS": "200"}
     base = [sys.executable, "-m", "fairloop.cli", "run"]
-    args = ["--root", str(synth_root), "--baseline", str(tiny_checkpoint), "--max-iterations", "2",
+    args = ["--root", str(synth_root), "--baseline", str(biased_checkpoint), "--max-iterations", "2",
             "--max-images", "400", "--out", str(run), "--device", "cpu", "--fair-band", "0.999,1.001,0.0001", "--llm", "rules"]
     proc = subprocess.Popen(base + args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)

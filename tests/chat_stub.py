@@ -34,7 +34,8 @@ def stream_payload(step) -> bytes:
 
 
 class Stub:
-    """POST /v1/chat/completions returning scripted answers in order (the last repeats)."""
+    """POST /v1/chat/completions returning scripted answers in order (the last repeats): a text, a
+    tool call, an HTTP status (int), raw bytes, or ``("sleep", seconds, step)``."""
 
     def __init__(self, script):
         self.script = list(script)
@@ -55,6 +56,8 @@ class Stub:
                     step = step[2]
                 if isinstance(step, int):
                     payload, status = b'{"error": {"message": "boom", "type": "server_error"}}', step
+                elif isinstance(step, bytes):  # a body that is no chat completion at all
+                    payload, status = step, 200
                 elif body.get("stream"):
                     status, payload = 200, stream_payload(step)
                 else:

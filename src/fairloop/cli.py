@@ -8,6 +8,7 @@ problem and the fix, never as a traceback.
 from __future__ import annotations
 
 import errno
+import sqlite3
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -624,6 +625,8 @@ def generator_train_oracle(
 
 #: Write failures a user can fix (full disk, quota, read-only or forbidden folder), not fairloop bugs.
 _DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+#: The same, as sqlite words them (checkpoint and thread databases).
+_SQLITE_DISK_ERRORS = ("disk is full", "readonly database", "disk I/O error")
 
 
 def main() -> None:
@@ -646,16 +649,19 @@ def main() -> None:
         if exc.fix:
             console.print(f"[bold]fix:[/] {escape(exc.fix)}", highlight=False)
         sys.exit(2)
-    except OSError as exc:
-        if exc.errno not in _DISK_ERRORS:
+    except (OSError, sqlite3.OperationalError) as exc:
+        if isinstance(exc, OSError) and exc.errno in _DISK_ERRORS:
+            problem = f"cannot write {exc.filename or 'a file'}: {exc.strerror or exc}"
+        elif isinstance(exc, sqlite3.OperationalError) and any(w in str(exc) for w in _SQLITE_DISK_ERRORS):
+            problem = f"cannot write the state database: {exc}"
+        else:
             raise
         from rich.markup import escape
 
         console = _console()
-        console.print(f"[bold red]error:[/] cannot write {escape(str(exc.filename or 'a file'))}: "
-                      f"{escape(exc.strerror or str(exc))}", highlight=False)
-        console.print("[bold]fix:[/] free space or choose a writable --out, then run the same command again: "
-                      "files are written whole, and finished steps are kept", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(problem)}", highlight=False)
+        console.print("[bold]fix:[/] free space or make the folder writable (or choose another --out), then run the "
+                      "same command again: files are written whole, and finished steps are kept", highlight=False)
         sys.exit(2)
     except (KeyboardInterrupt, SystemExit) as exc:  # typer turns Ctrl-C into a silent exit 130
         if isinstance(exc, SystemExit) and exc.code != 130:

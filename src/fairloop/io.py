@@ -20,8 +20,10 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     try:
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)  # a failed write to an open file names none: the error should
         raise
     return path
 
@@ -60,6 +62,15 @@ def finished_file(path: str | Path) -> bool:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def atomic_write_tensors(path: str | Path, tensors: dict[str, Any]) -> Path:
+    """Named tensors as safetensors. Serialized in memory and written as bytes, so a full disk is
+    an ``OSError`` (ENOSPC) like every other write, not a ``SafetensorError``."""
+    from safetensors.torch import save
+
+    data = save(tensors)
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def atomic_write_json(path: str | Path, data: Any) -> Path:

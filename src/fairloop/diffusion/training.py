@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from fairloop.diffusion.embedded import ASSETS, SCHEDULE, TextEncoder, build_unet, build_vae
-from fairloop.io import atomic_write, atomic_write_json, work_folder
+from fairloop.io import atomic_write, atomic_write_json, atomic_write_tensors, work_folder
 
 Log = Callable[[str], None]
 
@@ -326,8 +326,6 @@ def save_generator(vae, unet, manifest: dict, out: Path, critic=None) -> None:
     """fp16 safetensors in diffusers layout (+ the critic) + manifest, swapped in atomically."""
     import copy
 
-    from safetensors.torch import save_file
-
     from fairloop.data.synthfaces import ATTRIBUTES
     from fairloop.tools.quality import ORACLE_WIDTH
 
@@ -338,7 +336,8 @@ def save_generator(vae, unet, manifest: dict, out: Path, critic=None) -> None:
     copy.deepcopy(unet).half().save_pretrained(tmp / "unet", safe_serialization=True)
     if critic is not None:
         (tmp / "critic").mkdir()
-        save_file({k: v.half().contiguous() for k, v in critic.state_dict().items()}, tmp / "critic" / "weights.safetensors")
+        atomic_write_tensors(tmp / "critic" / "weights.safetensors",
+                             {k: v.half().contiguous() for k, v in critic.state_dict().items()})
         atomic_write_json(tmp / "critic" / "config.json", {"attributes": list(ATTRIBUTES), "width": ORACLE_WIDTH})
     atomic_write_json(tmp / "manifest.json", manifest)
     if out.exists():
@@ -370,10 +369,7 @@ def _ema_update(ema, model, decay: float) -> None:
 
 
 def _checkpoint(folder: Path, model, opt, step: int) -> None:
-    from safetensors.torch import save_file
-
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    atomic_write(folder / "weights.safetensors", lambda tmp: save_file(state, tmp))
+    atomic_write_tensors(folder / "weights.safetensors", {k: v.contiguous() for k, v in model.state_dict().items()})
     if opt is not None:
         atomic_write(folder / "optimizer.pt", lambda tmp: torch.save(opt.state_dict(), tmp))
     atomic_write_json(folder / "step.json", {"step": step})  # last: a step counts once everything is saved

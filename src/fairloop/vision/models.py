@@ -19,7 +19,7 @@ from torch import nn
 
 from fairloop import __version__
 from fairloop.errors import ConfigError, DataError
-from fairloop.io import atomic_write, atomic_write_json
+from fairloop.io import atomic_write_json, atomic_write_tensors
 
 ARCHITECTURES = ("smallcnn", "resnet18", "mobilenet")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -137,11 +137,8 @@ def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
 
 def save_checkpoint(model: FaceClassifier, path: str | Path, meta: dict[str, Any]) -> Path:
     """Write weights and sidecar atomically (temp file + rename); return the weights path."""
-    from safetensors.torch import save_file
-
     weights, sidecar = checkpoint_paths(path)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(weights, lambda tmp: save_file(state, tmp))
+    atomic_write_tensors(weights, {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
     atomic_write_json(sidecar, {"fairloop_version": __version__, **meta})
     return weights
 

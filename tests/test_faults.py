@@ -145,7 +145,7 @@ def small_disk(tmp_path):
 def assert_disk_error(done_stderr: str, returncode: int, words: str) -> None:
     flat = " ".join(done_stderr.split())
     assert returncode == 2 and "Traceback" not in done_stderr, done_stderr[-2000:]
-    assert f"error: cannot write" in flat and words in flat and "fix: free space or make the folder writable" in flat
+    assert "error: cannot write" in flat and words in flat and "fix: free space or make the folder writable" in flat
 
 
 #: tmpfs sizes that fill up in setup (the baseline's weights), generate (images) and fine-tune (the

@@ -210,6 +210,9 @@ def bad_cases(synth_root, tiny_checkpoint, tmp_path_factory) -> dict[str, list]:
         "run_out_is_a_file": ["run", "--root", synth_root, "--llm", "rules", "--out", a_file],
         "experiment_out_is_a_file": ["experiment", "--out", a_file, "--llm", "rules"],
         "chat_export_to_a_folder": ["chat", "--thread", "no-such-thread", "--export", base],
+        "generator_work_is_a_file": ["generator", "train", "--work", a_file, "--out", base / "gen"],
+        "generator_out_is_a_file": ["generator", "train", "--work", base / "work", "--out", a_file],
+        "oracle_out_is_a_file": ["generator", "train-oracle", "--out", a_file, "--n", "100"],
         "_corrupt_image": first_test,
     }
 
@@ -241,6 +244,9 @@ EXPECTED = {
     "run_out_is_a_file": ["a_file is a file, not a folder"],
     "experiment_out_is_a_file": ["a_file is a file, not a folder"],
     "chat_export_to_a_folder": ["is a folder, not a file", "--export a file path"],
+    "generator_work_is_a_file": ["--work", "a_file is a file, not a folder"],
+    "generator_out_is_a_file": ["--out", "a_file is a file, not a folder"],
+    "oracle_out_is_a_file": ["a_file is a file, not a folder"],
 }
 #: Run through a real ``python -m fairloop.cli`` process as well; each costs a torch import, so the
 #: other cases run through the same ``main()`` in this process.

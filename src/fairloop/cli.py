@@ -596,8 +596,10 @@ def generator_train(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the training pool.")] = 20261123,
 ) -> None:
     """Train the embedded generator from scratch, resumably (about 6 hours on one CPU core)."""
-    from fairloop.diffusion.training import GeneratorTrainConfig, train_generator
+    from fairloop.diffusion.training import ASSETS, GeneratorTrainConfig, train_generator
 
+    check_destination(work, folder=True, option="--work")
+    check_destination(out or ASSETS, folder=True)  # hours of training must not end on a read-only folder
     console = _console()
     config = GeneratorTrainConfig(n_images=n, data_seed=seed, ae_steps=ae_steps, decoder_steps=decoder_steps,
                                   unet_steps=unet_steps, threads=threads)
@@ -615,6 +617,7 @@ def generator_train_oracle(
     """Train the attribute oracle that checks generated SynthFaces images (about 25 min on 1 CPU core)."""
     from fairloop.tools.quality import PACKAGED_ORACLE, train_oracle
 
+    check_destination(out or PACKAGED_ORACLE, folder=True)
     console = _console()
     with _progress() as progress:
         oracle = train_oracle(n=n, epochs=epochs, seed=seed, device=device, progress=progress)

@@ -154,6 +154,14 @@ def test_a_node_traced_twice_after_a_kill_counts_once(services):
     assert [(t["node"], t["result"]) for t in trace] == [("setup", {"try": 1}), ("measure", {"try": 2})]
 
 
+def test_a_trace_line_cut_short_by_a_full_disk_is_skipped_and_the_next_one_kept(services):
+    services.folder.trace("setup", 0, 1.0, {})
+    with open(services.folder.path / "trace.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"time": "2026-12-05T10:00:00", "node": "meas')   # the disk filled up mid-line
+    services.folder.trace("measure", 1, 1.0, {"ok": True})
+    assert [(t["node"], t["result"]) for t in services.folder.read_trace()] == [("setup", {}), ("measure", {"ok": True})]
+
+
 def test_a_deleted_model_or_image_names_a_fix_that_can_be_carried_out(services):
     import json
 

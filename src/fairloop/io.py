@@ -23,7 +23,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError) and exc.filename is None:
-            exc.filename = str(path)  # a failed write to an open file names none: the error should
+            exc.filename = str(path)  # a failed write to an open file names no file: say which
         raise
     return path
 

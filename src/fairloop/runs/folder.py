@@ -78,22 +78,28 @@ class RunFolder:
         return RunConfig.from_dict(json.loads(self.config_file.read_text()))
 
     def trace(self, node: str, iteration: int, seconds: float, result: dict[str, Any]) -> None:
-        """Append one tool call to ``trace.jsonl`` (a line is written whole or not at all)."""
+        """Append one tool call to ``trace.jsonl`` as one write; after a line that a full disk cut
+        short, on a line of its own."""
         line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "node": node, "iteration": iteration,
                            "seconds": round(seconds, 2), "result": result}, default=str)
-        with open(self.path / "trace.jsonl", "a", encoding="utf-8") as f:
-            f.write(line + "\n")
+        with open(self.path / "trace.jsonl", "a+b") as f:
+            cut = f.tell() > 0 and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n"
+            f.write((("\n" if cut else "") + line + "\n").encode())
 
     def read_trace(self) -> list[dict[str, Any]]:
         """The trace, one line per node and iteration: a node killed after its trace line but before
-        its checkpoint runs again on resume, and its second line is the one that counts."""
+        its checkpoint runs again on resume, and its second line is the one that counts. A line cut
+        short by a kill is skipped."""
         path = self.path / "trace.jsonl"
         if not path.exists():
             return []
         lines: dict[tuple[str, int], dict[str, Any]] = {}
         for line in path.read_text().splitlines():
-            if line.strip():
+            try:
                 entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(entry, dict):
                 key = (entry.get("node"), entry.get("iteration"))
                 lines.pop(key, None)
                 lines[key] = entry

@@ -38,19 +38,23 @@ def tiny_training(synth_data):
     return train_classifier(synth_data, TARGET, TrainConfig(arch="smallcnn", epochs=1, device="cpu", seed=0))
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tiny_training, synth_data, tmp_path_factory) -> Path:
-    """The checkpoint stem of the tiny model (``stem.safetensors`` + ``stem.json``), with the
-    sidecar written the way ``fairloop train`` writes it."""
+def _saved(model, history, synth_data, stem: Path) -> Path:
+    """Save a checkpoint stem (``stem.safetensors`` + ``stem.json``) with the sidecar written the way
+    ``fairloop train`` writes it."""
     from fairloop.vision.models import save_checkpoint
 
-    model, history = tiny_training
-    stem = tmp_path_factory.mktemp("checkpoint") / "tiny"
     meta = {"arch": "smallcnn", "target": TARGET, "image_size": 64, "classes": [f"not {TARGET}", TARGET],
             "dataset": synth_data.name, "root": str(synth_data.root), "data_hash": synth_data.fingerprint(),
             "history": history}
     save_checkpoint(model, stem, meta)
     return stem
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_training, synth_data, tmp_path_factory) -> Path:
+    """The checkpoint stem of the tiny model."""
+    model, history = tiny_training
+    return _saved(model, history, synth_data, tmp_path_factory.mktemp("checkpoint") / "tiny")
 
 
 @pytest.fixture(scope="session")
@@ -58,14 +62,8 @@ def biased_checkpoint(synth_data, tmp_path_factory) -> Path:
     """A checkpoint stem of a smallcnn trained long enough to predict both classes: outside even a
     tiny fair band (the one-epoch tiny model predicts one class on validation, and a constant
     predictor sits inside every band, so a run on it never generates)."""
-    from fairloop.vision.models import save_checkpoint
     from fairloop.vision.train import TrainConfig, train_classifier
 
     model, history = train_classifier(synth_data, TARGET, TrainConfig(arch="smallcnn", epochs=3, batch_size=16,
                                                                        lr=3e-3, device="cpu", seed=0))
-    stem = tmp_path_factory.mktemp("checkpoint") / "biased"
-    meta = {"arch": "smallcnn", "target": TARGET, "image_size": 64, "classes": [f"not {TARGET}", TARGET],
-            "dataset": synth_data.name, "root": str(synth_data.root), "data_hash": synth_data.fingerprint(),
-            "history": history}
-    save_checkpoint(model, stem, meta)
-    return stem
+    return _saved(model, history, synth_data, tmp_path_factory.mktemp("checkpoint") / "biased")

@@ -45,7 +45,8 @@ def comparable(value, run: Path):
 
 def start(args: list[str], home: Path) -> subprocess.Popen:
     return subprocess.Popen(args, env=environment(home), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # pytest's Ray tests leave SIGINT ignored, and children inherit that
 
 
 def wait_for_node(proc: subprocess.Popen, run: Path, node: str, timeout: float = 240) -> None:

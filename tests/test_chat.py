@@ -223,3 +223,18 @@ def test_run_experiment_from_the_chat_answers_with_intervals(workspace, tmp_path
     assert set(arms) == {"erm", "rules", "random"}
     assert arms["rules"]["worst_group_accuracy"]["n"] == 2 and "vs_erm" in arms["rules"] and "vs_erm" not in arms["erm"]
     assert result["report"].endswith("report.html") and (tmp_path / "runs" / result["experiment"] / "table.md").exists()
+
+
+def test_build_scm_shows_the_graph_and_names_a_bad_intervention(workspace):
+    from fairloop.chat.tools import ScmArgs, call_tool
+
+    state = workspace.initial_state("t6")
+    outcome = call_tool(workspace, "build_scm", ScmArgs(caption="an old man with gray hair", intervene="Gray_Hair=0",
+                                                        graph="true"), state)
+    result = outcome.result
+    assert result["valid"] and result["graph_by"] == "true" and "Gray_Hair → Young" in result["edges"]
+    assert result["intervention"] == "do(Gray_Hair = 0)" and "without gray hair" in result["counterfactual_caption"]
+    assert 0.5 < result["also_changes"]["Young"] < 0.85  # old gray-haired men who get hair: 69 % young
+    assert outcome.files and open(outcome.files[0], "rb").read(4) == b"\x89PNG"
+    bad = call_tool(workspace, "build_scm", ScmArgs(caption="a man", intervene="Nose=1", graph="true"), state)
+    assert "not an attribute" in bad.result["error"] and bad.result["fix"]

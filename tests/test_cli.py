@@ -353,15 +353,20 @@ def test_resume_of_a_folder_that_is_no_run_is_a_clear_error(tmp_path, monkeypatc
     assert code == 2 and "not a fairloop run folder" in stderr
 
 
-def test_run_with_a_strategy_prints_it_and_its_progress_lines_whole(synth_root, biased_checkpoint, tmp_path,
+@pytest.mark.parametrize("strategy", ["random", "scm-true"])
+def test_run_with_a_strategy_prints_it_and_its_progress_lines_whole(strategy, synth_root, biased_checkpoint, tmp_path,
                                                                      monkeypatch, capsys):
     checkpoint = biased_checkpoint
     out = tmp_path / "run"
     code, stdout, stderr = run_main(monkeypatch, capsys, [
-        "run", "--root", synth_root, "--baseline", checkpoint, "--generator", "render", "--strategy", "random",
+        "run", "--root", synth_root, "--baseline", checkpoint, "--generator", "render", "--strategy", strategy,
         "--llm", "rules", "--max-iterations", "1", "--max-images", "20", "--finetune-epochs", "1", "--out", out,
         "--fair-band", "0.999,1.001,0.0001", "--memory", tmp_path / "memory", "--device", "cpu"])
     assert code is None or code == 0, stderr
-    assert "strategy: random" in stderr and "[iteration 1] analyze …" in stderr  # "[…]" is text, not markup
+    assert f"strategy: {strategy}" in stderr and "[iteration 1] analyze …" in stderr  # "[…]" is text, not markup
     summary = json.loads((out / "summary.json").read_text())
-    assert all(it["analysis"]["strategy"] == "random" for it in summary["iterations"])
+    assert all(it["analysis"]["strategy"] == strategy for it in summary["iterations"])
+    if strategy == "scm-true":  # every image its source's counterfactual, said in the log and the report
+        assert summary["iterations"][0]["analysis"]["scm"] == {"graph": "true"}
+        assert "by abduction–action–prediction" in stderr
+        assert "counterfactual under do(Gray_Hair=" in (out / "report.html").read_text()

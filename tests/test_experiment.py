@@ -92,7 +92,7 @@ def test_experiment_options_are_checked():
     assert ScenarioSpec.parse("Young:Pale_Skin:0.9", synthetic=True).key == "Young-Pale_Skin-0.9"
 
 
-ARMS = ("erm", "realft", "resampling", "reweighing", "groupdro", "dfr", "random", "manual-min", "rules")
+ARMS = ("erm", "realft", "resampling", "reweighing", "groupdro", "dfr", "random", "manual-min", "rules", "scm-true")
 
 
 def tiny_experiment(root, **changes) -> ExperimentConfig:
@@ -114,13 +114,17 @@ def test_a_whole_experiment_on_tiny_data_and_its_resume(synth_root, tmp_path, mo
     assert {"arm", "seed", "scenario", "accuracy", "worst_group_accuracy", "disparate_impact",
             "equal_opportunity_difference", "n_generated"} <= set(rows[0])
     by_arm = {(r["arm"], r["seed"]): r for r in rows}
-    for arm in ("random", "manual-min", "rules"):  # every image arm makes exactly the budget (render keeps all)
+    for arm in ("random", "manual-min", "rules", "scm-true"):  # every image arm makes exactly the budget (render keeps all)
         assert {by_arm[(arm, s)]["n_generated"] for s in ("0", "1")} == {"12"}, arm
     assert by_arm[("erm", "0")]["n_generated"] == "0"
     results = {r["arm"]: r for r in (json.loads(p.read_text()) for p in out.glob("jobs/*/*/s0/result.json"))}
     assert results["groupdro"]["finetune"]["objective"] == "groupdro"
     assert results["dfr"]["finetune"]["mode"] == "head" and results["dfr"]["finetune"]["real_sampling"] == "balanced"
     assert results["rules"]["proposal"]["strategy"] == "rules" and results["rules"]["plans"]
+    # scm-true fills the rules' groups, each image its source's counterfactual under the true model
+    assert results["scm-true"]["plans"] == results["rules"]["plans"]
+    manifest = json.loads((out / "jobs" / "Male-Gray_Hair" / "scm-true" / "s0" / "manifests" / "fixed.json").read_text())
+    assert {m["matching"] for m in manifest["proxies"]} == {"scm"}
     # one ERM model per seed, shared by every arm: each arm's starting model is the same file
     erm = json.loads((out / "erm" / "Male-Gray_Hair" / "s0" / "result.json").read_text())["model"]
     assert all((out / "jobs" / "Male-Gray_Hair" / arm / "s0" / erm).is_file() for arm in ARMS)

@@ -247,7 +247,7 @@ def run(
     privileged: Annotated[int, typer.Option("--privileged", help="Privileged value of the protected attribute.")] = 1,
     generator: Annotated[str, typer.Option("--generator", help="Counterfactual generator: embedded (fairloop's own diffusion model, CPU; tens of minutes on two cores), sd (Stable Diffusion, --generator-model) or render (the SynthFaces oracle, minutes).")] = "embedded",
     generator_model: Annotated[Optional[str], typer.Option("--generator-model", help="sd: a diffusers folder or a cached hub id; embedded: a folder of other trained weights.")] = None,
-    strategy: Annotated[Optional[str], typer.Option("--strategy", help="What decides the counterfactuals: rules, llm, llm-raw, manual (--prompts FILE), manual-min or random. Default: llm when a language model is available (see --llm), else rules.")] = None,
+    strategy: Annotated[Optional[str], typer.Option("--strategy", help="What decides the counterfactuals: rules, llm, llm-raw, manual (--prompts FILE), manual-min, random, scm (an LLM's causal graph) or scm-true (SynthFaces' true one). Default: llm when a language model is available (see --llm), else rules.")] = None,
     prompts: Annotated[Optional[Path], typer.Option("--prompts", help="--strategy manual: a file of 'LABEL: description' lines (1 for the target present, 0 absent).")] = None,
     llm: Annotated[str, typer.Option("--llm", help="Language model of the llm strategies: auto (openai when --llm-model/$FAIRLOOP_LLM_MODEL is set, else local when installed, else rules), rules (none: the deterministic analyzer), local (the packaged LLM, offline) or openai (any OpenAI-compatible endpoint: OPENAI_BASE_URL, OPENAI_API_KEY).")] = "auto",
     llm_model: Annotated[Optional[str], typer.Option("--llm-model", help="Model name for --llm openai.")] = None,
@@ -382,7 +382,7 @@ def experiment(
     protected: Annotated[str, typer.Option("--protected")] = "Gray_Hair",
     correlation: Annotated[float, typer.Option("--correlation", help="SynthFaces: P(protected == target) in the training split.")] = 0.95,
     scenario: Annotated[Optional[list[str]], typer.Option("--scenario", help="TARGET:PROTECTED[:CORRELATION], repeatable: a grid of scenarios instead of --target/--protected/--correlation.")] = None,
-    arms: Annotated[Optional[str], typer.Option("--arms", help="Comma-separated arms: erm, realft, resampling, reweighing, groupdro, dfr, and the strategies rules, llm, llm-raw, manual, manual-min, random. Default: every arm that needs no language model, plus llm and llm-raw when one is available and manual with --prompts.")] = None,
+    arms: Annotated[Optional[str], typer.Option("--arms", help="Comma-separated arms: erm, realft, resampling, reweighing, groupdro, dfr, and the strategies rules, llm, llm-raw, manual, manual-min, random, scm, scm-true (SynthFaces only). Default: every arm that needs no language model, plus llm and llm-raw when one is available and manual with --prompts.")] = None,
     seeds: Annotated[Optional[str], typer.Option("--seeds", help="Comma-separated seeds; each gets one ERM model that every arm starts from. Default: 0,1,2.")] = None,
     generator: Annotated[str, typer.Option("--generator", help="render (the SynthFaces oracle: minutes), embedded (fairloop's diffusion model: hours on two cores) or sd.")] = "render",
     generator_model: Annotated[Optional[str], typer.Option("--generator-model", help="sd: a diffusers folder or a cached hub id.")] = None,
@@ -430,7 +430,7 @@ def experiment(
         llm_kind = resolve_llm(llm, llm_model)
         specs = tuple(ScenarioSpec.parse(s, synthetic=root is None) for s in scenario or ()) or (
             ScenarioSpec(target, protected, correlation if root is None else None),)
-        default_arms = (*BASIC_ARMS, *(LLM_STRATEGIES if llm_kind != "rules" else ()), *(("manual",) if prompts else ()))
+        default_arms = (*BASIC_ARMS, *(("llm", "llm-raw") if llm_kind != "rules" else ()), *(("manual",) if prompts else ()))
         config = ExperimentConfig(
             arms=arm_list or default_arms, seeds=seed_list or (0, 1, 2), scenarios=specs, dataset=dataset,
             root=str(root.absolute()) if root else None, csv=str(csv) if csv else None, n=n, generator=generator,
@@ -583,6 +583,68 @@ def generate(
         console.print(f"  {note}", markup=False)
     console.print(f"wrote {n} images, {paths['grid']} and {paths['manifest']}")
 
+
+
+@app.command()
+def scm(
+    caption: Annotated[str, typer.Argument(help='The person to reason about, e.g. "a young woman with gray hair and eyeglasses".')],
+    intervene: Annotated[Optional[str], typer.Option("--intervene", help="The intervention, ATTRIBUTE=0|1 (default: the model picks one the caption states).")] = None,
+    llm: Annotated[str, typer.Option("--llm", help="Who writes the graph: auto, local (the packaged LLM), openai, or true (SynthFaces' true graph, no model).")] = "auto",
+    llm_model: Annotated[Optional[str], typer.Option("--llm-model", help="Model name for --llm openai.")] = None,
+    llm_base_url: Annotated[Optional[str], typer.Option("--llm-base-url", help="Endpoint (default: $OPENAI_BASE_URL).")] = None,
+    dataset: DatasetOpt = "celeba",
+    root: Annotated[Optional[Path], typer.Option("--root", help="A dataset folder: its attributes are the vocabulary and its table fits the mechanisms (default: SynthFaces).")] = None,
+    csv: CsvOpt = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the SCM as JSON here.")] = None,
+    draw: Annotated[Optional[Path], typer.Option("--draw", help="Draw the graph as a PNG here (the intervened variable boxed).")] = None,
+    seed: SeedOpt = 0,
+) -> None:
+    """Build a structural causal model from a caption (seed 003), check it, intervene, and write the
+    counterfactual caption: variables, edges, intervention, counterfactual_caption, modified_edges."""
+    from fairloop.llm import resolve_llm
+    from fairloop.scm.builder import build_scm, result_json
+
+    for option, path in (("--json", json_path), ("--draw", draw)):
+        if path is not None:
+            check_destination(path, folder=False, option=option)
+    kind = resolve_llm(llm, llm_model)
+    if kind == "rules":  # auto without a language model: the true graph is the one fairloop knows
+        kind = "true"
+    vocabulary, table = None, None
+    if root is not None:
+        data = _load(dataset, root, csv)
+        vocabulary, table = list(data.attributes), data.split("train").table
+    result = build_scm(caption, llm=kind, llm_model=llm_model, llm_base_url=llm_base_url, vocabulary=vocabulary,
+                       intervention=intervene, table=table, seed=seed)
+    console = _console()
+    say = _plain(console)
+    say(f"SCM of {caption!r} by {result.backend} ({result.attempts} attempt{'s' * (result.attempts != 1)}, "
+        f"{result.seconds:.1f} s)")
+    answer = result.answer
+    if answer is not None:
+        say("variables: " + ", ".join(answer.variables) + (f"  (free: {', '.join(result.free_variables)})"
+                                                           if result.free_variables else ""))
+        for cause, effect in answer.edges:
+            cut = [cause, effect] not in answer.modified_edges
+            say(f"  {cause} → {effect}" + ("   (cut by the intervention)" if cut else ""))
+        say(f"do({answer.intervention.variable} = {answer.intervention.value}): {answer.counterfactual_caption}")
+        if result.change_rates:
+            say("  also changes, among the people the caption describes: " + ", ".join(
+                f"{k} {v:.0%}" for k, v in sorted(result.change_rates.items(), key=lambda kv: -kv[1])))
+        if result.shd is not None:
+            say(f"structural Hamming distance to SynthFaces' true graph: {result.shd}")
+    if json_path is not None:
+        from fairloop.io import atomic_write_text
+
+        atomic_write_text(json_path, result_json(result))
+        say(f"wrote {json_path}")
+    if draw is not None and answer is not None:
+        result.graph.draw(draw, highlight=[answer.intervention.variable], title=caption)
+        say(f"wrote {draw}")
+    if not result.valid:
+        raise FairloopError("the SCM was not usable after "
+                            f"{result.attempts} attempt{'s' * (result.attempts != 1)}: " + "; ".join(result.problems),
+                            "try another --llm or model, or a caption that names attributes of the vocabulary")
 
 @generator_app.command("train")
 def generator_train(

@@ -111,7 +111,8 @@ class LoopArgs(BaseModel):
 class ExperimentArgs(BaseModel):
     arms: list[str] = Field(default_factory=lambda: ["erm", "resampling", "random", "rules"], min_length=2,
                             max_length=12, description="arms to compare: erm, realft, resampling, reweighing, "
-                                                       "groupdro, dfr, rules, llm, llm-raw, manual-min, random")
+                                                       "groupdro, dfr, rules, llm, llm-raw, manual-min, random, "
+                                                       "scm, scm-true")
     seeds: int = Field(default=3, ge=2, le=5, description="paired seeds (each trains one ERM model)")
     images: int = Field(default=500, ge=10, le=5000, description="generated images per image arm and seed")
 
@@ -125,6 +126,21 @@ class ExperimentArgs(BaseModel):
             raise ValueError(f"arms must be distinct names from {', '.join(a for a in ARMS if a != 'manual')}; "
                              f"not {', '.join(unknown) or 'a repeated name'}")
         return value
+
+
+class ScmArgs(BaseModel):
+    caption: str = Field(min_length=3, max_length=200, description="the person, e.g. 'a young woman with gray hair'")
+    intervene: str | None = Field(default=None, max_length=60,
+                                  description="ATTRIBUTE=0 or ATTRIBUTE=1; default: one the caption states")
+    graph: Literal["llm", "true"] = Field(default="llm", description="llm: this run's language model writes the "
+                                          "graph; true: SynthFaces' own graph")
+
+    @field_validator("caption")
+    @classmethod
+    def _plain(cls, value: str) -> str:
+        from fairloop.agent.schema import ClassPlan
+
+        return ClassPlan(label=0, description=value, n_images=0).description
 
 
 class NoArgs(BaseModel):
@@ -230,6 +246,29 @@ class Workspace:
         return ToolOutcome({"counterfactuals_needed": decision.counterfactuals_needed,
                             "diagnosis": decision.diagnosis, "shortcut_attributes": decision.shortcut_attributes,
                             "plans": [p.model_dump() for p in decision.plans], "mix_ratio": decision.mix_ratio})
+
+    def build_scm(self, args: ScmArgs, state: dict[str, Any]) -> ToolOutcome:
+        from fairloop.scm.builder import build_scm
+
+        cfg, data = self.services.config, self.services.dataset
+        kind = "true" if args.graph == "true" or cfg.llm == "rules" else cfg.llm
+        result = build_scm(args.caption, llm=kind, llm_model=cfg.llm_model, llm_base_url=cfg.llm_base_url,
+                           vocabulary=list(data.attributes), intervention=args.intervene,
+                           table=data.split("train").table, seed=cfg.seed)
+        out: dict[str, Any] = {"valid": result.valid, "graph_by": result.backend, "problems": result.problems[:5]}
+        files = []
+        if result.answer is not None:
+            answer = result.answer
+            out |= {"edges": [f"{a} → {b}" for a, b in answer.edges],
+                    "intervention": f"do({answer.intervention.variable} = {answer.intervention.value})",
+                    "counterfactual_caption": answer.counterfactual_caption,
+                    "also_changes": result.change_rates, "shd_to_true_graph": result.shd}
+            number = len(list((self.folder / "scm").glob("*.png"))) + 1 if (self.folder / "scm").is_dir() else 1
+            drawing = self.folder / "scm" / f"chat-{state.get('thread', 'chat')}-{number}.png"
+            result.graph.draw(drawing, highlight=[answer.intervention.variable], title=args.caption)
+            out["drawing"] = str(drawing)
+            files.append(str(drawing))
+        return ToolOutcome(out, files=files)
 
     def generate_label(self, args: GenerateArgs) -> int:
         """The class of the images: the one the description names (a "woman" is Male = 0), which
@@ -466,6 +505,8 @@ TOOLS = (
              RecallArgs, Workspace.recall),
     ChatTool("suggest", "The rules analyzer's counterfactual plan for the current model: descriptions per class, "
              "counts and mix ratio.", SuggestArgs, Workspace.suggest),
+    ChatTool("build_scm", "A structural causal model of a caption: its causal graph (drawn), an intervention, the "
+             "counterfactual caption, and how often each effect changes (seed 003).", ScmArgs, Workspace.build_scm),
     ChatTool("generate", "Generate counterfactual images from a description; saves a preview grid.",
              GenerateArgs, Workspace.generate, _confirm_generate),
     ChatTool("finetune", "Fine-tune the current model with the generated images mixed in; the result becomes the "

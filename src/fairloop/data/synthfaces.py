@@ -91,6 +91,51 @@ class Scenario:
         return self
 
 
+#: Each attribute's causal parents in the sampler below: SynthFaces' true causal graph. The hair
+#: states share one categorical draw (:func:`hair_probabilities`) whose only parent is ``Male``.
+PARENTS: dict[str, tuple[str, ...]] = {
+    "Male": (), **{name: ("Male",) for name in HAIR_STATES}, "Young": ("Gray_Hair", "Bald"), "Pale_Skin": (),
+    "Bangs": ("Male", "Bald"), "Eyeglasses": ("Young",), "Smiling": (), "Mustache": ("Male", "Young"),
+    "Wearing_Hat": (), "Wearing_Earrings": ("Male",), "Wearing_Lipstick": ("Male",), "Chubby": ("Young",),
+    "Wearing_Necktie": ("Male",),
+}
+
+
+def attribute_probability(name: str, values: Mapping[str, np.ndarray]) -> np.ndarray | float:
+    """P(``name`` = 1 | its parents in ``values``) for every attribute but the hair states, as
+    :data:`DEPENDENCIES` says it in words: the sampler's and the causal model's one mechanism."""
+    male = np.asarray(values["Male"]).astype(bool) if "Male" in PARENTS[name] else None
+    young = np.asarray(values["Young"]).astype(bool) if "Young" in PARENTS[name] else None
+    if name == "Male":
+        return 0.5
+    if name == "Young":
+        return np.where((np.asarray(values["Gray_Hair"]) | np.asarray(values["Bald"])).astype(bool), 0.2, 0.75)
+    if name == "Bangs":
+        return np.where(np.asarray(values["Bald"]) == 1, 0.0, np.where(male, 0.1, 0.3))
+    if name == "Eyeglasses":
+        return np.where(young, 0.12, 0.3)
+    if name == "Mustache":
+        return np.where(male, np.where(young, 0.15, 0.3), 0.0)
+    if name == "Chubby":
+        return np.where(young, 0.07, 0.2)
+    by_sex = {"Wearing_Earrings": (0.03, 0.3), "Wearing_Lipstick": (0.01, 0.35), "Wearing_Necktie": (0.15, 0.01)}
+    if name in by_sex:
+        return np.where(male, *by_sex[name])
+    return {"Pale_Skin": 0.15, "Smiling": 0.5, "Wearing_Hat": 0.08}[name]
+
+
+def hair_probabilities(male: np.ndarray) -> np.ndarray:
+    """P(hair state) per row, over :data:`HAIR_STATES` in order."""
+    male = np.asarray(male).astype(bool)
+    probs = np.empty((len(male), len(HAIR_STATES)))
+    probs[:, 0] = 0.20                              # gray
+    probs[:, 1] = np.where(male, 0.30, 0.25)        # black
+    probs[:, 2] = np.where(male, 0.12, 0.30)        # blond
+    probs[:, 3] = np.where(male, 0.26, 0.25)        # brown
+    probs[:, 4] = np.where(male, 0.12, 0.0)         # bald
+    return probs
+
+
 def sample_attributes(n: int, rng: np.random.Generator, fixed: Mapping[str, np.ndarray] | None = None) -> pd.DataFrame:
     """Sample ``n`` attribute rows in causal order; columns in ``fixed`` are set, not sampled.
 
@@ -99,39 +144,21 @@ def sample_attributes(n: int, rng: np.random.Generator, fixed: Mapping[str, np.n
     """
     fixed = {k: np.asarray(v, dtype=np.int8) for k, v in (fixed or {}).items()}
     out: dict[str, np.ndarray] = {}
-
-    def draw(name: str, p: np.ndarray | float) -> np.ndarray:
+    for name in PARENTS:
+        if name in HAIR_STATES:
+            if name == HAIR_STATES[0]:
+                _sample_hair(n, rng, out["Male"], fixed, out)
+            continue
         values = fixed.get(name)
         if values is None:
-            values = (rng.random(n) < p).astype(np.int8)
+            values = (rng.random(n) < attribute_probability(name, out)).astype(np.int8)
         out[name] = values
-        return values
-
-    male = draw("Male", 0.5).astype(bool)
-    _sample_hair(n, rng, male, fixed, out)
-    aged = (out["Gray_Hair"] | out["Bald"]).astype(bool)
-    young = draw("Young", np.where(aged, 0.2, 0.75)).astype(bool)
-    draw("Pale_Skin", 0.15)
-    draw("Bangs", np.where(out["Bald"] == 1, 0.0, np.where(male, 0.1, 0.3)))
-    draw("Eyeglasses", np.where(young, 0.12, 0.3))
-    draw("Smiling", 0.5)
-    draw("Mustache", np.where(male, np.where(young, 0.15, 0.3), 0.0))
-    draw("Wearing_Hat", 0.08)
-    draw("Wearing_Earrings", np.where(male, 0.03, 0.3))
-    draw("Wearing_Lipstick", np.where(male, 0.01, 0.35))
-    draw("Chubby", np.where(young, 0.07, 0.2))
-    draw("Wearing_Necktie", np.where(male, 0.15, 0.01))
     return pd.DataFrame({name: out[name] for name in ATTRIBUTES})
 
 
 def _sample_hair(n: int, rng: np.random.Generator, male: np.ndarray, fixed: dict, out: dict) -> None:
     """One categorical draw over :data:`HAIR_STATES`, honouring fixed 1s and 0s."""
-    probs = np.empty((n, len(HAIR_STATES)))
-    probs[:, 0] = 0.20                              # gray
-    probs[:, 1] = np.where(male, 0.30, 0.25)        # black
-    probs[:, 2] = np.where(male, 0.12, 0.30)        # blond
-    probs[:, 3] = np.where(male, 0.26, 0.25)        # brown
-    probs[:, 4] = np.where(male, 0.12, 0.0)         # bald
+    probs = hair_probabilities(male)
     for j, name in enumerate(HAIR_STATES):
         if name in fixed:
             probs[:, j] = np.where(fixed[name] == 1, 1e9, np.where(fixed[name] == 0, 0.0, probs[:, j]))

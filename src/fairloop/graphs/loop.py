@@ -190,7 +190,8 @@ class MitigationLoop:
         manifest = self.services.folder.path / "manifests" / f"it{state['iteration']}.json"
         made = make_counterfactuals(self.services, decision["plans"], decision.get("negative_prompt", ""),
                                     seed_key=(self.config.seed, state["iteration"]), manifest=manifest,
-                                    text_to_image=state["analysis"].get("text_to_image", False))
+                                    text_to_image=state["analysis"].get("text_to_image", False),
+                                    scm=state["analysis"].get("scm"))
         return {"generated": {"manifest": made["manifest"], "n": made["n"], "notes": made["notes"],
                               "verification": made["verification"], "iteration": state["iteration"]},
                 "images_used": state["images_used"] + made["made"]}

@@ -116,19 +116,22 @@ def compact_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_counterfactuals(services: RunServices, plans: list[dict[str, Any]], negative_prompt: str = "", *,
-                         seed_key: tuple[int, ...], manifest, text_to_image: bool = False) -> dict[str, Any]:
+                         seed_key: tuple[int, ...], manifest, text_to_image: bool = False,
+                         scm: dict[str, Any] | None = None) -> dict[str, Any]:
     """Generate the images of ``plans`` (label, description, n_images) as minimal edits of training
     images, matched to the group they fill on its strongest proxy (:mod:`fairloop.tools.sources`),
-    or drawn as new faces with ``text_to_image``; keep those the attribute oracle confirms (when
-    there is one), and write ``manifest``.
+    or each made the counterfactual of its source under the causal model ``scm`` (a proposal's
+    spec, see :func:`causal_model`), or drawn as new faces with ``text_to_image``; keep those the
+    attribute oracle confirms (when there is one), and write ``manifest``.
 
     Returns ``{"manifest": relative path, "n": images kept, "made": images generated, "notes",
     "verification"}``."""
     from fairloop.generators import GenerationRequest
-    from fairloop.tools.sources import SourceBatch, plan_sources
+    from fairloop.tools.sources import SourceBatch, plan_scm_sources, plan_sources
 
     cfg = services.config
     train = services.dataset.split("train").table
+    causal = causal_model(scm, list(services.dataset.attributes), train) if scm and not text_to_image else None
     rows, notes, proxies = [], [], []
     for k, plan in enumerate(plans):
         if plan["n_images"] <= 0:
@@ -136,6 +139,10 @@ def make_counterfactuals(services: RunServices, plans: list[dict[str, Any]], neg
         rng = np.random.default_rng([*seed_key, k])
         if text_to_image:
             batches, proxy = [SourceBatch(plan["description"], plan["n_images"])], None
+        elif causal is not None:
+            batches, proxy = plan_scm_sources(train, causal, target=cfg.target, label=plan["label"],
+                                              description=plan["description"], n=plan["n_images"],
+                                              vocabulary=services.dataset.attributes, rng=rng)
         else:
             batches, proxy = plan_sources(train, target=cfg.target, label=plan["label"],
                                           description=plan["description"], n=plan["n_images"],
@@ -172,6 +179,26 @@ def make_counterfactuals(services: RunServices, plans: list[dict[str, Any]], neg
                                  "verification": verification, "images": rows, "rejected": rejected})
     return {"manifest": services.folder.relative(manifest), "n": len(rows), "made": made, "notes": notes,
             "verification": verification}
+
+
+def causal_model(spec: dict[str, Any], attributes: list[str], train: pd.DataFrame):
+    """The :class:`~fairloop.scm.StructuralCausalModel` a proposal's ``scm`` spec names: SynthFaces'
+    true model (``{"graph": "true"}``), or tables counted on the training split over an LLM's graph
+    (every attribute a variable, isolated when the graph leaves it out). The spec comes from run
+    state, which is untrusted: anything but [attribute, attribute] pairs is ignored."""
+    from fairloop.data.synthfaces import ATTRIBUTES, HAIR_STATES
+    from fairloop.errors import ConfigError
+    from fairloop.scm import CausalGraph, StructuralCausalModel
+
+    if spec.get("graph") == "true":
+        if set(attributes) != set(ATTRIBUTES):
+            raise ConfigError("the true causal model is known only for SynthFaces",
+                              "use the scm strategy (an LLM's graph, fitted on your data) for this dataset")
+        return StructuralCausalModel.synthfaces()
+    edges = [e for e in spec.get("edges", []) if isinstance(e, list | tuple) and len(e) == 2
+             and e[0] in attributes and e[1] in attributes]
+    return StructuralCausalModel.fit(train, CausalGraph.of(attributes, edges), groups=(HAIR_STATES,),
+                                     source="the LLM's graph, tables counted on the training split")
 
 
 def analyzer_context(services: RunServices, metrics: dict[str, Any], explanation: dict[str, Any], *,

@@ -9,6 +9,9 @@
 ``manual``     hand-written descriptions from a file (``--prompts FILE``)
 ``manual-min`` class-only text ("a photo of a man"), drawn as new faces
 ``random``     edits of random attributes
+``scm``        the rules' groups, each image its source's counterfactual under an LLM's causal graph
+               (seed 003; mechanisms counted on the training split)
+``scm-true``   the same under SynthFaces' true causal model: the upper bound of ``scm``
 ========== ====================================================================================
 
 Add a strategy by writing a class with a ``name`` and ``propose(context, rng) -> Proposal``
@@ -22,9 +25,9 @@ from pathlib import Path
 from fairloop.errors import ConfigError
 from fairloop.strategies.base import Proposal, Strategy
 
-STRATEGIES = ("rules", "llm", "llm-raw", "manual", "manual-min", "random")
+STRATEGIES = ("rules", "llm", "llm-raw", "manual", "manual-min", "random", "scm", "scm-true")
 #: Strategies that need a language model (``--llm local`` or ``--llm openai``).
-LLM_STRATEGIES = ("llm", "llm-raw")
+LLM_STRATEGIES = ("llm", "llm-raw", "scm")
 
 
 def check_strategy(name: str, *, llm: str, prompts: str | Path | None = None) -> str:
@@ -43,7 +46,7 @@ def check_strategy(name: str, *, llm: str, prompts: str | Path | None = None) ->
 def make_strategy(name: str, *, llm: str = "rules", llm_model: str | None = None, llm_base_url: str | None = None,
                   prompts: str | Path | None = None) -> Strategy:
     """The strategy ``name``; ``llm``/``llm_model``/``llm_base_url`` choose the language model of
-    ``llm`` and ``llm-raw``, ``prompts`` the file of ``manual``."""
+    ``llm``, ``llm-raw`` and ``scm``, ``prompts`` the file of ``manual``."""
     from fairloop.agent.analyzer import RulesAnalyzer, make_analyzer
     from fairloop.strategies.analyzers import AnalyzerStrategy
     from fairloop.strategies.fixed import ManualMinStrategy, ManualStrategy, RandomStrategy
@@ -51,12 +54,17 @@ def make_strategy(name: str, *, llm: str = "rules", llm_model: str | None = None
     check_strategy(name, llm=llm, prompts=prompts)
     if name == "rules":
         return AnalyzerStrategy("rules", RulesAnalyzer())
-    if name in LLM_STRATEGIES:
+    if name in ("llm", "llm-raw"):
         return AnalyzerStrategy(name, make_analyzer(llm, model=llm_model, base_url=llm_base_url, raw=name == "llm-raw"))
     if name == "manual":
         return ManualStrategy(prompts)
     if name == "manual-min":
         return ManualMinStrategy()
+    if name in ("scm", "scm-true"):
+        from fairloop.scm.builder import make_builder
+        from fairloop.strategies.scm import ScmStrategy
+
+        return ScmStrategy(name, make_builder(llm, model=llm_model, base_url=llm_base_url) if name == "scm" else None)
     return RandomStrategy()
 
 

@@ -26,7 +26,8 @@ class Proposal:
 
     ``decision`` holds the plans (label, description, n_images), the negative prompt and the mix
     ratio. ``text_to_image`` asks for new faces drawn from the descriptions instead of edits of
-    training images matched to the group they fill. ``fell_back`` says the strategy's own answer
+    training images matched to the group they fill (by proxy, or through the causal model ``scm``).
+    ``fell_back`` says the strategy's own answer
     was not used: the rules decided for an LLM, or nothing was proposed (``llm-raw``)."""
 
     decision: AnalyzerDecision
@@ -41,6 +42,9 @@ class Proposal:
     system_prompt: str = ""      # the system message sent, verbatim; "" without a language model
     strategy: str = ""           # the strategy's name (set by the strategy that returns it)
     text_to_image: bool = False
+    #: the causal model that turns sources into counterfactuals instead of proxy matching:
+    #: ``{"graph": "true"}`` (SynthFaces' own) or ``{"graph": "llm", "variables", "edges"}``
+    scm: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe dict."""
@@ -57,6 +61,7 @@ class Proposal:
             "fell_back": bool(self.fell_back),
             "seconds": float(self.seconds) if math.isfinite(self.seconds) else None,
             "text_to_image": bool(self.text_to_image),
+            "scm": self.scm,
         }
 
 

@@ -132,3 +132,69 @@ def _strongest_proxy(group: pd.DataFrame, sources: pd.DataFrame, candidates: lis
         if abs(gap) >= MIN_GAP and (best is None or abs(gap) > abs(best[1])):
             best = (name, gap)
     return None if best is None else (best[0], int(best[1] > 0))
+
+
+@dataclass(frozen=True)
+class CausalMatch:
+    """How a plan's sources became counterfactuals through a causal model (:func:`plan_scm_sources`)."""
+
+    intervention: dict[str, int]
+    changed: dict[str, float]   # share of the images in which each other attribute changed with it
+    prompts: int                # distinct edit prompts the changes needed
+    unreadable: int             # images whose changes no prompt could say: made from the plan's text alone
+    mechanisms: str
+    n: int
+
+    def note(self, description: str) -> str:
+        moved = ", ".join(f"{k} {v:.0%}" for k, v in sorted(self.changed.items(), key=lambda kv: -kv[1])[:5]) or "nothing"
+        return (f"'{description}' by abduction–action–prediction ({self.mechanisms}): do("
+                f"{', '.join(f'{k}={v}' for k, v in self.intervention.items())}) also changed {moved} of {self.n} "
+                f"images; {self.prompts} edit prompts" + (f", {self.unreadable} images from the plan's text" if self.unreadable else ""))
+
+    def as_dict(self) -> dict[str, object]:
+        return {"matching": "scm", "intervention": self.intervention, "changed": self.changed, "prompts": self.prompts,
+                "unreadable": self.unreadable, "mechanisms": self.mechanisms, "n": self.n}
+
+
+def plan_scm_sources(table: pd.DataFrame, scm, *, target: str, label: int, description: str, n: int,
+                     vocabulary: list[str], rng: np.random.Generator) -> tuple[list[SourceBatch], CausalMatch | None]:
+    """Sources for ``n`` edits of class ``label`` towards ``description``, each its own counterfactual:
+    the attributes the description names are intervened on (do), the class is held, and whatever
+    they cause is recomputed for that person from the causal model ``scm``
+    (:class:`~fairloop.scm.StructuralCausalModel`). Sources whose counterfactuals share their
+    changes share one edit prompt that names every change. This replaces proxy matching: a
+    descendant changes because its cause did, person by person, not to match a group rate."""
+    from fairloop.agent.analyzer import target_noun
+
+    edits = parse_prompt(description, vocabulary).edits
+    do = {a: v for a, v in edits.items() if a != target and a in scm.attributes}
+    pool = table[table[target] == label]
+    sources = pool[(pool[list(do)] != pd.Series(do)).any(axis=1)] if do else pool
+    if n <= 0 or sources.empty or not do:
+        return [SourceBatch(description, max(n, 0), _draw(sources.index, n, rng))], None
+    ids = _draw(sources.index, n, rng)
+    rows = table.loc[list(ids)].reset_index(drop=True)
+    cf = scm.counterfactual(rows, do, rng, hold=(target,))
+    groups: dict[tuple[tuple[str, int], ...], list[str]] = {}
+    for k, source_id in enumerate(ids):
+        changes = tuple((a, int(cf.rows.at[k, a])) for a in scm.attributes if cf.changed.at[k, a])
+        groups.setdefault(changes, []).append(source_id)
+    batches, unreadable = [], 0
+    plain: list[str] = []
+    for changes, members in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        prompt = ", ".join([target_noun(target, label) + " " + attribute_phrase(*_first(changes)),
+                            *(attribute_phrase(a, bool(v)) for a, v in changes[1:])])
+        if parse_prompt(prompt, vocabulary).edits != {target: label, **dict(changes)}:
+            plain += members  # the phrases would not say what they mean: the plan's own text
+            continue
+        batches.append(SourceBatch(prompt, len(members), tuple(members)))
+    if plain:
+        unreadable = len(plain)
+        batches.append(SourceBatch(description, len(plain), tuple(plain)))
+    match = CausalMatch(do, cf.downstream_rates(set(do)), len(batches), unreadable, scm.source, n)
+    return batches, match
+
+
+def _first(changes: tuple[tuple[str, int], ...]) -> tuple[str, bool]:
+    name, value = changes[0]
+    return name, bool(value)

@@ -369,4 +369,5 @@ def test_run_with_a_strategy_prints_it_and_its_progress_lines_whole(strategy, sy
     if strategy == "scm-true":  # every image its source's counterfactual, said in the log and the report
         assert summary["iterations"][0]["analysis"]["scm"] == {"graph": "true"}
         assert "by abduction–action–prediction" in stderr
-        assert "counterfactual under do(Gray_Hair=" in (out / "report.html").read_text()
+        report = (out / "report.html").read_text()
+        assert "counterfactual under do(Gray_Hair=" in report and "SynthFaces&#39; true causal graph" in report

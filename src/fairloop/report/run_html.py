@@ -63,7 +63,8 @@ def write_run_outputs(services: RunServices, state: dict[str, Any], final_explan
 def render_run_html(services: RunServices, state: dict[str, Any], summary: dict[str, Any]) -> str:
     from fairloop.tools.explain import AttributeExplanation
 
-    iterations = [{**it, **_generated(services, it.get("manifest"))} for it in summary["iterations"]]
+    iterations = [{**it, **_generated(services, it.get("manifest")), **_causal_graph(services, it)}
+                  for it in summary["iterations"]]
     before = AttributeExplanation.from_dict(summary["explanations"]["initial"])
     after = AttributeExplanation.from_dict(summary["explanations"]["final"])
     return render_template(
@@ -79,6 +80,21 @@ def render_run_html(services: RunServices, state: dict[str, Any], summary: dict[
         flips=_flips(services, summary),
         trace=services.folder.read_trace(),
     )
+
+
+def _causal_graph(services: RunServices, iteration: dict[str, Any]) -> dict[str, Any]:
+    """The causal graph an scm strategy used in this iteration, drawn, with its edges."""
+    from fairloop.runs.steps import causal_model
+
+    spec = (iteration.get("analysis") or {}).get("scm")
+    if not spec:
+        return {}
+    data = services.dataset
+    model = causal_model(spec, list(data.attributes), data.split("train").table)
+    graph = model.graph
+    title = "SynthFaces' true causal graph" if spec.get("graph") == "true" else "the language model's causal graph"
+    return {"scm_graph": {"title": title, "mechanisms": model.source, "edges": [f"{a} → {b}" for a, b in graph.edges],
+                          "png": figure_png(graph.figure(highlight=[services.config.protected], title=title))}}
 
 
 def _metric_rows(summary: dict[str, Any]) -> list[tuple[str, str, str]]:

@@ -113,14 +113,22 @@ class CausalGraph:
         return "\n".join(lines + ["}"])
 
     def draw(self, path, *, highlight: Iterable[str] = (), title: str = "") -> None:
-        """A PNG of the graph: variables in columns by causal depth, intervened ones boxed. Drawn
-        with matplotlib (no Graphviz binary needed); a cyclic graph is drawn in the given order."""
+        """A PNG of :meth:`figure` at ``path``, written atomically."""
+        import matplotlib.pyplot as plt
+
+        from fairloop.io import atomic_write
+
+        fig = self.figure(highlight=highlight, title=title)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+        plt.close(fig)
+
+    def figure(self, *, highlight: Iterable[str] = (), title: str = ""):
+        """A matplotlib figure of the graph: variables in columns by causal depth, intervened ones
+        boxed (no Graphviz binary needed); a cyclic graph is drawn in the given order."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-
-        from fairloop.io import atomic_write
 
         depth = _depths(self)
         columns: dict[int, list[str]] = {}
@@ -145,8 +153,7 @@ class CausalGraph:
         if title:
             ax.set_title(title, fontsize=10)
         fig.tight_layout()
-        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-        plt.close(fig)
+        return fig
 
 
 def _depths(graph: CausalGraph) -> dict[str, int]:

@@ -1,7 +1,7 @@
 """How good are the SCMs fairloop builds from captions (seed 003), and the images they lead to?
 
 Usage: python bench/bench_scm.py --out DIR [--captions 50] [--builders true,local] [--per-caption 20]
-       [--generator embedded|render] [--threads 2]
+       [--generator embedded|render] [--threads 2] [--clip CLIP_FOLDER]
 
 Captions describe SynthFaces people drawn from the true sampler ("a young woman with gray hair,
 wearing eyeglasses"); each gets an intervention on an attribute it states (cycling through
@@ -17,7 +17,8 @@ Gray_Hair, Young, Male, Eyeglasses, Smiling). For every builder (``true``: Synth
    people; the true model for ``true``), drawn as edits of the person's render. The attribute
    oracle scores whether the intervention shows and whether every attribute the SCM changed shows;
    CLD (seed 003's minimality, normalised) and KID against as many fresh renders, on oracle
-   features — over ≥ 1,000 images, never 5.
+   features — over ≥ 1,000 images, never 5. With ``--clip FOLDER`` (a CLIP model the user has), also
+   seed 003's CLIP score and CLIP directional similarity.
 
 Prints one table; every figure is also in ``DIR/summary.json``.
 """
@@ -67,22 +68,24 @@ def build_graphs(out: Path, items: list[dict], builders: list[str], table) -> li
                 done[(row["builder"], row["k"])] = row
             except (json.JSONDecodeError, KeyError):
                 continue  # a line cut by a crash: built again
-    start, todo = time.perf_counter(), [(b, it) for b in builders for it in items if (b, it["k"]) not in done]
+    todo = [(b, it) for b in builders for it in items if (b, it["k"]) not in done]
+    spent: dict[str, list[float]] = {b: [] for b in builders}  # seconds per caption, by builder: for the ETA
     for n, (builder, item) in enumerate(todo, 1):
         result = build_scm(item["caption"], llm=builder, vocabulary=list(ATTRIBUTES),
                            intervention=tuple(item["intervention"]), table=table, seed=item["k"])
+        spent[builder].append(result.seconds)
         row = {"builder": builder, "k": item["k"], **result.as_dict()}
         with path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         done[(builder, item["k"])] = row
-        left = (time.perf_counter() - start) / n * (len(todo) - n)
+        left = sum(float(np.mean(spent[b] or spent[builder])) for b, _ in todo[n:])
         print(f"  graph {n}/{len(todo)} ({builder}): valid={row['valid']} graph_valid={row['graph_valid']} "
               f"shd={row['shd_to_true_graph']} {row['seconds']:.0f} s; about {left / 60:.0f} min left", flush=True)
     return list(done.values())
 
 
 def counterfactual_images(rows: list[dict], items: list[dict], builder: str, per_caption: int, generator: str,
-                          table, oracle, pipe) -> dict:
+                          table, oracle, pipe, clip: Path | None = None) -> dict:
     import pandas as pd
 
     from fairloop.data.synthfaces import ATTRIBUTES, HAIR_STATES, render_face
@@ -127,9 +130,17 @@ def counterfactual_images(rows: list[dict], items: list[dict], builder: str, per
     renders = [render_face(s, i) for s, i in zip(table.sample(len(targets), random_state=1).to_dict("records"),
                                                  np.random.default_rng(7).integers(0, 2**31 - 1, len(targets)))]
     kid = kernel_inception_distance(oracle.features(renders), f_cf, subset_size=min(len(targets), 500))[0]
-    return {"images": len(targets), "captions": len(usable), "intervention_shown": float(shown),
-            "all_changes_shown": float(all_shown), "cld": edit_distance(f_src, f_cf), "kid": float(kid),
-            "mean_changed": float(np.mean([len(c) for c in changed])), "seconds": seconds}
+    out = {"images": len(targets), "captions": len(usable), "intervention_shown": float(shown),
+           "all_changes_shown": float(all_shown), "cld": edit_distance(f_src, f_cf), "kid": float(kid),
+           "mean_changed": float(np.mean([len(c) for c in changed])), "seconds": seconds}
+    if clip is not None:  # seed 003's CLIP figures, with the user's CLIP model folder
+        from fairloop.tools.quality import clip_directional_similarity, clip_scores
+
+        prompts, source_prompts = [caption(t) for t in targets], [caption(s) for s in sources]
+        out["clip_score"] = float(np.mean(clip_scores(images, prompts, clip)))
+        out["clip_directional"] = float(np.mean(clip_directional_similarity(src_images, images, source_prompts,
+                                                                            prompts, clip)))
+    return out
 
 
 def summarize(rows: list[dict], builder: str) -> dict:
@@ -163,6 +174,7 @@ def main() -> None:
     parser.add_argument("--generator", choices=("embedded", "render"), default="embedded")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--clip", type=Path, help="a CLIP model folder: adds CLIP score and directional similarity")
     args = parser.parse_args()
     import torch
 
@@ -183,7 +195,8 @@ def main() -> None:
     for builder in builders:
         print(f"images for {builder} …", flush=True)
         summary["builders"][builder] = summarize(rows, builder) | {
-            "images": counterfactual_images(rows, items, builder, args.per_caption, args.generator, table, oracle, pipe)}
+            "images": counterfactual_images(rows, items, builder, args.per_caption, args.generator, table, oracle, pipe,
+                                            args.clip)}
     atomic_write_json(args.out / "summary.json", summary)
 
     print(f"\nSCMs of {len(items)} SynthFaces captions; images: {args.per_caption} counterfactuals of each person, "

@@ -277,3 +277,18 @@ def test_a_causal_model_spec_from_run_state_is_data_not_trusted():
         causal_model({"graph": "llm", "edges": [["Young", "Chubby"], ["Chubby", "Young"]]}, VOCAB, train)
     with pytest.raises(ConfigError, match="only for SynthFaces"):
         causal_model({"graph": "true"}, ["Male", "Smiling"], train[["Male", "Smiling"]])
+
+
+def test_fairloop_scm_against_an_endpoint_reports_a_graph_it_cannot_use(tmp_path):
+    import os
+
+    env = {**os.environ, "OPENAI_API_KEY": KEY, "NO_PROXY": "127.0.0.1,localhost"}
+    cyclic = answer(edges=[["Gray_Hair", "Young"], ["Young", "Gray_Hair"]], modified_edges=[["Young", "Gray_Hair"]])
+    with Stub([json.dumps(cyclic)]) as stub:
+        done = subprocess.run([sys.executable, "-m", "fairloop.cli", "scm", CAPTION, "--intervene", "Gray_Hair=0",
+                               "--llm", "openai", "--llm-model", "stub-model", "--llm-base-url", stub.url,
+                               "--json", str(tmp_path / "s.json")], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 2 and "cycle: Gray_Hair → Young → Gray_Hair" in done.stderr
+    assert "Traceback" not in done.stderr and KEY not in done.stderr + (tmp_path / "s.json").read_text()
+    saved = json.loads((tmp_path / "s.json").read_text())
+    assert not saved["valid"] and saved["attempts"] == 3 and saved["cycles_found"] == 3

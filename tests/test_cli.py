@@ -364,6 +364,11 @@ def test_run_with_a_strategy_prints_it_and_its_progress_lines_whole(strategy, sy
         "--fair-band", "0.999,1.001,0.0001", "--memory", tmp_path / "memory", "--device", "cpu"])
     assert code is None or code == 0, stderr
     assert f"strategy: {strategy}" in stderr and "[iteration 1] analyze …" in stderr  # "[…]" is text, not markup
+    # not a terminal: progress comes as lines with an ETA, and the run keeps them in run.log
+    progress = [line for line in stderr.splitlines() if " elapsed, eta " in line]
+    assert progress and progress[-1].endswith("eta 0:00")
+    log = (out / "run.log").read_text()
+    assert "[iteration 1] analyze …" in log and " elapsed, eta " in log
     summary = json.loads((out / "summary.json").read_text())
     assert all(it["analysis"]["strategy"] == strategy for it in summary["iterations"])
     if strategy == "scm-true":  # every image its source's counterfactual, said in the log and the report

@@ -196,8 +196,9 @@ def test_run_killed_in_its_second_iteration_resumes_without_redoing_the_first(sy
     base = [sys.executable, "-m", "fairloop.cli", "run"]
     args = ["--root", str(synth_root), "--baseline", str(biased_checkpoint), "--max-iterations", "2",
             "--max-images", "400", "--out", str(run), "--device", "cpu", "--fair-band", "0.999,1.001,0.0001", "--llm", "rules"]
-    proc = subprocess.Popen(base + args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    errors = tmp_path / "stderr.txt"  # a file, not a pipe: progress lines must never fill a buffer and block the run
+    with open(errors, "wb") as sink:
+        proc = subprocess.Popen(base + args, env=env, stdout=subprocess.DEVNULL, stderr=sink, start_new_session=True)
     trace = run / "trace.jsonl"
     deadline = time.time() + 240
     killed = False
@@ -209,7 +210,7 @@ def test_run_killed_in_its_second_iteration_resumes_without_redoing_the_first(sy
         time.sleep(0.05)
     proc.wait(timeout=30)
     if not killed:
-        pytest.fail("the run ended before its second iteration: " + proc.stderr.read().decode()[-2000:])
+        pytest.fail("the run ended before its second iteration: " + errors.read_text()[-2000:])
 
     done_before = [(t["node"], t["iteration"]) for t in RunFolder(run).read_trace()]
     assert ("finetune", 1) in done_before and not (run / "summary.json").exists()

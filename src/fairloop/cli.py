@@ -47,8 +47,10 @@ def _plain(console):
 
 
 @contextmanager
-def _progress():
-    """A rich progress display; yields a ``(stage, done, total)`` callback with one bar per stage."""
+def _progress(*also):
+    """A ``(stage, done, total)`` progress callback: one rich bar per stage on a terminal, plain lines
+    with an ETA otherwise (CI logs, ``make demo | tee``), and the same lines to every sink in ``also``
+    (a run's log file)."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -58,8 +60,15 @@ def _progress():
         TimeRemainingColumn,
     )
 
+    from fairloop.progress import ProgressLines
+
+    console = _console()
+    if not console.is_terminal:
+        yield ProgressLines(_plain(console), *also)
+        return
+    lines = ProgressLines(*also)
     with Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("eta"), TimeRemainingColumn(), console=_console(), transient=False) as progress:
+                  TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False) as progress:
         tasks: dict[str, int] = {}
         last: dict[str, int] = {}
 
@@ -70,6 +79,7 @@ def _progress():
                 progress.reset(tasks[stage], total=total)
             last[stage] = done
             progress.update(tasks[stage], completed=done, total=total)
+            lines(stage, done, total)
 
         yield update
 
@@ -353,8 +363,14 @@ def _run_with_progress(config, folder) -> None:
     from fairloop.runs import RunServices
 
     console = _console()
-    with _progress() as progress:
-        services = RunServices(config, folder, progress=progress, log=_plain(console))
+    say = _plain(console)
+
+    def log(line: str) -> None:  # the terminal and RUN/run.log
+        say(line)
+        folder.append_log(line)
+
+    with _progress(folder.append_log) as progress:
+        services = RunServices(config, folder, progress=progress, log=log)
         state = run_loop(services)
     initial, final = state["initial"]["test"], state["current"]["test"]
     from rich.table import Table
@@ -538,20 +554,11 @@ class _NoModel:
 
 
 def _line_progress(console):
-    """A progress callback that prints a line per quarter of each stage (a live bar would fight the prompt)."""
-    quarters: dict[str, int] = {}
-    last: dict[str, int] = {}
+    """Progress lines at each quarter of a stage, with an ETA (a live bar would fight the prompt)."""
+    from fairloop.progress import ProgressLines
 
-    def update(stage: str, done: int, total: int) -> None:
-        if done < last.get(stage, 0):  # the stage starts again
-            quarters.pop(stage, None)
-        last[stage] = done
-        quarter = 4 * done // max(total, 1)
-        if quarter > quarters.get(stage, -1):
-            quarters[stage] = quarter
-            console.print(f"[dim]  {stage}: {done}/{total}[/]", highlight=False)
-
-    return update
+    return ProgressLines(lambda line: console.print(f"[dim]  {line}[/]", highlight=False), steps=4,
+                         every_seconds=float("inf"))
 
 
 # ------------------------------------------------------------------------------------ generation

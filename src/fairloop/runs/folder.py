@@ -10,6 +10,7 @@ RUN/evals/<hash>.json   metrics, predictions summary and explanation of a checkp
 RUN/images/<hash>.png   counterfactual images, named by content hash
 RUN/manifests/it<k>.json  the manifest of iteration k's images
 RUN/trace.jsonl         every tool call: node, iteration, seconds, a compact result
+RUN/run.log             what the run printed, timestamped: messages and progress lines with ETAs
 RUN/summary.json, RUN/report.html
 ```
 """
@@ -85,6 +86,12 @@ class RunFolder:
         with open(self.path / "trace.jsonl", "a+b") as f:
             cut = f.tell() > 0 and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n"
             f.write((("\n" if cut else "") + line + "\n").encode())
+
+    def append_log(self, line: str) -> None:
+        """One timestamped line of what the run printed (messages and progress) to ``run.log``."""
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        with open(self.path / "run.log", "a", encoding="utf-8") as f:
+            f.write(f"{stamp} {line}\n")
 
     def read_trace(self) -> list[dict[str, Any]]:
         """The trace, one line per node and iteration: a node killed after its trace line but before

@@ -133,6 +133,7 @@ def make_counterfactuals(services: RunServices, plans: list[dict[str, Any]], neg
     train = services.dataset.split("train").table
     causal = causal_model(scm, list(services.dataset.attributes), train) if scm and not text_to_image else None
     rows, notes, proxies = [], [], []
+    planned = []  # (plan, batch, its plan's rng): every batch first, so progress counts the whole set
     for k, plan in enumerate(plans):
         if plan["n_images"] <= 0:
             continue
@@ -151,19 +152,24 @@ def make_counterfactuals(services: RunServices, plans: list[dict[str, Any]], neg
             notes.append(proxy.note(plan["description"]))
             proxies.append({"description": plan["description"], **proxy.as_dict()})
             services.log(f"  {notes[-1]}")
-        for batch in batches:
-            request = GenerationRequest(prompt=batch.prompt, n=batch.n, label=plan["label"], target=cfg.target,
-                                        negative_prompt=negative_prompt, source_ids=batch.source_ids,
-                                        seed=int(rng.integers(2**31 - 1)))
-            result = services.generator.generate(request, services.folder.path / "images",
-                                                 sources=services.dataset, progress=services.progress)
-            notes += result.notes
-            for row in result.rows:
-                row["path"] = services.folder.relative(row["path"])
-                source_value = train.at[row["source_id"], cfg.protected] if row.get("source_id") else None
-                row["protected"] = int(row.get("attributes", {}).get(
-                    cfg.protected, source_value if source_value is not None else -1))
-            rows += result.rows
+        planned += [(plan, batch, rng) for batch in batches]
+    total, offset = sum(batch.n for _, batch, _ in planned), 0
+    for plan, batch, rng in planned:
+        request = GenerationRequest(prompt=batch.prompt, n=batch.n, label=plan["label"], target=cfg.target,
+                                    negative_prompt=negative_prompt, source_ids=batch.source_ids,
+                                    seed=int(rng.integers(2**31 - 1)))
+        report = (lambda stage, done, n, offset=offset: services.progress(stage, offset + done, total)) \
+            if services.progress else None
+        offset += batch.n
+        result = services.generator.generate(request, services.folder.path / "images", sources=services.dataset,
+                                             progress=report)
+        notes += result.notes
+        for row in result.rows:
+            row["path"] = services.folder.relative(row["path"])
+            source_value = train.at[row["source_id"], cfg.protected] if row.get("source_id") else None
+            row["protected"] = int(row.get("attributes", {}).get(
+                cfg.protected, source_value if source_value is not None else -1))
+        rows += result.rows
     made = len(rows)
     verification, rejected = None, []
     if services.oracle is not None:  # non-exact generators on SynthFaces: keep what the oracle confirms

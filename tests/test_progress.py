@@ -9,7 +9,7 @@ def test_lines_at_start_each_step_end_and_on_a_timer_with_an_eta():
     now = [0.0]
     seen: list[str] = []
     lines = ProgressLines(seen.append, steps=4, every_seconds=30, clock=lambda: now[0])
-    for done in range(0, 101):
+    for done in range(101):
         now[0] = done * 2.0     # 2 s per item
         lines("generate", done, 100)
     assert seen[0] == "generate: 0/100 (0 %), 0:00 elapsed, eta ?"

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 def clock_text(seconds: float) -> str:
     """"1:05:09", "4:07", "0:03"."""
-    seconds = max(0, int(round(seconds)))
+    seconds = max(0, round(seconds))
     hours, rest = divmod(seconds, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 

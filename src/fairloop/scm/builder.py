@@ -131,8 +131,12 @@ def graph_problems(answer: SCMAnswer, vocabulary: list[str], groups: tuple[tuple
             problems.append(f"variable {name!r} is neither an attribute name ({', '.join(vocabulary)}) "
                             "nor a free variable in lowercase words")
     problems += [f"edges has [{a}, {b}]: a variable cannot cause itself" for a, b in answer.edges if a == b]
-    names = set(names)
+    from fairloop.scm.model import MAX_PARENTS
+
     graph = CausalGraph.of(answer.variables, answer.edges)
+    problems += [f"{v} has {len(graph.parents(v))} causes; give it at most {MAX_PARENTS}, the ones you are sure of"
+                 for v in graph.variables if len(graph.parents(v)) > MAX_PARENTS]
+    names = set(names)
     cycle = graph.find_cycle()
     if cycle and len(cycle) > 2:
         problems.append(f"the edges contain a cycle: {' → '.join(cycle)}; a causal graph has none — drop the edge "

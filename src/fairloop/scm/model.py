@@ -34,8 +34,9 @@ from fairloop.scm.graph import CausalGraph
 
 #: Pseudo-counts pulling a sparse cell of a fitted table towards the variable's overall rate.
 SMOOTHING = 2.0
-#: Most causes a fitted variable may have (its table has 2 ** causes cells).
-MAX_PARENTS = 6
+#: Most causes a fitted variable may have: its table has 2 ** causes cells, and sparse cells fall
+#: back to the variable's overall rate through the smoothing.
+MAX_PARENTS = 12
 
 
 @dataclass(frozen=True)
@@ -259,7 +260,8 @@ def collapse_groups(graph: CausalGraph, grouped: dict[str, tuple[str, ...]]) -> 
 
 
 def _count_table(data: pd.DataFrame, states: tuple[str, ...], parents: tuple[str, ...]) -> dict[tuple[int, ...], np.ndarray]:
-    """Outcome probabilities per parent configuration, smoothed towards the overall rates."""
+    """Outcome probabilities per parent configuration, smoothed towards the overall rates (one
+    bincount over the rows, whatever the number of configurations)."""
     if len(states) > 1:
         outcome = data[list(states)].to_numpy().argmax(axis=1)
         k = len(states)
@@ -267,10 +269,8 @@ def _count_table(data: pd.DataFrame, states: tuple[str, ...], parents: tuple[str
         outcome = 1 - data[states[0]].to_numpy()
         k = 2
     overall = np.bincount(outcome, minlength=k) / max(len(outcome), 1)
-    keys = data[list(parents)].to_numpy() if parents else np.zeros((len(data), 0), int)
-    table = {}
-    for key in itertools.product((0, 1), repeat=len(parents)):
-        mask = (keys == np.asarray(key)).all(axis=1) if parents else np.ones(len(data), bool)
-        counts = np.bincount(outcome[mask], minlength=k)
-        table[key] = (counts + SMOOTHING * overall) / (counts.sum() + SMOOTHING)
-    return table
+    bits = data[list(parents)].to_numpy(dtype=np.int64) if parents else np.zeros((len(data), 0), np.int64)
+    config = bits @ (1 << np.arange(len(parents) - 1, -1, -1, dtype=np.int64)) if parents else np.zeros(len(data), np.int64)
+    counts = np.bincount(config * k + outcome, minlength=(2 ** len(parents)) * k).reshape(-1, k)
+    table = (counts + SMOOTHING * overall) / (counts.sum(axis=1, keepdims=True) + SMOOTHING)
+    return {key: table[j] for j, key in enumerate(itertools.product((0, 1), repeat=len(parents)))}

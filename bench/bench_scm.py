@@ -17,7 +17,9 @@ Gray_Hair, Young, Male, Eyeglasses, Smiling). For every builder (``true``: Synth
    people; the true model for ``true``), drawn as edits of the person's render. The attribute
    oracle scores whether the intervention shows and whether every attribute the SCM changed shows;
    CLD (seed 003's minimality, normalised) and KID against as many fresh renders, on oracle
-   features — over ≥ 1,000 images, never 5. With ``--clip FOLDER`` (a CLIP model the user has), also
+   features — over ≥ 1,000 images, never 5. *Effect error*: for the same person and noise, the mean
+   absolute difference between the share of counterfactuals in which each attribute changes under
+   this builder's model and under the true one (over attributes either changes; 0 for ``true``). With ``--clip FOLDER`` (a CLIP model the user has), also
    seed 003's CLIP score and CLIP directional similarity.
 
 Prints one table; every figure is also in ``DIR/summary.json``.
@@ -96,6 +98,8 @@ def counterfactual_images(rows: list[dict], items: list[dict], builder: str, per
     by_k = {it["k"]: it for it in items}
     usable = [r for r in rows if r["builder"] == builder and r["graph_valid"]]
     sources, targets, identities, changed = [], [], [], []
+    effect_errors = []  # per caption: how far this model's effects are from the true model's, for this person
+    true_model = StructuralCausalModel.synthfaces()
     for row in usable:
         item = by_k[row["k"]]
         if builder == "true":
@@ -104,8 +108,12 @@ def counterfactual_images(rows: list[dict], items: list[dict], builder: str, per
             edges = [e for e in row["edges"] if e[0] in ATTRIBUTES and e[1] in ATTRIBUTES]
             model = StructuralCausalModel.fit(table, CausalGraph.of(ATTRIBUTES, edges), groups=(HAIR_STATES,))
         people = pd.DataFrame([item["person"]] * per_caption)
-        cf = model.counterfactual(people, {item["intervention"][0]: item["intervention"][1]},
-                                  np.random.default_rng(row["k"]))
+        do = {item["intervention"][0]: item["intervention"][1]}
+        cf = model.counterfactual(people, do, np.random.default_rng(row["k"]))
+        truth = true_model.counterfactual(people, do, np.random.default_rng(row["k"]))
+        mine, true_rates = cf.changed.mean(), truth.changed.mean()
+        moved = [a for a in ATTRIBUTES if a not in do and (mine[a] > 0 or true_rates[a] > 0)]
+        effect_errors.append(float(np.mean([abs(mine[a] - true_rates[a]) for a in moved])) if moved else 0.0)
         for j in range(per_caption):
             sources.append(item["person"])
             targets.append({a: int(cf.rows.at[j, a]) for a in ATTRIBUTES})
@@ -132,7 +140,8 @@ def counterfactual_images(rows: list[dict], items: list[dict], builder: str, per
     kid = kernel_inception_distance(oracle.features(renders), f_cf, subset_size=min(len(targets), 500))[0]
     out = {"images": len(targets), "captions": len(usable), "intervention_shown": float(shown),
            "all_changes_shown": float(all_shown), "cld": edit_distance(f_src, f_cf), "kid": float(kid),
-           "mean_changed": float(np.mean([len(c) for c in changed])), "seconds": seconds}
+           "mean_changed": float(np.mean([len(c) for c in changed])), "effect_error": float(np.mean(effect_errors)),
+           "seconds": seconds}
     if clip is not None:  # seed 003's CLIP figures, with the user's CLIP model folder
         from fairloop.tools.quality import clip_directional_similarity, clip_scores
 
@@ -202,13 +211,14 @@ def main() -> None:
     print(f"\nSCMs of {len(items)} SynthFaces captions; images: {args.per_caption} counterfactuals of each person, "
           f"{args.generator} generator, scored by the oracle")
     print(f"{'builder':<8} {'valid':>6} {'graph ok':>8} {'cycles before':>13} {'after':>6} {'SHD':>14} {'tries':>5} "
-          f"{'s/caption':>9} {'do() shown':>10} {'all shown':>9} {'CLD':>6} {'KID':>8} {'images':>6}")
+          f"{'s/caption':>9} {'do() shown':>10} {'all shown':>9} {'CLD':>6} {'KID':>8} {'images':>6} {'effect err':>10}")
     for builder, s in summary["builders"].items():
         im = s["images"]
         shd = f"{s['shd']['mean']:.1f} ± {s['shd']['half_width']:.1f}" if s["shd"] else "—"
         after = f"{s['cycle_rate_after']:.2f}" if s["cycle_rate_after"] is not None else "—"
         imgs = (f"{im['intervention_shown']:>10.3f} {im['all_changes_shown']:>9.3f} {im['cld']:>6.3f} {im['kid']:>8.4f} "
-                f"{im['images']:>6}") if im.get("images") else f"{'—':>10} {'—':>9} {'—':>6} {'—':>8} {0:>6}"
+                f"{im['images']:>6} {im['effect_error']:>10.3f}") if im.get("images") else \
+            f"{'—':>10} {'—':>9} {'—':>6} {'—':>8} {0:>6} {'—':>10}"
         print(f"{builder:<8} {s['valid']:>6.2f} {s['graph_valid']:>8.2f} {s['cycle_rate_before']:>13.2f} {after:>6} "
               f"{shd:>14} {s['attempts']:>5.1f} {s['seconds']:>9.1f} {imgs}")
 

@@ -56,6 +56,8 @@ def wait_for_node(proc: subprocess.Popen, run: Path, node: str, timeout: float =
         if trace.exists() and any(json.loads(line)["node"] == node for line in trace.read_text().splitlines()):
             return
         time.sleep(0.02)
+    if proc.poll() is None:  # a stalled run must not outlive the test
+        os.killpg(proc.pid, signal.SIGKILL)
     pytest.fail(f"the run ended or stalled before {node}: " + (proc.stderr.read() or "")[-2000:])
 
 

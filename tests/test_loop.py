@@ -202,12 +202,16 @@ def test_run_killed_in_its_second_iteration_resumes_without_redoing_the_first(sy
     trace = run / "trace.jsonl"
     deadline = time.time() + 240
     killed = False
-    while time.time() < deadline and proc.poll() is None:
-        if trace.exists() and any(json.loads(line)["iteration"] == 2 for line in trace.read_text().splitlines()):
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if trace.exists() and any(json.loads(line)["iteration"] == 2 for line in trace.read_text().splitlines()):
+                os.killpg(proc.pid, signal.SIGKILL)
+                killed = True
+                break
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None and not killed:  # a run too slow for the deadline must not outlive the test
             os.killpg(proc.pid, signal.SIGKILL)
-            killed = True
-            break
-        time.sleep(0.05)
     proc.wait(timeout=30)
     if not killed:
         pytest.fail("the run ended before its second iteration: " + errors.read_text()[-2000:])

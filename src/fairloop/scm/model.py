@@ -217,17 +217,6 @@ class StructuralCausalModel:
         values = values.astype(np.int8)
         return Counterfactual(values, values.ne(source.astype(np.int8)))
 
-    def mechanism_text(self) -> list[str]:
-        """One line per node, for reports: its parents and probabilities."""
-        lines = []
-        for node in self.nodes:
-            cells = "; ".join(
-                (", ".join(f"{p}={v}" for p, v in zip(node.parents, key)) or "always") + " → "
-                + (", ".join(f"{s} {q:.2f}" for s, q in zip(node.states, probs)) if node.is_group else f"{probs[0]:.2f}")
-                for key, probs in sorted(node.table.items()))
-            lines.append(f"P({node.name}{' = 1' if not node.is_group else ''} | {', '.join(node.parents) or '—'}): {cells}")
-        return lines
-
 
 def _act(node: Node, probs: np.ndarray, intervened: dict[str, int]) -> np.ndarray:
     """Probabilities after do(): a binary node or a group state set to 1 is certain; a group state

@@ -57,6 +57,13 @@ ModelRef = Field(default="current", max_length=40,
                  description='"current", "baseline", or a model id that an earlier tool result gave')
 
 
+def _plain_text(value: str) -> str:
+    """A description or caption checked as an analyzer's plan description is: plain text, bounded."""
+    from fairloop.agent.schema import ClassPlan
+
+    return ClassPlan(label=0, description=value, n_images=0).description
+
+
 class AuditArgs(BaseModel):
     model: str = ModelRef
     split: Literal["val", "test"] = Field(default="val", description="val for decisions, test to report")
@@ -83,12 +90,7 @@ class GenerateArgs(BaseModel):
                                           "default: the class the description names")
     n_images: int = Field(ge=1, le=2000, description="how many images")
 
-    @field_validator("description")
-    @classmethod
-    def _plain(cls, value: str) -> str:
-        from fairloop.agent.schema import ClassPlan
-
-        return ClassPlan(label=0, description=value, n_images=0).description
+    _plain = field_validator("description")(classmethod(lambda cls, value: _plain_text(value)))
 
 
 class FinetuneArgs(BaseModel):
@@ -135,12 +137,7 @@ class ScmArgs(BaseModel):
     graph: Literal["llm", "true"] = Field(default="llm", description="llm: this run's language model writes the "
                                           "graph; true: SynthFaces' own graph")
 
-    @field_validator("caption")
-    @classmethod
-    def _plain(cls, value: str) -> str:
-        from fairloop.agent.schema import ClassPlan
-
-        return ClassPlan(label=0, description=value, n_images=0).description
+    _plain = field_validator("caption")(classmethod(lambda cls, value: _plain_text(value)))
 
 
 class NoArgs(BaseModel):

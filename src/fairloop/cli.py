@@ -244,6 +244,115 @@ def audit(
     console.print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
+# ----------------------------------------------------------------------------------- weaknesses
+
+
+@app.command()
+def weaknesses(
+    root: RootOpt,
+    target: TargetOpt,
+    dataset: DatasetOpt = "celeba",
+    csv: CsvOpt = None,
+    model: Annotated[Optional[Path], typer.Option("--model", help="Checkpoint from 'fairloop train'; without it a baseline is trained first.")] = None,
+    generator: Annotated[str, typer.Option("--generator", help="Who draws the counterfactuals: render (SynthFaces' exact oracle), embedded or sd.")] = "render",
+    generator_model: Annotated[Optional[str], typer.Option("--generator-model", help="sd: a diffusers folder or cached hub id; embedded: other trained weights.")] = None,
+    perturb: Annotated[str, typer.Option("--perturb", help="Who proposes the edits: all (every attribute, both directions) or llm (seed 001: a language model edits each caption).")] = "all",
+    llm: Annotated[str, typer.Option("--llm", help="--perturb llm: auto, local or openai.")] = "auto",
+    llm_model: Annotated[Optional[str], typer.Option("--llm-model", help="Model name for --llm openai.")] = None,
+    llm_base_url: Annotated[Optional[str], typer.Option("--llm-base-url", help="Endpoint (default: $OPENAI_BASE_URL).")] = None,
+    captions: Annotated[str, typer.Option("--captions", help="Where captions come from: table (the attribute table), oracle (what the attribute oracle sees) or blip (--captioner).")] = "table",
+    captioner: Annotated[Optional[str], typer.Option("--captioner", help="A BLIP captioning model folder (or cached hub id) for --captions blip.")] = None,
+    n_captions: Annotated[Optional[int], typer.Option("--n-captions", help="Images captioned and perturbed (default: 200 with --perturb all, 12 with llm).")] = None,
+    per_edit: Annotated[int, typer.Option("--per-edit", help="Sources per edit and class: the n behind each ΔAcc.")] = 40,
+    split: Annotated[str, typer.Option("--split", help="Split the sources come from (keep test for scoring repairs).")] = "val",
+    out: Annotated[Path, typer.Option("--out", help="Folder for weaknesses.json, weaknesses.html and the images.")] = Path("fairloop-weaknesses"),
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the JSON report here instead.")] = None,
+    top: Annotated[int, typer.Option("--top", help="Edits to print.")] = 10,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Find what a classifier is weak at without being told (seed 001): perturb captions, draw the
+    counterfactuals, rank edits by the accuracy they cost (ΔAcc, flip rate, bootstrap CIs)."""
+    from fairloop.errors import ConfigError
+    from fairloop.weakness import PERTURBERS
+    from fairloop.weakness.captions import CAPTION_SOURCES
+
+    if perturb not in PERTURBERS:
+        raise ConfigError(f"unknown --perturb {perturb!r}", f"use one of {', '.join(PERTURBERS)}")
+    if captions not in CAPTION_SOURCES:
+        raise ConfigError(f"unknown --captions {captions!r}", f"use one of {', '.join(CAPTION_SOURCES)}")
+    if per_edit < 2:
+        raise ConfigError(f"--per-edit {per_edit} gives no interval", "use --per-edit 2 or more (40 by default)")
+    console = _console()
+    data = _load(dataset, root, csv)
+    data.require_attribute(target, "target")
+    if split not in ("train", "val", "test") or len(data.split(split)) == 0:
+        raise ConfigError(f"--split {split!r} has no images in {root}", "use --split val (or train/test)")
+    check_destination(out, folder=True)
+    if json_path is not None:
+        check_destination(json_path, folder=False, option="--json")
+    perturber = None
+    if perturb == "llm":
+        from fairloop.llm import resolve_llm
+        from fairloop.weakness.perturb import make_perturber
+
+        perturber = make_perturber(resolve_llm(llm, llm_model), model=llm_model, base_url=llm_base_url)
+
+    from fairloop.data.synthfaces import is_synthfaces
+    from fairloop.generators import make_generator
+    from fairloop.vision.models import load_checkpoint, resolve_device
+    from fairloop.vision.train import TrainConfig
+    from fairloop.weakness import discover
+
+    if model is None:
+        console.print(f"no --model given: training a smallcnn baseline for {target} first")
+        model = out / "model"
+        _train_and_save(data, target, TrainConfig(seed=seed, device=device), model)
+    net, meta = load_checkpoint(model, resolve_device(device))
+    if meta.get("target") not in (None, target):
+        raise ConfigError(f"checkpoint {model} was trained for {meta['target']!r}, not for --target {target!r}",
+                          f"use --target {meta['target']}, or a model trained for {target}")
+    backend = make_generator(generator, model=generator_model, device=device)
+    oracle = None
+    if is_synthfaces(data.root) and (not backend.exact or captions == "oracle"):
+        from fairloop.tools.quality import AttributeOracle
+
+        oracle = AttributeOracle.packaged()
+    blip = None
+    if captions == "blip":
+        from fairloop.weakness.captions import BlipCaptioner
+
+        if not captioner:
+            raise ConfigError("--captions blip needs a captioning model", "pass --captioner FOLDER")
+        blip = BlipCaptioner(captioner, device=str(resolve_device(device)))
+    with _progress() as progress:
+        report = discover(net, data, backend, target=target, out_dir=out, perturber=perturber, captions_from=captions,
+                          captioner=blip, oracle=oracle if not backend.exact else None,
+                          n_captions=n_captions or (12 if perturber else 200), per_edit=per_edit, split=split,
+                          image_size=meta.get("image_size", 64), seed=seed, progress=progress)
+    from fairloop.report.weakness_html import write_weaknesses
+
+    result = report.as_dict()
+    paths = write_weaknesses(result, out, json_path=json_path)
+    say = _plain(console)
+    filters = result["perturber"]["filters"]
+    say(f"{filters['proposed']} edits proposed by {result['perturber']['backend']} on {result['captions']['n']} captions "
+        f"({result['captions']['from']}); kept {filters['kept']}: " + ", ".join(
+            f"{k} {v}" for k, v in filters.items() if k not in ("proposed", "kept") and v))
+    for name, n in result["perturber"]["unsupported"].items():
+        say(f"  unsupported by the generator: {name} ({n})")
+    say(f"{'#':>3}  {'class':<10} {'edit':<30} {'n':>4}  {'ΔAcc':>7}  {'95% CI':<17} {'flips':>5}")
+    for k, w in enumerate(result["weaknesses"][:top], 1):
+        lo, hi = w["ci"]["delta_acc"]
+        say(f"{k:>3}  {target}={w['label']:<{9 - len(target)}} {w['edit']:<30} {w['n']:>4}  {w['delta_acc']:+.3f}  "
+            f"[{lo:+.3f}, {hi:+.3f}] {w['flip_rate']:>5.2f}" + ("  *" if w["significant"] else ""))
+    if result["attributes"]:
+        say("attributes by their worst edit: " + ", ".join(
+            f"{a['attribute']} {a['worst_delta_acc']:+.3f}" for a in result["attributes"][:5]))
+    say("* ΔAcc's 95 % interval lies below 0")
+    say("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
 # ------------------------------------------------------------------------------------------ run
 
 
@@ -257,7 +366,7 @@ def run(
     privileged: Annotated[int, typer.Option("--privileged", help="Privileged value of the protected attribute.")] = 1,
     generator: Annotated[str, typer.Option("--generator", help="Counterfactual generator: embedded (fairloop's own diffusion model, CPU; tens of minutes on two cores), sd (Stable Diffusion, --generator-model) or render (the SynthFaces oracle, minutes).")] = "embedded",
     generator_model: Annotated[Optional[str], typer.Option("--generator-model", help="sd: a diffusers folder or a cached hub id; embedded: a folder of other trained weights.")] = None,
-    strategy: Annotated[Optional[str], typer.Option("--strategy", help="What decides the counterfactuals: rules, llm, llm-raw, manual (--prompts FILE), manual-min, random, scm (an LLM's causal graph) or scm-true (SynthFaces' true one). Default: llm when a language model is available (see --llm), else rules.")] = None,
+    strategy: Annotated[Optional[str], typer.Option("--strategy", help="What decides the counterfactuals: rules, llm, llm-raw, manual (--prompts FILE), manual-min, random, scm (an LLM's causal graph), scm-true (SynthFaces' true one) or lance (seed 001: reinforce the weaknesses found on validation). Default: llm when a language model is available (see --llm), else rules.")] = None,
     prompts: Annotated[Optional[Path], typer.Option("--prompts", help="--strategy manual: a file of 'LABEL: description' lines (1 for the target present, 0 absent).")] = None,
     llm: Annotated[str, typer.Option("--llm", help="Language model of the llm strategies: auto (openai when --llm-model/$FAIRLOOP_LLM_MODEL is set, else local when installed, else rules), rules (none: the deterministic analyzer), local (the packaged LLM, offline) or openai (any OpenAI-compatible endpoint: OPENAI_BASE_URL, OPENAI_API_KEY).")] = "auto",
     llm_model: Annotated[Optional[str], typer.Option("--llm-model", help="Model name for --llm openai.")] = None,
@@ -398,7 +507,7 @@ def experiment(
     protected: Annotated[str, typer.Option("--protected")] = "Gray_Hair",
     correlation: Annotated[float, typer.Option("--correlation", help="SynthFaces: P(protected == target) in the training split.")] = 0.95,
     scenario: Annotated[Optional[list[str]], typer.Option("--scenario", help="TARGET:PROTECTED[:CORRELATION], repeatable: a grid of scenarios instead of --target/--protected/--correlation.")] = None,
-    arms: Annotated[Optional[str], typer.Option("--arms", help="Comma-separated arms: erm, realft, resampling, reweighing, groupdro, dfr, and the strategies rules, llm, llm-raw, manual, manual-min, random, scm, scm-true (SynthFaces only). Default: every arm that needs no language model, plus llm and llm-raw when one is available and manual with --prompts.")] = None,
+    arms: Annotated[Optional[str], typer.Option("--arms", help="Comma-separated arms: erm, realft, resampling, reweighing, groupdro, dfr, and the strategies rules, llm, llm-raw, manual, manual-min, random, scm, scm-true (SynthFaces only), lance. Default: every arm that needs no language model, plus llm and llm-raw when one is available and manual with --prompts.")] = None,
     seeds: Annotated[Optional[str], typer.Option("--seeds", help="Comma-separated seeds; each gets one ERM model that every arm starts from. Default: 0,1,2.")] = None,
     generator: Annotated[str, typer.Option("--generator", help="render (the SynthFaces oracle: minutes), embedded (fairloop's diffusion model: hours on two cores) or sd.")] = "render",
     generator_model: Annotated[Optional[str], typer.Option("--generator-model", help="sd: a diffusers folder or a cached hub id.")] = None,

@@ -93,3 +93,4 @@ class AnalyzerContext:
     recalled: list[str] = field(default_factory=list)   # one line per recalled past iteration
     history: list[str] = field(default_factory=list)    # one line per earlier iteration of this run
     band: FairBand = field(default_factory=FairBand)    # the run's fair band
+    weaknesses: list[dict[str, Any]] = field(default_factory=list)  # seed 001's ranked edits, when asked for

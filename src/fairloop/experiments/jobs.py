@@ -141,13 +141,9 @@ def _finetune_arm(services, model: str, arm: str, seed: int) -> dict[str, Any]:
 def scale_plans(plans: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     """The plans with their counts scaled to exactly ``n`` images in the same proportions (largest
     remainders), so every arm makes the same number of images; no plans stay no plans."""
-    asked = sum(p["n_images"] for p in plans)
-    if asked <= 0:
-        return []
-    exact = [p["n_images"] * n / asked for p in plans]
-    counts = [int(x) for x in exact]
-    for k in sorted(range(len(plans)), key=lambda k: counts[k] - exact[k])[: n - sum(counts)]:
-        counts[k] += 1
+    from fairloop.strategies.base import proportional_counts
+
+    counts = proportional_counts(n, [p["n_images"] for p in plans])
     return [p | {"n_images": c} for p, c in zip(plans, counts) if c > 0]
 
 
@@ -166,7 +162,7 @@ def _fixed_arm(services, model: str, config: ExperimentConfig, seed: int) -> dic
 
     metrics, explanation = evaluate_model(services, model), explain_model(services, model)
     context = analyzer_context(services, metrics["val"], explanation, train_groups=train_groups(services, []),
-                               max_images=config.images)
+                               max_images=config.images, model=model)
     proposal = services.strategy.propose(context, np.random.default_rng(seed))
     decision = proposal.decision
     asked = [p.model_dump() for p in decision.plans] if decision.counterfactuals_needed else []
@@ -175,11 +171,14 @@ def _fixed_arm(services, model: str, config: ExperimentConfig, seed: int) -> dic
     if plans:
         made = make_counterfactuals(services, plans, decision.negative_prompt, seed_key=(seed,),
                                     manifest=services.folder.path / "manifests" / "fixed.json",
-                                    text_to_image=proposal.text_to_image, scm=proposal.scm)
+                                    text_to_image=proposal.text_to_image, scm=proposal.scm,
+                                    match_proxy=proposal.match_proxy)
     mix = config.mix_ratio or default_mix(config.images, len(services.dataset.split("train")))
     result: dict[str, Any] = {"n_asked": sum(p["n_images"] for p in asked), "n_made": made["made"],
                               "n_generated": made["n"], "mix_ratio": mix, "plans": plans,
                               "verification": made["verification"], "proposal": _proposal_text(proposal.as_dict())}
+    if context.weaknesses:  # images drawn to find them: not training data, but time the arm spent
+        result["discovery_images"] = sum(int(w["drawn"]) for w in context.weaknesses)
     if made["n"] == 0:  # nothing to train on: the arm's model is the ERM model
         return result | _unchanged(services, model)
     relative, ft = finetune_model(services, model, [made["manifest"]], [], mix_ratio=mix, seed=seed,

@@ -162,7 +162,7 @@ class MitigationLoop:
         context = analyzer_context(self.services, state["current"]["val"], state["explanation"],
                                    train_groups=train_groups(self.services, state.get("kept_manifests", [])), max_images=budget,
                                    iteration=state["iteration"], recalled=state.get("recalled", []),
-                                   history=[it["line"] for it in state.get("iterations", [])])
+                                   history=[it["line"] for it in state.get("iterations", [])], model=state["model"])
         if cfg.target_band.check(state["current"]["val"]).inside:  # one notion of "fair" in the loop
             return {"analysis": {"strategy": "loop", "backend": "loop", "model": None, "prompt": "", "raw": [],
                                  "attempts": 0, "errors": [], "fell_back": False, "seconds": 0.0, "budget": budget,
@@ -191,7 +191,8 @@ class MitigationLoop:
         made = make_counterfactuals(self.services, decision["plans"], decision.get("negative_prompt", ""),
                                     seed_key=(self.config.seed, state["iteration"]), manifest=manifest,
                                     text_to_image=state["analysis"].get("text_to_image", False),
-                                    scm=state["analysis"].get("scm"))
+                                    scm=state["analysis"].get("scm"),
+                                    match_proxy=state["analysis"].get("match_proxy", True) is not False)
         return {"generated": {"manifest": made["manifest"], "n": made["n"], "notes": made["notes"],
                               "verification": made["verification"], "iteration": state["iteration"]},
                 "images_used": state["images_used"] + made["made"]}

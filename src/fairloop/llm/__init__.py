@@ -69,3 +69,28 @@ def make_chat_model(kind: str, *, model: str | None = None, base_url: str | None
         return endpoint_chat_model(model or os.environ.get("FAIRLOOP_LLM_MODEL", ""), base_url=base_url)
     raise ConfigError(f"the chat needs a language model, not {kind!r}",
                       "use --llm local (pip install -e '.[local]') or --llm openai --llm-model NAME")
+
+
+def make_json_model(kind: str, *, model: str | None = None, base_url: str | None = None, max_tokens: int = 700,
+                    fix: str = "use --llm local or --llm openai --llm-model NAME"):
+    """``(chat model, scrub, constrained)`` for a component that wants JSON answers: the packaged
+    model ("local"; ``constrained``: the caller binds its JSON schema as a grammar) or an endpoint
+    ("openai"; ``scrub`` keeps its key out of what is stored)."""
+    import os
+
+    from fairloop.errors import ConfigError
+
+    if kind == "local":
+        from fairloop.llm.local import check_available, local_chat_model
+
+        check_available()
+        return local_chat_model(max_tokens=max_tokens), None, True
+    if kind == "openai":
+        from fairloop.llm.endpoint import endpoint_chat_model
+
+        name = model or os.environ.get("FAIRLOOP_LLM_MODEL", "")
+        if not name:
+            raise ConfigError("--llm openai needs a model name", "pass --llm-model, e.g. gpt-4o-mini")
+        client, _where, scrub = endpoint_chat_model(name, base_url=base_url)
+        return client, scrub, False
+    raise ConfigError(f"no language model {kind!r}", fix)

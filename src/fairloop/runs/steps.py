@@ -117,11 +117,12 @@ def compact_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def make_counterfactuals(services: RunServices, plans: list[dict[str, Any]], negative_prompt: str = "", *,
                          seed_key: tuple[int, ...], manifest, text_to_image: bool = False,
-                         scm: dict[str, Any] | None = None) -> dict[str, Any]:
+                         scm: dict[str, Any] | None = None, match_proxy: bool = True) -> dict[str, Any]:
     """Generate the images of ``plans`` (label, description, n_images) as minimal edits of training
     images, matched to the group they fill on its strongest proxy (:mod:`fairloop.tools.sources`),
     or each made the counterfactual of its source under the causal model ``scm`` (a proposal's
-    spec, see :func:`causal_model`), or drawn as new faces with ``text_to_image``; keep those the
+    spec, see :func:`causal_model`), or from any source the edit changes (``match_proxy`` False),
+    or drawn as new faces with ``text_to_image``; keep those the
     attribute oracle confirms (when there is one), and write ``manifest``.
 
     Returns ``{"manifest": relative path, "n": images kept, "made": images generated, "notes",
@@ -147,7 +148,8 @@ def make_counterfactuals(services: RunServices, plans: list[dict[str, Any]], neg
         else:
             batches, proxy = plan_sources(train, target=cfg.target, label=plan["label"],
                                           description=plan["description"], n=plan["n_images"],
-                                          vocabulary=services.dataset.attributes, rng=rng, protected=cfg.protected)
+                                          vocabulary=services.dataset.attributes, rng=rng, protected=cfg.protected,
+                                          match_proxy=match_proxy)
         if proxy is not None:
             notes.append(proxy.note(plan["description"]))
             proxies.append({"description": plan["description"], **proxy.as_dict()})
@@ -209,17 +211,44 @@ def causal_model(spec: dict[str, Any], attributes: list[str], train: pd.DataFram
 
 def analyzer_context(services: RunServices, metrics: dict[str, Any], explanation: dict[str, Any], *,
                      train_groups: dict[str, int], max_images: int, iteration: int = 1,
-                     recalled: list[str] | None = None, history: list[str] | None = None):
-    """Seed 000's prompt P for this run: validation metrics, LIME importances and training counts."""
+                     recalled: list[str] | None = None, history: list[str] | None = None, model: str | None = None):
+    """Seed 000's prompt P for this run: validation metrics, LIME importances and training counts;
+    for a strategy that asks for them, the weaknesses of checkpoint ``model``."""
     from fairloop.agent.schema import AnalyzerContext
 
     cfg = services.config
+    weaknesses = []
+    if model and getattr(services.strategy, "needs_weaknesses", False):
+        weaknesses = find_model_weaknesses(services, model)["weaknesses"]
     return AnalyzerContext(
         task=f"classify {cfg.target} from face images without bias towards any attribute",
         target=cfg.target, protected=cfg.protected, privileged_value=cfg.privileged_value,
         attributes=[a for a in services.dataset.attributes if a != cfg.target], metrics=metrics,
         importances=[(k, v) for k, v in explanation["as_list"]], train_groups=train_groups, max_images=max_images,
-        iteration=iteration, recalled=list(recalled or []), history=list(history or []), band=cfg.target_band)
+        iteration=iteration, recalled=list(recalled or []), history=list(history or []), band=cfg.target_band,
+        weaknesses=weaknesses)
+
+
+#: Sources per edit and class when a run looks for its model's weaknesses (seed 001).
+DISCOVERY_PER_EDIT = 30
+
+
+def find_model_weaknesses(services: RunServices, relative: str) -> dict[str, Any]:
+    """The weakness report of a checkpoint (seed 001) on validation sources, every single-attribute
+    edit tested with the run's generator (cached; images under ``weaknesses/``)."""
+    from fairloop.weakness import discover
+
+    cache = services.folder.path / "evals" / f"{model_key(relative)}.weaknesses.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    cfg = services.config
+    net, meta = services.load_model(relative)
+    report = discover(net, services.dataset, services.generator, target=cfg.target,
+                      out_dir=services.folder.path / "weaknesses", oracle=services.oracle, per_edit=DISCOVERY_PER_EDIT,
+                      image_size=meta.get("image_size", 64), seed=cfg.seed, progress=services.progress)
+    out = report.as_dict(pairs=0) | {"n_images": sum(w.drawn for w in report.weaknesses)}
+    atomic_write_json(cache, out)
+    return out
 
 
 def counterfactual_table(services: RunServices, manifests: list[str]) -> pd.DataFrame:

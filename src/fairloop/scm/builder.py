@@ -427,22 +427,11 @@ def write_caption(values: dict[str, int], order: list[str]) -> str:
 
 def make_builder(kind: str, *, model: str | None = None, base_url: str | None = None) -> SCMBuilder:
     """An SCM builder on the packaged local LLM ("local", grammar-constrained) or an endpoint ("openai")."""
-    if kind == "local":
-        from fairloop.llm.local import check_available, local_chat_model
+    from fairloop.llm import make_json_model
 
-        check_available()
-        return SCMBuilder(local_chat_model(max_tokens=700), backend="local", constrained=True)
-    if kind == "openai":
-        import os
-
-        from fairloop.llm.endpoint import endpoint_chat_model
-
-        name = model or os.environ.get("FAIRLOOP_LLM_MODEL", "")
-        if not name:
-            raise ConfigError("--llm openai needs a model name", "pass --llm-model, e.g. gpt-4o-mini")
-        client, _where, scrub = endpoint_chat_model(name, base_url=base_url)
-        return SCMBuilder(client, backend="openai", scrub=scrub)
-    raise ConfigError(f"no SCM builder {kind!r}", "use --llm local, --llm openai or --llm true")
+    client, scrub, constrained = make_json_model(kind, model=model, base_url=base_url, max_tokens=700,
+                                                 fix="use --llm local, --llm openai or --llm true")
+    return SCMBuilder(client, backend=kind, scrub=scrub, constrained=constrained)
 
 
 def build_scm(caption: str, *, llm: str = "true", llm_model: str | None = None, llm_base_url: str | None = None,

@@ -12,6 +12,8 @@
 ``scm``        the rules' groups, each image its source's counterfactual under an LLM's causal graph
                (seed 003; mechanisms counted on the training split)
 ``scm-true``   the same under SynthFaces' true causal model: the upper bound of ``scm``
+``lance``      seed 001: the run finds its model's weaknesses on validation (every single-attribute
+               edit, ΔAcc with CIs) and reinforces the worst with the same edits of training images
 ========== ====================================================================================
 
 Add a strategy by writing a class with a ``name`` and ``propose(context, rng) -> Proposal``
@@ -25,7 +27,7 @@ from pathlib import Path
 from fairloop.errors import ConfigError
 from fairloop.strategies.base import Proposal, Strategy
 
-STRATEGIES = ("rules", "llm", "llm-raw", "manual", "manual-min", "random", "scm", "scm-true")
+STRATEGIES = ("rules", "llm", "llm-raw", "manual", "manual-min", "random", "scm", "scm-true", "lance")
 #: Strategies that need a language model (``--llm local`` or ``--llm openai``).
 LLM_STRATEGIES = ("llm", "llm-raw", "scm")
 
@@ -65,6 +67,10 @@ def make_strategy(name: str, *, llm: str = "rules", llm_model: str | None = None
         from fairloop.strategies.scm import ScmStrategy
 
         return ScmStrategy(name, make_builder(llm, model=llm_model, base_url=llm_base_url) if name == "scm" else None)
+    if name == "lance":
+        from fairloop.strategies.lance import LanceStrategy
+
+        return LanceStrategy()
     return RandomStrategy()
 
 

@@ -45,6 +45,9 @@ class Proposal:
     #: the causal model that turns sources into counterfactuals instead of proxy matching:
     #: ``{"graph": "true"}`` (SynthFaces' own) or ``{"graph": "llm", "variables", "edges"}``
     scm: dict[str, Any] | None = None
+    #: False: each image starts from any training image of its class that the edit changes (seed
+    #: 001's reinforcement), without proxy matching
+    match_proxy: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe dict."""
@@ -62,6 +65,7 @@ class Proposal:
             "seconds": float(self.seconds) if math.isfinite(self.seconds) else None,
             "text_to_image": bool(self.text_to_image),
             "scm": self.scm,
+            "match_proxy": bool(self.match_proxy),
         }
 
 
@@ -72,3 +76,16 @@ class Strategy(Protocol):
     name: str
 
     def propose(self, context: AnalyzerContext, rng: np.random.Generator) -> Proposal: ...
+
+
+def proportional_counts(n: int, weights: list[float]) -> list[int]:
+    """``n`` split in proportion to ``weights`` by largest remainders: the counts sum to ``n``
+    exactly (all zeros when there is nothing to split)."""
+    total = sum(weights)
+    if n <= 0 or total <= 0:
+        return [0] * len(weights)
+    exact = [n * w / total for w in weights]
+    counts = [int(x) for x in exact]
+    for k in sorted(range(len(weights)), key=lambda k: counts[k] - exact[k])[: n - sum(counts)]:
+        counts[k] += 1
+    return counts

@@ -70,14 +70,14 @@ class ProxyMatch:
 
 
 def plan_sources(table: pd.DataFrame, *, target: str, label: int, description: str, n: int,
-                 vocabulary: list[str], rng: np.random.Generator,
-                 protected: str | None = None) -> tuple[list[SourceBatch], ProxyMatch | None]:
+                 vocabulary: list[str], rng: np.random.Generator, protected: str | None = None,
+                 match_proxy: bool = True) -> tuple[list[SourceBatch], ProxyMatch | None]:
     """Source images for ``n`` edits of class ``label`` towards ``description``, as generator batches.
 
     Sources are rows of the class that the edit really changes; ``n`` beyond their number cycles
     through them. The ``protected`` attribute is never matched: the training split's rate of it is
-    the bias, and what the images show of it is the analyzer's decision. The second result says
-    which proxy was matched, if any."""
+    the bias, and what the images show of it is the analyzer's decision. ``match_proxy`` False
+    draws the sources at random among them. The second result says which proxy was matched, if any."""
     edits = parse_prompt(description, vocabulary).edits
     pool = table[table[target] == label]
     changes = {a: v for a, v in edits.items() if a != target and a in pool.columns}
@@ -87,6 +87,8 @@ def plan_sources(table: pd.DataFrame, *, target: str, label: int, description: s
         sources = pool[differs] if differs.any() else pool
     if n <= 0 or sources.empty:
         return [SourceBatch(description, max(n, 0))], None
+    if not match_proxy:
+        return [SourceBatch(description, n, _draw(sources.index, n, rng))], None
     group = pool[(pool[list(changes)] == pd.Series(changes)).all(axis=1)] if changes else pool.iloc[:0]
     candidates = [a for a in vocabulary if a in table.columns and a not in (target, protected) and a not in edits]
     proxy = _strongest_proxy(group, sources, candidates)

@@ -1,0 +1,176 @@
+"""Weakness finding (seed 001): edits checked before drawing, statistics, split discipline, the
+``lance`` strategy and ``fairloop weaknesses``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from fairloop.data.synthfaces import ATTRIBUTES
+from fairloop.weakness import check_edit, perturb_all, split_sources
+from fairloop.weakness.find import paired_bootstrap
+from fairloop.weakness.perturb import Edit, LLMPerturber, caption_of
+
+VOCAB = list(ATTRIBUTES)
+SOURCE = {a: 0 for a in VOCAB} | {"Male": 1, "Gray_Hair": 1, "Young": 0, "Eyeglasses": 1}
+
+
+def _check(edit: Edit) -> str | None:
+    return check_edit(edit, SOURCE, target="Male", vocabulary=VOCAB, supported=set(VOCAB))
+
+
+def test_edits_that_change_the_class_or_cannot_be_drawn_are_rejected_and_named():
+    assert _check(Edit("adjective", "Gray_Hair", 0, "a man with brown hair, who is old, wearing eyeglasses")) is None
+    assert _check(Edit("subject", "Male", 0, "a woman with gray hair")) == "changes class"
+    # the edited caption, read back, says the other class although the edit claims a hat
+    assert _check(Edit("object", "Wearing_Hat", 1, "a woman with gray hair wearing a hat")) == "changes class"
+    assert _check(Edit("background", "a beach", 1, "a man with gray hair on a beach")) == "unsupported"
+    assert _check(Edit("adjective", "Tattoo", 1, "a man with a tattoo")) == "unsupported"
+    assert _check(Edit("object", "Eyeglasses", 1, "a man wearing eyeglasses")) == "no change"
+    # two changes where one is claimed: LANCE's similarity filter, made exact
+    assert _check(Edit("object", "Wearing_Hat", 1, "a man with gray hair wearing a hat, who is young")) == "not minimal"
+    # a caption that does not say the edit it claims
+    assert _check(Edit("object", "Wearing_Hat", 1, "a man with gray hair wearing a necktie")) == "not minimal"
+
+
+def test_the_exhaustive_perturber_edits_every_attribute_but_the_class_both_ways():
+    other = SOURCE | {"Male": 0, "Mustache": 0, "Gray_Hair": 0, "Blond_Hair": 1}
+    result = perturb_all([(caption_of(s, VOCAB), s) for s in (SOURCE, other, SOURCE)], target="Male",
+                         vocabulary=VOCAB, supported=set(VOCAB))
+    assert result.captions == 2  # the repeated caption is perturbed once
+    assert result.filters()["kept"] == result.filters()["proposed"] == 2 * (len(VOCAB) - 1)
+    assert all(e.attribute != "Male" for e in result.kept)
+    keys = set(result.edit_keys())
+    assert ("Gray_Hair", 0) in keys and ("Gray_Hair", 1) in keys and ("Blond_Hair", 0) in keys
+
+
+class _Scripted:
+    """A chat model that answers from a script (the key it was given must never reach a report)."""
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+
+    def invoke(self, messages):
+        return SimpleNamespace(content=self.answers.pop(0))
+
+
+def test_the_llm_perturber_reports_unsupported_factors_and_drops_class_changes():
+    answer = {"edits": [
+        {"factor": "adjective", "attribute": "Gray_Hair", "value": 0, "caption": "a man with black hair, who is old, wearing eyeglasses"},
+        {"factor": "background", "attribute": "a snowy street", "value": 1, "caption": "a man with gray hair on a snowy street"},
+        {"factor": "domain", "attribute": "pencil sketch", "value": 1, "caption": "a pencil sketch of a man with gray hair"},
+        {"factor": "subject", "attribute": "Male", "value": 0, "caption": "a woman with gray hair"},
+        {"factor": "object", "attribute": "Wearing_Hat", "value": 1, "caption": "a man with gray hair, who is old, wearing eyeglasses, wearing a hat"}]}
+    perturber = LLMPerturber(_Scripted(["not json at all", json.dumps(answer)]), backend="openai")
+    result = perturber.perturb([(caption_of(SOURCE, VOCAB), SOURCE)], target="Male", vocabulary=VOCAB,
+                               supported=set(VOCAB))
+    assert result.filters() == {"proposed": 5, "malformed": 0, "unsupported": 2, "changes class": 1, "no change": 0,
+                                "not minimal": 0, "kept": 2}
+    assert result.unsupported() == {"background: a snowy street": 1, "domain: pencil sketch": 1}
+    assert set(result.edit_keys()) == {("Gray_Hair", 0), ("Wearing_Hat", 1)}
+    assert len(result.errors) == 1 and len(result.raw) == 2   # the first answer was retried, not used
+
+
+def test_paired_bootstrap_brackets_the_effect_and_is_exact_when_every_pair_agrees():
+    rng = np.random.default_rng(0)
+    n = 200
+    correct_o = np.ones(n)
+    correct_c = (rng.random(n) > 0.4).astype(float)          # ΔAcc ≈ -0.4
+    decisions_o = np.ones(n)
+    decisions_c = correct_c.copy()
+    ci = paired_bootstrap(np.stack([correct_o, decisions_o], 1), np.stack([correct_c, decisions_c], 1), rng)
+    delta = correct_c.mean() - 1
+    assert ci["delta_acc"][0] < delta < ci["delta_acc"][1] < 0
+    assert ci["flip_rate"][0] < -delta < ci["flip_rate"][1]
+    same = np.stack([correct_o, decisions_o], 1)
+    assert paired_bootstrap(same, same, rng) == {"delta_acc": [0.0, 0.0], "flip_rate": [0.0, 0.0]}
+
+
+def test_sources_come_from_one_split_and_one_class(synth_data):
+    rng = np.random.default_rng(0)
+    val = synth_data.split("val").table.index
+    ids = split_sources(synth_data.table, val, attribute="Gray_Hair", value=0, target="Male", label=1, n=50, rng=rng)
+    rows = synth_data.table.loc[ids]
+    assert set(ids) <= set(val) and len(ids) == len(set(ids))
+    assert (rows["Male"] == 1).all() and (rows["Gray_Hair"] == 1).all()
+
+
+@pytest.fixture(scope="module")
+def report(synth_data, biased_checkpoint, tmp_path_factory):
+    from fairloop.generators import make_generator
+    from fairloop.vision.models import load_checkpoint
+    from fairloop.weakness import discover
+
+    net, _ = load_checkpoint(biased_checkpoint, "cpu")
+    return discover(net, synth_data, make_generator("render"), target="Male", out_dir=tmp_path_factory.mktemp("wk"),
+                    n_captions=30, per_edit=6, seed=0)
+
+
+def test_weaknesses_are_found_on_validation_only_and_ranked(report, synth_data):
+    val, train, test = (set(synth_data.split(s).table.index) for s in ("val", "train", "test"))
+    assert report.split == "val" and report.source_ids and set(report.source_ids) <= val
+    assert not set(report.source_ids) & (train | test)
+    deltas = [w.delta_acc for w in report.weaknesses]
+    assert deltas == sorted(deltas)
+    for w in report.weaknesses:
+        assert 0 < w.n <= 6 and w.attribute != "Male"
+        assert w.ci["delta_acc"][0] <= w.delta_acc <= w.ci["delta_acc"][1]
+        assert w.delta_acc == pytest.approx(w.acc_counterfactual - w.acc_original)
+        pairs = w.pairs
+        assert all(p["label"] == w.label for p in pairs)
+        flips = np.mean([(p["p_source"] >= 0.5) != (p["p_counterfactual"] >= 0.5) for p in pairs])
+        assert w.flip_rate == pytest.approx(flips, abs=1e-6)
+    data = report.as_dict()
+    entry = data["weaknesses"][0]
+    assert {"factor", "attribute", "direction", "delta_acc", "flip_rate", "n", "ci"} <= set(entry)
+    assert data["attributes"][0]["worst_delta_acc"] == round(report.weaknesses[0].delta_acc, 4)
+
+
+def test_lance_reinforces_the_significant_weaknesses_from_training_sources(report, synth_data):
+    from fairloop.agent.schema import AnalyzerContext
+    from fairloop.strategies import make_strategy
+    from fairloop.tools.sources import plan_sources
+
+    weak = [{"attribute": "Gray_Hair", "value": 0, "label": 1, "delta_acc": -0.6, "significant": True, "edit": "without gray hair",
+             "ci": {"delta_acc": [-0.8, -0.4]}},
+            {"attribute": "Wearing_Lipstick", "value": 1, "label": 1, "delta_acc": -0.2, "significant": True,
+             "edit": "wearing lipstick", "ci": {"delta_acc": [-0.3, -0.1]}},
+            {"attribute": "Smiling", "value": 1, "label": 0, "delta_acc": -0.1, "significant": False,
+             "edit": "who is smiling", "ci": {"delta_acc": [-0.3, 0.1]}}]
+    context = AnalyzerContext(task="t", target="Male", protected="Young", privileged_value=1, attributes=VOCAB[1:],
+                              metrics={}, importances=[], train_groups={"a": 100}, max_images=100, weaknesses=weak)
+    strategy = make_strategy("lance")
+    proposal = strategy.propose(context, np.random.default_rng(0))
+    plans = proposal.decision.plans
+    assert [(p.label, p.n_images) for p in plans] == [(1, 75), (1, 25)]   # in proportion to the accuracy lost
+    assert "gray hair" in plans[0].description and not proposal.match_proxy
+    assert "Young" not in proposal.decision.diagnosis   # the protected attribute is never read
+    train = synth_data.split("train").table
+    batches, proxy = plan_sources(train, target="Male", label=1, description=plans[0].description, n=10,
+                                  vocabulary=VOCAB, rng=np.random.default_rng(0), match_proxy=False)
+    ids = [i for b in batches for i in b.source_ids]
+    assert proxy is None and set(ids) <= set(train.index) and (train.loc[ids, "Gray_Hair"] == 1).all()
+    none = strategy.propose(AnalyzerContext(**{**context.__dict__, "weaknesses": weak[2:]}), np.random.default_rng(0))
+    assert not none.decision.counterfactuals_needed and "nothing to reinforce" in none.decision.diagnosis
+
+
+def test_the_weaknesses_command_writes_the_interface_json_and_names_bad_options(synth_root, biased_checkpoint, tmp_path):
+    out = tmp_path / "wk"
+    cmd = [sys.executable, "-m", "fairloop.cli", "weaknesses", "--root", str(synth_root), "--target", "Male",
+           "--model", str(biased_checkpoint), "--out", str(out), "--per-edit", "4", "--n-captions", "20"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    data = json.loads((out / "weaknesses.json").read_text())
+    assert data["weaknesses"] and data["split"] == "val"
+    for entry in data["weaknesses"]:
+        assert {"factor", "attribute", "direction", "delta_acc", "flip_rate", "n", "ci"} <= set(entry)
+    assert "Edits, worst first" in (out / "weaknesses.html").read_text()
+    assert "ΔAcc" in done.stderr and "wrote" in done.stderr
+    bad = subprocess.run(cmd[:-6] + ["--out", str(tmp_path / "x"), "--perturb", "everything"], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode != 0 and "unknown --perturb 'everything'" in bad.stderr and "Traceback" not in bad.stderr

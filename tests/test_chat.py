@@ -238,3 +238,14 @@ def test_build_scm_shows_the_graph_and_names_a_bad_intervention(workspace):
     assert outcome.files and open(outcome.files[0], "rb").read(4) == b"\x89PNG"
     bad = call_tool(workspace, "build_scm", ScmArgs(caption="a man", intervene="Nose=1", graph="true"), state)
     assert "not an attribute" in bad.result["error"] and bad.result["fix"]
+
+
+def test_find_weaknesses_ranks_edits_of_validation_images(workspace, tmp_path):
+    chat, _ = session(workspace, [("audit", {}), ("find_weaknesses", {"top": 5}), "hair colour"], tmp_path, thread="t9")
+    chat.agent.auto_approve = True
+    out = events(chat.send("what is the model weak at?"))
+    result = json.loads(next(e["text"] for e in out if e["kind"] == "result" and e["name"] == "find_weaknesses"))
+    edits = result["worst_edits"]
+    assert result["split"] == "val" and 0 < len(edits) <= 5 and result["images_drawn"] > 0
+    assert [e["delta_acc"] for e in edits] == sorted(e["delta_acc"] for e in edits)
+    assert all(e["ci"][0] <= e["delta_acc"] <= e["ci"][1] and e["class"].startswith("Male=") for e in edits)

@@ -353,16 +353,22 @@ def test_resume_of_a_folder_that_is_no_run_is_a_clear_error(tmp_path, monkeypatc
     assert code == 2 and "not a fairloop run folder" in stderr
 
 
-@pytest.mark.parametrize("strategy", ["random", "scm-true"])
+@pytest.mark.parametrize("strategy", ["random", "scm-true", "lance"])
 def test_run_with_a_strategy_prints_it_and_its_progress_lines_whole(strategy, synth_root, biased_checkpoint, tmp_path,
                                                                      monkeypatch, capsys):
     checkpoint = biased_checkpoint
     out = tmp_path / "run"
+    monkeypatch.chdir(tmp_path)   # --discover writes its report under runs/
     code, stdout, stderr = run_main(monkeypatch, capsys, [
         "run", "--root", synth_root, "--baseline", checkpoint, "--generator", "render", "--strategy", strategy,
         "--llm", "rules", "--max-iterations", "1", "--max-images", "20", "--finetune-epochs", "1", "--out", out,
-        "--fair-band", "0.999,1.001,0.0001", "--memory", tmp_path / "memory", "--device", "cpu"])
+        "--fair-band", "0.999,1.001,0.0001", "--memory", tmp_path / "memory", "--device", "cpu",
+        *(["--discover"] if strategy == "lance" else [])])
     assert code is None or code == 0, stderr
+    if strategy == "lance":  # no --protected: the baseline's worst weakness is what the run repairs
+        protected = json.loads((out / "config.json").read_text())["protected"]
+        assert f"--discover: {protected} is the worst weakness" in stderr
+        assert list((tmp_path / "runs").glob("weaknesses-*/weaknesses.html"))
     assert f"strategy: {strategy}" in stderr and "[iteration 1] analyze …" in stderr  # "[…]" is text, not markup
     # not a terminal: progress comes as lines with an ETA, and the run keeps them in run.log
     progress = [line for line in stderr.splitlines() if " elapsed, eta " in line]

@@ -174,3 +174,27 @@ def test_the_weaknesses_command_writes_the_interface_json_and_names_bad_options(
     bad = subprocess.run(cmd[:-6] + ["--out", str(tmp_path / "x"), "--perturb", "everything"], capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode != 0 and "unknown --perturb 'everything'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_reinforcement_trains_on_training_sources_and_scores_on_test_sources(report, synth_data, biased_checkpoint,
+                                                                              tmp_path):
+    from fairloop.generators import make_generator
+    from fairloop.vision.models import load_checkpoint
+    from fairloop.weakness.reinforce import ARMS, SEED_ALPHA, reinforce
+
+    weak = [{"attribute": "Gray_Hair", "value": 0, "label": 1, "delta_acc": -0.5, "significant": True,
+             "edit": "without gray hair"},
+            {"attribute": "Gray_Hair", "value": 1, "label": 0, "delta_acc": -0.3, "significant": True,
+             "edit": "with gray hair"}]
+    net, _ = load_checkpoint(biased_checkpoint, "cpu")
+    result = reinforce(net, synth_data, make_generator("render"), weak, target="Male", protected="Gray_Hair",
+                       out_dir=tmp_path, n_images=16, n_test=6, finetune_epochs=1, seed=0)
+    train, test = set(synth_data.split("train").table.index), set(synth_data.split("test").table.index)
+    assert result["train_sources"] and set(result["train_sources"]) <= train
+    assert result["test_sources"] and set(result["test_sources"]) <= test
+    assert not set(report.source_ids) & (set(result["train_sources"]) | set(result["test_sources"]))
+    assert result["n_train_counterfactuals"] == 16 and 0 < result["n_test_counterfactuals"] <= 12
+    assert set(result["arms"]) == set(ARMS)
+    assert result["arms"]["reinforce-seed"]["alpha"] == result["arms"]["augment"]["alpha"] == SEED_ALPHA
+    for arm in result["arms"].values():
+        assert 0 <= arm["accuracy"] <= 1 and 0 <= arm["counterfactual_accuracy"] <= 1

@@ -265,6 +265,8 @@ def weaknesses(
     n_captions: Annotated[Optional[int], typer.Option("--n-captions", help="Images captioned and perturbed (default: 200 with --perturb all, 12 with llm).")] = None,
     per_edit: Annotated[int, typer.Option("--per-edit", help="Sources per edit and class: the n behind each ΔAcc.")] = 40,
     split: Annotated[str, typer.Option("--split", help="Split the sources come from (keep test for scoring repairs).")] = "val",
+    reinforce: Annotated[int, typer.Option("--reinforce", help="Then reinforce (seed 001's Table 2): this many counterfactuals of the worst edits from training images, fine-tuned as the seed does and as fairloop does, scored on the test split and on the same edits of test images (0: no).")] = 0,
+    protected: Annotated[Optional[str], typer.Option("--protected", help="--reinforce: the attribute worst-group accuracy and fairloop's α are measured on (default: the worst attribute found).")] = None,
     out: Annotated[Path, typer.Option("--out", help="Folder for weaknesses.json, weaknesses.html and the images.")] = Path("fairloop-weaknesses"),
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the JSON report here instead.")] = None,
     top: Annotated[int, typer.Option("--top", help="Edits to print.")] = 10,
@@ -283,9 +285,15 @@ def weaknesses(
         raise ConfigError(f"unknown --captions {captions!r}", f"use one of {', '.join(CAPTION_SOURCES)}")
     if per_edit < 2:
         raise ConfigError(f"--per-edit {per_edit} gives no interval", "use --per-edit 2 or more (40 by default)")
+    if reinforce and split != "val":
+        raise ConfigError(f"--reinforce with --split {split}: the weaknesses must be found on validation, because "
+                          "reinforcement trains on training images and scores on test images",
+                          "leave --split at val")
     console = _console()
     data = _load(dataset, root, csv)
     data.require_attribute(target, "target")
+    if protected is not None:
+        data.require_attribute(protected, "protected")
     if split not in ("train", "val", "test") or len(data.split(split)) == 0:
         raise ConfigError(f"--split {split!r} has no images in {root}", "use --split val (or train/test)")
     check_destination(out, folder=True)
@@ -351,6 +359,36 @@ def weaknesses(
             f"{a['attribute']} {a['worst_delta_acc']:+.3f}" for a in result["attributes"][:5]))
     say("* ΔAcc's 95 % interval lies below 0")
     say("wrote " + ", ".join(str(p) for p in paths.values()))
+    if reinforce:
+        _reinforce(report, net, data, backend, oracle if not backend.exact else None, target=target, protected=protected,
+                   n_images=reinforce, out=out, image_size=meta.get("image_size", 64), seed=seed,
+                   device=str(resolve_device(device)), say=say)
+
+
+def _reinforce(report, net, data, backend, oracle, *, target, protected, n_images, out, image_size, seed, device, say):
+    """``fairloop weaknesses --reinforce N``: seed 001's Table 2 for this classifier, into reinforce.json."""
+    from fairloop.io import atomic_write_json
+    from fairloop.weakness.reinforce import reinforce
+
+    weak = [a for a in report.attributes() if a["significant"]]
+    protected = protected or (weak[0]["attribute"] if weak else None)
+    if protected is None:
+        say("no weakness beyond the noise: nothing to reinforce")
+        return
+    say(f"reinforcing the worst edits; worst-group accuracy and fairloop's α on {protected}")
+    with _progress() as progress:
+        result = reinforce(net, data, backend, [w.as_dict() for w in report.weaknesses], target=target,
+                           protected=protected, out_dir=out / "reinforce", n_images=n_images, oracle=oracle,
+                           image_size=image_size, seed=seed, device=device, progress=progress)
+    atomic_write_json(out / "reinforce.json", result | {"protected": protected})
+    say(f"{result['n_train_counterfactuals']} training counterfactuals of " + "; ".join(
+        f"{target}={e['label']} {e['edit']}" for e in result["edits"]) + f"; {result['n_test_counterfactuals']} in the "
+        "counterfactual test set (test images)")
+    say(f"{'model':<16} {'accuracy':>9} {'worst group':>12} {'EOD':>7} {'counterfactual acc.':>20}  α")
+    for name, arm in result["arms"].items():
+        say(f"{name:<16} {arm['accuracy']:>9.3f} {arm['worst_group_accuracy']:>12.3f} "
+            f"{arm['equal_opportunity_difference']:>+7.3f} {arm['counterfactual_accuracy'] or float('nan'):>20.3f}  {arm['alpha'] or '—'}")
+    say(f"wrote {out / 'reinforce.json'}")
 
 
 # ------------------------------------------------------------------------------------------ run
@@ -362,7 +400,8 @@ def run(
     dataset: DatasetOpt = "celeba",
     csv: CsvOpt = None,
     target: Annotated[str, typer.Option("--target")] = "Male",
-    protected: Annotated[str, typer.Option("--protected")] = "Gray_Hair",
+    protected: Annotated[Optional[str], typer.Option("--protected", help="The attribute to repair (default: Gray_Hair, or what --discover finds).")] = None,
+    discover: Annotated[bool, typer.Option("--discover", help="Without --protected: find the baseline's worst weakness first (seed 001, 'fairloop weaknesses') and repair that attribute.")] = False,
     privileged: Annotated[int, typer.Option("--privileged", help="Privileged value of the protected attribute.")] = 1,
     generator: Annotated[str, typer.Option("--generator", help="Counterfactual generator: embedded (fairloop's own diffusion model, CPU; tens of minutes on two cores), sd (Stable Diffusion, --generator-model) or render (the SynthFaces oracle, minutes).")] = "embedded",
     generator_model: Annotated[Optional[str], typer.Option("--generator-model", help="sd: a diffusers folder or a cached hub id; embedded: a folder of other trained weights.")] = None,
@@ -401,6 +440,10 @@ def run(
 
         if root is None:
             root = _default_synthfaces(seed, console)
+        if discover and protected is None:
+            protected, baseline = _discover_protected(dataset, root, csv, target, generator, generator_model, baseline,
+                                                      seed, device, console)
+        protected = protected or "Gray_Hair"
         asked, llm = llm, resolve_llm(llm, llm_model)
         config = RunConfig(dataset=dataset, root=str(root.absolute()), csv=str(csv) if csv else None, target=target,
                            protected=protected, privileged_value=privileged, generator=generator,
@@ -440,6 +483,48 @@ def run(
         folder = RunFolder(out)
         folder.save_config(config)
     _run_with_progress(config, folder)
+
+
+def _discover_protected(dataset, root, csv, target, generator, generator_model, baseline, seed, device, console):
+    """``fairloop run --discover``: the baseline's weakness report (trained first when there is no
+    --baseline) in ``runs/weaknesses-…``; its worst attribute beyond the noise becomes the protected
+    attribute, and the baseline the run starts from."""
+    from fairloop.data.synthfaces import is_synthfaces
+    from fairloop.generators import make_generator
+    from fairloop.report.weakness_html import write_weaknesses
+    from fairloop.vision.models import load_checkpoint, resolve_device
+    from fairloop.vision.train import TrainConfig
+    from fairloop.weakness import discover as find
+
+    data = _load(dataset, root, csv)
+    data.require_attribute(target, "target")
+    folder = Path("runs") / f"weaknesses-{data.fingerprint()[:10]}-{target}-s{seed}"
+    if baseline is None:
+        baseline = folder / "baseline"
+        if not baseline.with_suffix(".safetensors").is_file():
+            console.print(f"--discover: training the baseline first ({baseline})")
+            _train_and_save(data, target, TrainConfig(seed=seed, device=device), baseline)
+    net, meta = load_checkpoint(baseline, resolve_device(device))
+    backend = make_generator(generator, model=generator_model, device=device)
+    oracle = None
+    if not backend.exact and is_synthfaces(data.root):
+        from fairloop.tools.quality import AttributeOracle
+
+        oracle = AttributeOracle.packaged()
+    console.print(f"--discover: looking for the baseline's weaknesses with the {generator} generator")
+    with _progress() as progress:
+        report = find(net, data, backend, target=target, out_dir=folder, oracle=oracle,
+                      image_size=meta.get("image_size", 64), seed=seed, progress=progress)
+    paths = write_weaknesses(report.as_dict(), folder)
+    weak = [a for a in report.attributes() if a["significant"]]
+    if not weak:
+        raise FairloopError(f"no edit costs the baseline accuracy beyond the noise ({paths['html']})",
+                            "there is nothing to repair; or name the attribute with --protected")
+    top = weak[0]
+    console.print(f"--discover: {top['attribute']} is the worst weakness (ΔAcc {top['worst_delta_acc']:+.3f} for "
+                  f"{target}={top['worst_label']}, {top['worst_direction']}); repairing it as the protected attribute. "
+                  f"Report: {paths['html']}", markup=False)
+    return top["attribute"], baseline.absolute()
 
 
 def _parse_band(text: str) -> dict[str, float]:

@@ -74,6 +74,11 @@ class ExplainArgs(BaseModel):
     top: int = Field(default=8, ge=1, le=15, description="how many attributes to list")
 
 
+class WeaknessArgs(BaseModel):
+    model: str = ModelRef
+    top: int = Field(default=8, ge=1, le=20, description="how many edits to list, worst first")
+
+
 class RecallArgs(BaseModel):
     query: str = Field(min_length=2, max_length=200, description="what to look for, e.g. 'Gray_Hair counterfactuals'")
     attribute: str | None = Field(default=None, max_length=40, description="only iterations that involved this attribute")
@@ -221,6 +226,21 @@ class Workspace:
         return ToolOutcome({"model": Path(relative).stem, "top_attributes": top,
                             "protected": explanation.get("protected"), "protected_rank": explanation.get("protected_rank"),
                             "sign": "a positive score pushes the prediction towards the target (label 1)"})
+
+    def find_weaknesses(self, args: WeaknessArgs, state: dict[str, Any]) -> ToolOutcome:
+        from fairloop.runs.steps import find_model_weaknesses
+
+        relative = self.resolve_model(args.model, state)
+        report = find_model_weaknesses(self.services, relative)
+        target = self.services.config.target
+        edits = [{"class": f"{target}={w['label']}", "edit": w["edit"], "delta_acc": w["delta_acc"],
+                  "ci": w["ci"]["delta_acc"], "flip_rate": w["flip_rate"], "n": w["n"],
+                  "beyond_noise": w["significant"]} for w in report["weaknesses"][:args.top]]
+        return ToolOutcome({"model": Path(relative).stem, "split": report["split"], "worst_edits": edits,
+                            "attributes": [a["attribute"] for a in report["attributes"][:5]],
+                            "images_drawn": report.get("n_images"),
+                            "meaning": "delta_acc: accuracy on the edited images minus on their sources (same "
+                                       "class); negative means the model relies on the edited attribute"})
 
     def recall(self, args: RecallArgs, state: dict[str, Any]) -> ToolOutcome:
         memory = self.services.memory
@@ -498,6 +518,9 @@ TOOLS = (
              "baseline first if there is none.", AuditArgs, Workspace.audit, _confirm_audit),
     ChatTool("explain", "LIME importance of each image attribute for the model's predictions: which attributes "
              "it relies on.", ExplainArgs, Workspace.explain),
+    ChatTool("find_weaknesses", "What the model is weak at without being told (seed 001): every single-attribute "
+             "edit of validation images, ranked by the accuracy it costs, with 95 % intervals.", WeaknessArgs,
+             Workspace.find_weaknesses),
     ChatTool("recall", "Search the memory of past runs and chats: what was tried before and how it turned out.",
              RecallArgs, Workspace.recall),
     ChatTool("suggest", "The rules analyzer's counterfactual plan for the current model: descriptions per class, "

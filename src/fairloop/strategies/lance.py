@@ -2,7 +2,7 @@
 
 The run finds its model's weaknesses first (:func:`fairloop.runs.steps.find_model_weaknesses`:
 every single-attribute edit of validation sources, ranked by ΔAcc with CIs) and hands them over in
-the context. This strategy takes the :data:`TOP_EDITS` worst edits whose ΔAcc interval lies below
+the context. This strategy takes the worst edits (:func:`~fairloop.weakness.reinforce.reinforced_edits`) whose ΔAcc interval lies below
 zero and asks for the same edits of *training* images of the same class, the budget shared in
 proportion to the accuracy each edit cost; sources are any training images the edit changes, with
 no proxy matching (seed 001 edits the images it has). It never reads the protected attribute.
@@ -16,15 +16,12 @@ from typing import TYPE_CHECKING
 from fairloop.agent.analyzer import NEGATIVE_PROMPT, default_mix, describe, train_size
 from fairloop.agent.schema import AnalyzerDecision, ClassPlan
 from fairloop.strategies.base import Proposal, proportional_counts
+from fairloop.weakness.reinforce import reinforced_edits
 
 if TYPE_CHECKING:
     import numpy as np
 
     from fairloop.agent.schema import AnalyzerContext
-
-#: Weak edits reinforced per proposal.
-TOP_EDITS = 3
-
 
 class LanceStrategy:
     name = "lance"
@@ -32,7 +29,7 @@ class LanceStrategy:
 
     def propose(self, context: AnalyzerContext, rng: np.random.Generator) -> Proposal:
         start = time.perf_counter()
-        weak = [w for w in context.weaknesses if w.get("significant") and w["attribute"] != context.target][:TOP_EDITS]
+        weak = reinforced_edits(context.weaknesses, context.target)
         costs = [-float(w["delta_acc"]) for w in weak]
         counts = proportional_counts(context.max_images, costs)
         plans = [ClassPlan(label=int(w["label"]), description=describe(context.target, int(w["label"]), w["attribute"],

@@ -30,7 +30,16 @@ from fairloop.data.datasets import FaceDataset, ImageStream, read_image
 from fairloop.errors import ConfigError, DataError
 from fairloop.tools.metrics import FairBand, fairness_report
 from fairloop.vision.models import FaceClassifier, resolve_device
-from fairloop.vision.train import GroupDRO, LabeledImages, Progress, positive_probability, predict_proba, train_epoch
+from fairloop.vision.train import (
+    AUGMENTATIONS,
+    GroupDRO,
+    LabeledImages,
+    Progress,
+    augmentation,
+    positive_probability,
+    predict_proba,
+    train_epoch,
+)
 
 MODES = ("full", "head")
 REAL_SAMPLING = ("uniform", "balanced")
@@ -65,6 +74,7 @@ class FinetuneConfig:
     seed: int = 0
     device: str = "auto"
     num_workers: int = 0  # DataLoader workers for training and for decoding the validation images
+    augment: str = "flip"  # the training images' augmentation: vision.train.AUGMENTATIONS ("standard": crops + jitter)
 
     def validate(self) -> FinetuneConfig:
         if self.mode not in MODES:
@@ -77,6 +87,8 @@ class FinetuneConfig:
             raise ConfigError(f"unknown fine-tuning objective {self.objective!r}", f"use one of {', '.join(OBJECTIVES)}")
         if self.real_sampling not in REAL_SAMPLING:
             raise ConfigError(f"unknown real_sampling {self.real_sampling!r}", f"use one of {', '.join(REAL_SAMPLING)}")
+        if self.augment not in AUGMENTATIONS:
+            raise ConfigError(f"unknown augment {self.augment!r}", f"use one of {', '.join(AUGMENTATIONS)}")
         if not 0 <= self.mix_ratio <= 1:
             raise ConfigError(f"mix_ratio={self.mix_ratio} is not a fraction",
                               "use a mix ratio in [0, 1] (0: real images only, e.g. 0.3: 30% counterfactuals)")
@@ -447,7 +459,8 @@ def finetune(model: FaceClassifier, dataset: FaceDataset, counterfactuals: pd.Da
         weights = np.concatenate([np.ones(n_cf), row_weights[rows]])
         groups = np.concatenate([cf_groups, train_groups[rows]])
         loader = DataLoader(
-            LabeledImages(ImageStream(paths, config.image_size), labels, weights, flip=True, groups=groups),
+            LabeledImages(ImageStream(paths, config.image_size), labels, weights, flip=config.augment == "flip",
+                          transform=augmentation(config.augment, config.image_size), groups=groups),
             batch_size=config.batch_size, shuffle=True, num_workers=config.num_workers,
             generator=torch.Generator().manual_seed(config.seed * 1000 + epoch),
             pin_memory=device.type == "cuda", drop_last=len(paths) > config.batch_size,

@@ -53,7 +53,7 @@ def main() -> None:
     results, ranks = [], []
     for seed, model in enumerate(args.models.split(",")):
         folder = args.out / f"s{seed}"
-        net, meta = load_checkpoint(Path(model), "cpu")
+        net, _ = load_checkpoint(Path(model), "cpu")
         found = folder / "weaknesses.json"
         if not found.exists():
             start = time.perf_counter()

@@ -198,3 +198,46 @@ def test_reinforcement_trains_on_training_sources_and_scores_on_test_sources(rep
     assert result["arms"]["reinforce-seed"]["alpha"] == result["arms"]["augment"]["alpha"] == SEED_ALPHA
     for arm in result["arms"].values():
         assert 0 <= arm["accuracy"] <= 1 and 0 <= arm["counterfactual_accuracy"] <= 1
+
+
+def test_blip_captions_load_from_a_folder_and_feed_the_perturber(synth_data, biased_checkpoint, tmp_path):
+    """A tiny random BLIP saved the real way: the loading path and the caption shape; then captions
+    read by the prompt parser drive the edits (a scripted captioner, since a random BLIP says nothing)."""
+    import torch
+    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
+
+    from fairloop.errors import ConfigError
+    from fairloop.generators import make_generator
+    from fairloop.vision.models import load_checkpoint
+    from fairloop.weakness import discover
+    from fairloop.weakness.captions import BlipCaptioner
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "a", "man", "with", "gray", "hair"]
+    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
+    processor = BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}),
+                              tokenizer=BertTokenizer(str(tmp_path / "vocab.txt"), bos_token="[DEC]"))
+    torch.manual_seed(0)
+    model = BlipForConditionalGeneration(BlipConfig(
+        text_config={"vocab_size": len(words), "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "max_position_embeddings": 32, "bos_token_id": 5, "pad_token_id": 0,
+                     "sep_token_id": 3},
+        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "image_size": 32, "patch_size": 8}, projection_dim=32))
+    model.save_pretrained(tmp_path / "blip")
+    processor.save_pretrained(tmp_path / "blip")
+    paths = [str(p) for p in synth_data.table["path"][:3]]
+    captions = BlipCaptioner(tmp_path / "blip", max_new_tokens=5).captions(paths)
+    assert len(captions) == 3 and all(isinstance(c, str) for c in captions)
+    with pytest.raises(ConfigError, match="no BLIP captioning model"):
+        BlipCaptioner(tmp_path / "missing")
+
+    class Scripted:
+        def captions(self, paths):
+            return ["a photo of a person with gray hair, wearing a hat"] * len(paths)
+
+    net, _ = load_checkpoint(biased_checkpoint, "cpu")
+    report = discover(net, synth_data, make_generator("render"), target="Male", out_dir=tmp_path / "wk",
+                      captions_from="blip", captioner=Scripted(), n_captions=5, per_edit=3)
+    # only what the captions state can be edited: hair (gray) and the hat, each to the other value
+    assert set(report.perturbation.edit_keys()) == {("Gray_Hair", 0), ("Wearing_Hat", 0)}
+    assert report.as_dict()["captions"] == {"from": "blip", "n": 2}   # one caption per class

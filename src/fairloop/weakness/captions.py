@@ -42,7 +42,7 @@ class BlipCaptioner:
         try:
             self.processor = BlipProcessor.from_pretrained(str(model), local_files_only=True)
             self.model = BlipForConditionalGeneration.from_pretrained(str(model), local_files_only=True).to(device).eval()
-        except OSError as error:
+        except (OSError, ValueError) as error:  # a missing folder reads as a malformed hub id: ValueError
             raise ConfigError(f"no BLIP captioning model at {model}: {str(error).splitlines()[0]}",
                               "pass --captioner a folder saved with save_pretrained (or a hub id you have cached), "
                               "e.g. Salesforce/blip-image-captioning-base") from None

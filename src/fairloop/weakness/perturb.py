@@ -157,12 +157,17 @@ def perturb_all(captioned: list[tuple[str, dict[str, int]]], *, target: str, voc
     """The exhaustive perturber over distinct (caption, values) pairs, every edit checked like a model's."""
     result = Perturbation(backend="all")
     start = time.perf_counter()
-    for caption, source in dict(captioned).items():
+    for caption, source in distinct(captioned):
         result.captions += 1
         for edit in all_edits(caption, source, target=target, vocabulary=vocabulary):
             _file(result, edit, check_edit(edit, source, target=target, vocabulary=vocabulary, supported=supported))
     result.seconds = time.perf_counter() - start
     return result
+
+
+def distinct(captioned: list[tuple[str, dict[str, int]]]) -> list[tuple[str, dict[str, int]]]:
+    """Each (caption, values) pair once: a free-text caption may be the same for two classes."""
+    return list({(caption, tuple(sorted(values.items()))): (caption, values) for caption, values in captioned}.values())
 
 
 def _file(result: Perturbation, edit: Edit, reason: str | None) -> None:
@@ -230,8 +235,8 @@ class LLMPerturber:
         unusable adds its problems to ``errors`` and no edits."""
         result = Perturbation(backend=self.backend)
         start = time.perf_counter()
-        captions = dict(captioned)
-        for k, (caption, source) in enumerate(captions.items()):
+        captions = distinct(captioned)
+        for k, (caption, source) in enumerate(captions):
             result.captions += 1
             for edit in self._ask(caption, vocabulary, target, seed + k, result):
                 _file(result, edit, check_edit(edit, source, target=target, vocabulary=vocabulary, supported=supported))

@@ -92,7 +92,8 @@ def test_experiment_options_are_checked():
     assert ScenarioSpec.parse("Young:Pale_Skin:0.9", synthetic=True).key == "Young-Pale_Skin-0.9"
 
 
-ARMS = ("erm", "realft", "resampling", "reweighing", "groupdro", "dfr", "random", "manual-min", "rules", "scm-true")
+ARMS = ("erm", "realft", "resampling", "reweighing", "groupdro", "dfr", "random", "manual-min", "rules", "scm-true",
+        "lance")
 
 
 def tiny_experiment(root, **changes) -> ExperimentConfig:
@@ -125,6 +126,9 @@ def test_a_whole_experiment_on_tiny_data_and_its_resume(synth_root, tmp_path, mo
     assert results["scm-true"]["plans"] == results["rules"]["plans"]
     manifest = json.loads((out / "jobs" / "Male-Gray_Hair" / "scm-true" / "s0" / "manifests" / "fixed.json").read_text())
     assert {m["matching"] for m in manifest["proxies"]} == {"scm"}
+    # lance found the ERM model's weaknesses on validation images it drew itself, never told the protected attribute
+    assert results["lance"]["discovery_images"] > 0 and results["lance"]["proposal"]["strategy"] == "lance"
+    assert results["lance"]["proposal"]["diagnosis"].startswith(("Weakest edits on validation", "No edit costs"))
     # one ERM model per seed, shared by every arm: each arm's starting model is the same file
     erm = json.loads((out / "erm" / "Male-Gray_Hair" / "s0" / "result.json").read_text())["model"]
     assert all((out / "jobs" / "Male-Gray_Hair" / arm / "s0" / erm).is_file() for arm in ARMS)

@@ -29,7 +29,9 @@ class LanceStrategy:
 
     def propose(self, context: AnalyzerContext, rng: np.random.Generator) -> Proposal:
         start = time.perf_counter()
-        weak = reinforced_edits(context.weaknesses, context.target)
+        known = set(context.attributes)   # the report is read back from the run folder: untrusted input
+        weak = reinforced_edits([w for w in context.weaknesses if w.get("attribute") in known
+                                 and w.get("label") in (0, 1) and w.get("value") in (0, 1)], context.target)
         costs = [-float(w["delta_acc"]) for w in weak]
         counts = proportional_counts(context.max_images, costs)
         plans = [ClassPlan(label=int(w["label"]), description=describe(context.target, int(w["label"]), w["attribute"],

@@ -65,15 +65,29 @@ def test_the_llm_perturber_reports_unsupported_factors_and_drops_class_changes()
         {"factor": "background", "attribute": "a snowy street", "value": 1, "caption": "a man with gray hair on a snowy street"},
         {"factor": "domain", "attribute": "pencil sketch", "value": 1, "caption": "a pencil sketch of a man with gray hair"},
         {"factor": "subject", "attribute": "Male", "value": 0, "caption": "a woman with gray hair"},
-        {"factor": "object", "attribute": "Wearing_Hat", "value": 1, "caption": "a man with gray hair, who is old, wearing eyeglasses, wearing a hat"}]}
+        {"factor": "object", "attribute": "Wearing_Hat", "value": 1, "caption": "a man with gray hair, who is old, wearing eyeglasses, wearing a hat"},
+        # free words for an attribute: the caption says which change is meant
+        {"factor": "adjective", "attribute": "age", "value": 0, "caption": "a man with gray hair, who is young, wearing eyeglasses"},
+        # a value the caption contradicts: the caption is what gets drawn
+        {"factor": "adjective", "attribute": "Smiling", "value": 0, "caption": "a man with gray hair, who is old, smiling, wearing eyeglasses"}]}
     perturber = LLMPerturber(_Scripted(["not json at all", json.dumps(answer)]), backend="openai")
     result = perturber.perturb([(caption_of(SOURCE, VOCAB), SOURCE)], target="Male", vocabulary=VOCAB,
                                supported=set(VOCAB))
-    assert result.filters() == {"proposed": 5, "malformed": 0, "unsupported": 2, "changes class": 1, "no change": 0,
-                                "not minimal": 0, "kept": 2}
+    assert result.filters() == {"proposed": 7, "malformed": 0, "unsupported": 2, "changes class": 1, "no change": 0,
+                                "not minimal": 0, "kept": 4}
     assert result.unsupported() == {"background: a snowy street": 1, "domain: pencil sketch": 1}
-    assert set(result.edit_keys()) == {("Gray_Hair", 0), ("Wearing_Hat", 1)}
+    assert set(result.edit_keys()) == {("Gray_Hair", 0), ("Wearing_Hat", 1), ("Young", 1), ("Smiling", 1)}
     assert len(result.errors) == 1 and len(result.raw) == 2   # the first answer was retried, not used
+
+
+def test_the_packaged_models_grammar_keeps_free_words_for_what_cannot_be_drawn():
+    from fairloop.weakness.perturb import answer_grammar
+
+    items = answer_grammar(VOCAB, "Male")["properties"]["edits"]["items"]["anyOf"]
+    drawable, free = (i["properties"] for i in items)
+    assert "Male" not in drawable["attribute"]["enum"] and "Gray_Hair" in drawable["attribute"]["enum"]
+    assert set(drawable["factor"]["enum"]) == {"subject", "adjective", "object"}
+    assert set(free["factor"]["enum"]) == {"background", "domain"} and "pattern" in free["attribute"]
 
 
 def test_paired_bootstrap_brackets_the_effect_and_is_exact_when_every_pair_agrees():

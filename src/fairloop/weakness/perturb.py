@@ -94,11 +94,36 @@ class Perturbation:
         return [k for k, _ in Counter(e.key for e in self.kept).most_common()]
 
 
-def caption_of(values: dict[str, int], vocabulary: list[str]) -> str:
-    """A caption that names every attribute in ``values`` (present or absent)."""
+def caption_of(values: dict[str, int], vocabulary: list[str], mention: tuple[str, ...] = ()) -> str:
+    """A short caption, as people write them: the noun, the hair, the age, what is present, and the
+    attributes in ``mention`` whatever their value ("…, without eyeglasses" for a removal)."""
     from fairloop.scm.builder import write_caption
 
-    return write_caption(values, list(vocabulary))
+    shown = {k: v for k, v in values.items() if v == 1 or k in ("Male", "Young") or k in mention}
+    return write_caption(shown, list(vocabulary))
+
+
+def resolve_attribute(edit: Edit, source: dict[str, int], *, target: str, vocabulary: list[str]) -> Edit:
+    """The edit the caption says, since the caption is what gets drawn: free words ("age") named by
+    the one vocabulary change the caption makes ("who is young"), and a value the caption
+    contradicts replaced by the caption's."""
+    from fairloop.data.synthfaces import HAIR_STATES
+
+    if edit.factor in UNSUPPORTED_FACTORS:
+        return edit
+    said = parse_prompt(edit.caption, vocabulary).edits
+    if edit.attribute in vocabulary:
+        value = said.get(edit.attribute, edit.value)
+        return edit if value == edit.value else Edit(edit.factor, edit.attribute, value, edit.caption,
+                                                     edit.source_caption)
+    changed = {a: v for a, v in said.items() if a != target and a in source and source[a] != v}
+    hair_on = [a for a in changed if a in HAIR_STATES and changed[a] == 1]
+    if hair_on:  # a new hair colour also switches the old one off
+        changed = {a: v for a, v in changed.items() if a not in HAIR_STATES} | {hair_on[0]: 1}
+    if len(changed) != 1:
+        return edit
+    (name, value), = changed.items()
+    return Edit(edit.factor, name, value, edit.caption, edit.source_caption)
 
 
 def check_edit(edit: Edit, source: dict[str, int], *, target: str, vocabulary: list[str],
@@ -135,7 +160,7 @@ def all_edits(caption: str, source: dict[str, int], *, target: str, vocabulary: 
         if name == target or name not in source:
             continue
         value = 1 - int(source[name])
-        edited = caption_of({**_with_hair(source, name, value), name: value}, vocabulary)
+        edited = caption_of({**_with_hair(source, name, value), name: value}, vocabulary, mention=(name,))
         out.append(Edit(factor_of(name), name, value, edited, caption))
     return out
 
@@ -209,15 +234,19 @@ def user_prompt(caption: str, vocabulary: list[str], target: str) -> str:
 
 
 def answer_grammar(vocabulary: list[str], target: str) -> dict[str, Any]:
-    """The answer's JSON schema for a grammar-constrained model: attributes of the vocabulary (the
-    class excluded) or free lowercase words; the edited caption is checked afterwards."""
+    """The answer's JSON schema for a grammar-constrained model: a subject, adjective or object edit
+    names an attribute of the vocabulary (the class excluded); a background or domain edit, a few
+    lowercase words. The edited caption is checked afterwards."""
     from fairloop.llm import grammar_schema
 
-    name = {"anyOf": [{"enum": [v for v in vocabulary if v != target]},
-                      {"type": "string", "pattern": "^[a-z][a-z ]{0,39}$"}]}
-    edit = {"type": "object", "required": ["factor", "attribute", "value", "caption"], "properties": {
-        "factor": {"enum": list(FACTORS)}, "attribute": name, "value": {"enum": [0, 1]},
-        "caption": {"type": "string", "maxLength": 200}}}
+    def item(factors: list[str], attribute: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "object", "required": ["factor", "attribute", "value", "caption"], "properties": {
+            "factor": {"enum": factors}, "attribute": attribute, "value": {"enum": [0, 1]},
+            "caption": {"type": "string", "maxLength": 160}}}
+
+    edit = {"anyOf": [item([f for f in FACTORS if f not in UNSUPPORTED_FACTORS],
+                           {"enum": [v for v in vocabulary if v != target]}),
+                      item(list(UNSUPPORTED_FACTORS), {"type": "string", "pattern": "^[a-z][a-z ]{0,39}$"})]}
     return grammar_schema({"type": "object", "required": ["edits"], "properties": {
         "edits": {"type": "array", "items": edit, "minItems": 1, "maxItems": EDITS_PER_CAPTION}}})
 
@@ -238,14 +267,15 @@ class LLMPerturber:
         captions = distinct(captioned)
         for k, (caption, source) in enumerate(captions):
             result.captions += 1
-            for edit in self._ask(caption, vocabulary, target, seed + k, result):
+            for edit in self._ask(caption, source, vocabulary, target, seed + k, result):
                 _file(result, edit, check_edit(edit, source, target=target, vocabulary=vocabulary, supported=supported))
             if progress:
                 progress("perturb", k + 1, len(captions))
         result.seconds = time.perf_counter() - start
         return result
 
-    def _ask(self, caption: str, vocabulary: list[str], target: str, seed: int, result: Perturbation) -> list[Edit]:
+    def _ask(self, caption: str, source: dict[str, int], vocabulary: list[str], target: str, seed: int,
+             result: Perturbation) -> list[Edit]:
         from langchain_core.messages import HumanMessage, SystemMessage
 
         from fairloop.agent.analyzer import parse_answer
@@ -269,7 +299,8 @@ class LLMPerturber:
             except (ValueError, ValidationError) as error:
                 result.errors.append(f"{caption!r}: {str(error)[:200]}")
                 continue
-            return [Edit(e.factor, e.attribute.strip(), e.value, e.caption.strip(), caption) for e in answer.edits]
+            return [resolve_attribute(Edit(e.factor, e.attribute.strip(), e.value, e.caption.strip(), caption), source,
+                                      target=target, vocabulary=vocabulary) for e in answer.edits]
         return []
 
 

@@ -176,7 +176,8 @@ def test_lance_reinforces_the_significant_weaknesses_from_training_sources(repor
 def test_the_weaknesses_command_writes_the_interface_json_and_names_bad_options(synth_root, biased_checkpoint, tmp_path):
     out = tmp_path / "wk"
     cmd = [sys.executable, "-m", "fairloop.cli", "weaknesses", "--root", str(synth_root), "--target", "Male",
-           "--model", str(biased_checkpoint), "--out", str(out), "--per-edit", "4", "--n-captions", "20"]
+           "--model", str(biased_checkpoint), "--out", str(out), "--per-edit", "4", "--n-captions", "20",
+           "--reinforce", "8", "--protected", "Gray_Hair"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     data = json.loads((out / "weaknesses.json").read_text())
@@ -185,7 +186,13 @@ def test_the_weaknesses_command_writes_the_interface_json_and_names_bad_options(
         assert {"factor", "attribute", "direction", "delta_acc", "flip_rate", "n", "ci"} <= set(entry)
     assert "Edits, worst first" in (out / "weaknesses.html").read_text()
     assert "ΔAcc" in done.stderr and "wrote" in done.stderr
-    bad = subprocess.run(cmd[:-6] + ["--out", str(tmp_path / "x"), "--perturb", "everything"], capture_output=True,
+    reinforced = json.loads((out / "reinforce.json").read_text())
+    if reinforced["edits"]:   # the tiny model may have no weakness beyond the noise: then nothing is reinforced
+        assert set(reinforced["arms"]) == {"erm", "augment", "reinforce-seed", "reinforce"}
+        assert "counterfactual acc." in done.stderr
+    else:
+        assert "nothing to reinforce" in reinforced["note"]
+    bad = subprocess.run(cmd[:-10] + ["--out", str(tmp_path / "x"), "--perturb", "everything"], capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode != 0 and "unknown --perturb 'everything'" in bad.stderr and "Traceback" not in bad.stderr
 

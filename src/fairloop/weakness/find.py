@@ -99,7 +99,10 @@ class WeaknessReport:
         return {"target": self.target, "split": self.split, "generator": self.generator,
                 "oracle_checked": self.verified, "captions": {"from": self.caption_source, "n": p.captions},
                 "perturber": {"backend": p.backend, "seconds": round(p.seconds, 1), "filters": p.filters(),
-                              "unsupported": p.unsupported(), "errors": p.errors[:20]},
+                              "unsupported": p.unsupported(), "errors": p.errors[:20], "raw": p.raw[:5],
+                              "rejected": [{"reason": reason, "factor": e.factor, "attribute": e.attribute,
+                                            "value": e.value, "caption": e.caption, "source_caption": e.source_caption}
+                                           for e, reason in p.rejected[:12]]},
                 "weaknesses": [w.as_dict(pairs) for w in self.weaknesses], "attributes": self.attributes(),
                 "n_sources": len(self.source_ids), "seconds": round(self.seconds, 1),
                 "note": ("ΔAcc = accuracy on the counterfactuals − on their sources; CIs are paired bootstrap "

@@ -262,3 +262,23 @@ def test_blip_captions_load_from_a_folder_and_feed_the_perturber(synth_data, bia
     # only what the captions state can be edited: hair (gray) and the hat, each to the other value
     assert set(report.perturbation.edit_keys()) == {("Gray_Hair", 0), ("Wearing_Hat", 0)}
     assert report.as_dict()["captions"] == {"from": "blip", "n": 2}   # one caption per class
+
+
+def test_captions_read_by_the_attribute_oracle_for_images_without_a_table(synth_data, biased_checkpoint, tmp_path):
+    from fairloop.generators import make_generator
+    from fairloop.tools.quality import AttributeOracle
+    from fairloop.vision.models import load_checkpoint
+    from fairloop.weakness import discover
+    from fairloop.weakness.captions import oracle_values
+
+    oracle = AttributeOracle.packaged()
+    ids = [str(i) for i in synth_data.split("val").table.index[:6]]
+    seen = oracle_values(oracle, synth_data, ids, "Male")
+    table = synth_data.table.loc[ids]
+    assert [v["Male"] for v in seen] == table["Male"].tolist()   # the class is the label, not a guess
+    agree = np.mean([v[a] == table.at[i, a] for v, i in zip(seen, ids) for a in ("Gray_Hair", "Eyeglasses", "Smiling")])
+    assert agree > 0.8   # the shipped oracle reads SynthFaces renders
+    net, _ = load_checkpoint(biased_checkpoint, "cpu")
+    report = discover(net, synth_data, make_generator("render"), target="Male", out_dir=tmp_path, oracle=oracle,
+                      captions_from="oracle", n_captions=6, per_edit=2, max_edits=3)
+    assert report.caption_source == "oracle" and report.perturbation.kept and report.verified

@@ -88,6 +88,11 @@ def test_run_end_to_end_writes_summary_report_trace_and_memory(synth_root, tiny_
     assert summary["iterations"][0]["analysis"]["decision"]["diagnosis"][:60] in report
     nodes = [t["node"] for t in folder.read_trace()]
     assert nodes[:5] == ["setup", "measure", "explain", "recall", "analyze"] and nodes[-1] == "report"
+    # where the time went: the steps' seconds sum to the total, in the summary and in the report
+    stages = summary["stage_seconds"]
+    assert list(stages)[:3] == ["setup", "measure", "explain"] and stages["generate"] > 0
+    assert stages["total"] == pytest.approx(sum(v for k, v in stages.items() if k != "total"), abs=0.2)
+    assert "Time per step" in report
 
     manifest = json.loads((folder.path / summary["iterations"][0]["manifest"]).read_text())
     assert len(manifest["images"]) == summary["iterations"][0]["n_generated"] > 0

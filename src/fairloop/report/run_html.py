@@ -46,9 +46,20 @@ def build_summary(services: RunServices, state: dict[str, Any], final_explanatio
                       "exact_oracle": services.generator.exact},
         "explanations": {"initial": state["initial_explanation"], "final": final_explanation},
         "initial_model": state["initial_model"],
+        "stage_seconds": stage_seconds(services.folder.read_trace()),
         "manifest": build_manifest(cfg.as_dict(), seeds={"run": cfg.seed}, data_hash=services.dataset.fingerprint(),
                                    models={"initial": state["initial_model"], "final": state["model"]}),
     }
+
+
+def stage_seconds(trace: list[dict[str, Any]]) -> dict[str, float]:
+    """Seconds spent in each kind of step over the whole run (from ``trace.jsonl``), in the order
+    they first ran, plus ``total``: where the time goes, in every summary."""
+    out: dict[str, float] = {}
+    for entry in trace:
+        out[entry["node"]] = out.get(entry["node"], 0.0) + float(entry.get("seconds") or 0.0)
+    out = {node: round(seconds, 1) for node, seconds in out.items()}
+    return out | {"total": round(sum(out.values()), 1)}
 
 
 def write_run_outputs(services: RunServices, state: dict[str, Any], final_explanation: dict[str, Any]) -> dict[str, Path]:

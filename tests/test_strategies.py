@@ -79,7 +79,7 @@ def test_manual_prompt_files_are_checked(tmp_path, text, problem):
 
 
 def test_strategy_options_are_checked_before_a_run():
-    assert set(STRATEGIES) == {"rules", "llm", "llm-raw", "manual", "manual-min", "random", "scm", "scm-true"}
+    assert set(STRATEGIES) == {"rules", "llm", "llm-raw", "manual", "manual-min", "random", "scm", "scm-true", "lance"}
     with pytest.raises(ConfigError, match="needs a language model"):
         check_strategy("llm", llm="rules")
     with pytest.raises(ConfigError, match="needs the descriptions"):

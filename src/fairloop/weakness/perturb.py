@@ -34,6 +34,8 @@ UNSUPPORTED_FACTORS = ("background", "domain")
 #: Attributes worn or held: LANCE's "object" factor; the subject's sex is its "subject"; the rest are adjectives.
 OBJECTS = ("Eyeglasses", "Wearing_Hat", "Wearing_Earrings", "Wearing_Lipstick", "Wearing_Necktie",
            "Wearing_Necklace", "Heavy_Makeup")
+#: Why an edit is not used, in the order the checks run (answers that are not JSON go to ``errors``).
+REASONS = ("unsupported", "changes class", "no change", "not minimal")
 #: Edits the language model is asked for per caption.
 EDITS_PER_CAPTION = 5
 MAX_ATTEMPTS = 2
@@ -81,8 +83,7 @@ class Perturbation:
         """How many edits were proposed, and how many each filter removed, in order."""
         counts = Counter(reason for _, reason in self.rejected)
         return {"proposed": len(self.kept) + len(self.rejected),
-                **{f: counts.get(f, 0) for f in ("malformed", "unsupported", "changes class", "no change",
-                                                   "not minimal")},
+                **{f: counts.get(f, 0) for f in REASONS},
                 "kept": len(self.kept)}
 
     def unsupported(self) -> dict[str, int]:

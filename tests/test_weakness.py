@@ -88,6 +88,10 @@ def test_the_packaged_models_grammar_keeps_free_words_for_what_cannot_be_drawn()
     assert "Male" not in drawable["attribute"]["enum"] and "Gray_Hair" in drawable["attribute"]["enum"]
     assert set(drawable["factor"]["enum"]) == {"subject", "adjective", "object"}
     assert set(free["factor"]["enum"]) == {"background", "domain"} and "pattern" in free["attribute"]
+    # for a known person, only edits that change something: remove what they have, add what they lack
+    remove, add, _ = (i["properties"] for i in answer_grammar(VOCAB, "Male", SOURCE)["properties"]["edits"]["items"]["anyOf"])
+    assert remove["value"]["enum"] == [0] and set(remove["attribute"]["enum"]) == {"Gray_Hair", "Eyeglasses"}
+    assert add["value"]["enum"] == [1] and "Eyeglasses" not in add["attribute"]["enum"] and "Young" in add["attribute"]["enum"]
 
 
 def test_paired_bootstrap_brackets_the_effect_and_is_exact_when_every_pair_agrees():

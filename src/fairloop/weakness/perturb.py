@@ -229,25 +229,40 @@ def system_prompt(target: str) -> str:
         "one JSON object: {\"edits\": [{\"factor\", \"attribute\", \"value\", \"caption\"}, ...]}.")
 
 
-def user_prompt(caption: str, vocabulary: list[str], target: str) -> str:
-    return (f"Caption: {caption}\nAttribute vocabulary: {', '.join(v for v in vocabulary if v != target)}\n"
-            f"Propose {EDITS_PER_CAPTION} different edits.")
+def user_prompt(caption: str, vocabulary: list[str], target: str, source: dict[str, int] | None = None) -> str:
+    """The caption and what an edit can do to this person: add what they lack (value 1), remove
+    what they have (value 0). A small model told only the vocabulary proposes edits that change nothing."""
+    names = [v for v in vocabulary if v != target]
+    if not source:
+        return f"Caption: {caption}\nAttribute vocabulary: {', '.join(names)}\nPropose {EDITS_PER_CAPTION} different edits."
+    has = [v for v in names if source.get(v) == 1]
+    lacks = [v for v in names if source.get(v) == 0]
+    return (f"Caption: {caption}\nThe person has (remove with value 0): {', '.join(has) or 'none'}\n"
+            f"The person lacks (add with value 1): {', '.join(lacks) or 'none'}\n"
+            f"Propose {EDITS_PER_CAPTION} different edits, each changing one of these.")
 
 
-def answer_grammar(vocabulary: list[str], target: str) -> dict[str, Any]:
-    """The answer's JSON schema for a grammar-constrained model: a subject, adjective or object edit
-    names an attribute of the vocabulary (the class excluded); a background or domain edit, a few
-    lowercase words. The edited caption is checked afterwards."""
+def answer_grammar(vocabulary: list[str], target: str, source: dict[str, int] | None = None) -> dict[str, Any]:
+    """The answer's JSON schema for a grammar-constrained model, narrowed to what the request
+    settles (as the analyzer's is): a subject, adjective or object edit names an attribute of the
+    vocabulary (never the class) and, when the person's values are known, the value it does not
+    have yet; a background or domain edit, a few lowercase words. The caption is checked afterwards."""
     from fairloop.llm import grammar_schema
 
-    def item(factors: list[str], attribute: dict[str, Any]) -> dict[str, Any]:
+    def item(factors: list[str], attribute: dict[str, Any], values: list[int]) -> dict[str, Any]:
         return {"type": "object", "required": ["factor", "attribute", "value", "caption"], "properties": {
-            "factor": {"enum": factors}, "attribute": attribute, "value": {"enum": [0, 1]},
+            "factor": {"enum": factors}, "attribute": attribute, "value": {"enum": values},
             "caption": {"type": "string", "maxLength": 160}}}
 
-    edit = {"anyOf": [item([f for f in FACTORS if f not in UNSUPPORTED_FACTORS],
-                           {"enum": [v for v in vocabulary if v != target]}),
-                      item(list(UNSUPPORTED_FACTORS), {"type": "string", "pattern": "^[a-z][a-z ]{0,39}$"})]}
+    drawable = [f for f in FACTORS if f not in UNSUPPORTED_FACTORS]
+    names = [v for v in vocabulary if v != target]
+    if source:
+        choices = [item(drawable, {"enum": [v for v in names if source.get(v) == 1 - value]}, [value]) for value in (0, 1)]
+        choices = [c for c in choices if c["properties"]["attribute"]["enum"]]
+    else:
+        choices = [item(drawable, {"enum": names}, [0, 1])]
+    edit = {"anyOf": [*choices, item(list(UNSUPPORTED_FACTORS), {"type": "string", "pattern": "^[a-z][a-z ]{0,39}$"},
+                                     [0, 1])]}
     return grammar_schema({"type": "object", "required": ["edits"], "properties": {
         "edits": {"type": "array", "items": edit, "minItems": 1, "maxItems": EDITS_PER_CAPTION}}})
 
@@ -283,9 +298,9 @@ class LLMPerturber:
         from fairloop.llm import content_text
 
         messages = [SystemMessage(content=system_prompt(target)),
-                    HumanMessage(content=user_prompt(caption, vocabulary, target))]
+                    HumanMessage(content=user_prompt(caption, vocabulary, target, source))]
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            client = (self._client.model_copy(update={"json_schema": answer_grammar(vocabulary, target),
+            client = (self._client.model_copy(update={"json_schema": answer_grammar(vocabulary, target, source),
                                                       "temperature": 0.0 if attempt == 1 else 0.6,
                                                       "seed": seed + attempt})
                       if self.constrained else self._client)

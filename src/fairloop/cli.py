@@ -492,6 +492,7 @@ def _discover_protected(dataset, root, csv, target, generator, generator_model, 
     from fairloop.data.synthfaces import is_synthfaces
     from fairloop.generators import make_generator
     from fairloop.report.weakness_html import write_weaknesses
+    from fairloop.runs.steps import DISCOVERY_PER_EDIT
     from fairloop.vision.models import load_checkpoint, resolve_device
     from fairloop.vision.train import TrainConfig
     from fairloop.weakness import discover as find
@@ -513,7 +514,7 @@ def _discover_protected(dataset, root, csv, target, generator, generator_model, 
         oracle = AttributeOracle.packaged()
     console.print(f"--discover: looking for the baseline's weaknesses with the {generator} generator")
     with _progress() as progress:
-        report = find(net, data, backend, target=target, out_dir=folder, oracle=oracle,
+        report = find(net, data, backend, target=target, out_dir=folder, oracle=oracle, per_edit=DISCOVERY_PER_EDIT,
                       image_size=meta.get("image_size", 64), seed=seed, progress=progress)
     paths = write_weaknesses(report.as_dict(), folder)
     weak = [a for a in report.attributes() if a["significant"]]

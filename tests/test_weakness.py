@@ -35,7 +35,7 @@ def test_edits_that_change_the_class_or_cannot_be_drawn_are_rejected_and_named()
     # two changes where one is claimed: LANCE's similarity filter, made exact
     assert _check(Edit("object", "Wearing_Hat", 1, "a man with gray hair wearing a hat, who is young")) == "not minimal"
     # a caption that does not say the edit it claims
-    assert _check(Edit("object", "Wearing_Hat", 1, "a man with gray hair wearing a necktie")) == "not minimal"
+    assert _check(Edit("object", "Wearing_Hat", 1, "a man with gray hair wearing a necktie")) == "caption disagrees"
 
 
 def test_the_exhaustive_perturber_edits_every_attribute_but_the_class_both_ways():
@@ -68,15 +68,15 @@ def test_the_llm_perturber_reports_unsupported_factors_and_drops_class_changes()
         {"factor": "object", "attribute": "Wearing_Hat", "value": 1, "caption": "a man with gray hair, who is old, wearing eyeglasses, wearing a hat"},
         # free words for an attribute: the caption says which change is meant
         {"factor": "adjective", "attribute": "age", "value": 0, "caption": "a man with gray hair, who is young, wearing eyeglasses"},
-        # a value the caption contradicts: the caption is what gets drawn
-        {"factor": "adjective", "attribute": "Smiling", "value": 0, "caption": "a man with gray hair, who is old, smiling, wearing eyeglasses"}]}
+        # a value the caption contradicts
+        {"factor": "adjective", "attribute": "Smiling", "value": 1, "caption": "a man with gray hair, who is old, wearing eyeglasses"}]}
     perturber = LLMPerturber(_Scripted(["not json at all", json.dumps(answer)]), backend="openai")
     result = perturber.perturb([(caption_of(SOURCE, VOCAB), SOURCE)], target="Male", vocabulary=VOCAB,
                                supported=set(VOCAB))
     assert result.filters() == {"proposed": 7, "unsupported": 2, "changes class": 1, "no change": 0,
-                                "not minimal": 0, "kept": 4}
+                                "caption disagrees": 1, "not minimal": 0, "kept": 3}
     assert result.unsupported() == {"background: a snowy street": 1, "domain: pencil sketch": 1}
-    assert set(result.edit_keys()) == {("Gray_Hair", 0), ("Wearing_Hat", 1), ("Young", 1), ("Smiling", 1)}
+    assert set(result.edit_keys()) == {("Gray_Hair", 0), ("Wearing_Hat", 1), ("Young", 1)}
     assert len(result.errors) == 1 and len(result.raw) == 2   # the first answer was retried, not used
 
 

@@ -9,6 +9,7 @@ Every edit is checked before any image is drawn:
 - **keeps the class**: the target attribute is not edited, and the edited caption, read back by the
   prompt parser, does not say the other class;
 - **changes something**: the source does not already have the new value;
+- **says what it claims**: the edited caption, read back, states the edit;
 - **minimal** (LANCE's caption-similarity filter, made exact): the edited caption, read back, changes
   nothing but the edited attribute (a hair colour may replace another).
 
@@ -35,7 +36,7 @@ UNSUPPORTED_FACTORS = ("background", "domain")
 OBJECTS = ("Eyeglasses", "Wearing_Hat", "Wearing_Earrings", "Wearing_Lipstick", "Wearing_Necktie",
            "Wearing_Necklace", "Heavy_Makeup")
 #: Why an edit is not used, in the order the checks run (answers that are not JSON go to ``errors``).
-REASONS = ("unsupported", "changes class", "no change", "not minimal")
+REASONS = ("unsupported", "changes class", "no change", "caption disagrees", "not minimal")
 #: Edits the language model is asked for per caption.
 EDITS_PER_CAPTION = 5
 MAX_ATTEMPTS = 2
@@ -105,18 +106,13 @@ def caption_of(values: dict[str, int], vocabulary: list[str], mention: tuple[str
 
 
 def resolve_attribute(edit: Edit, source: dict[str, int], *, target: str, vocabulary: list[str]) -> Edit:
-    """The edit the caption says, since the caption is what gets drawn: free words ("age") named by
-    the one vocabulary change the caption makes ("who is young"), and a value the caption
-    contradicts replaced by the caption's."""
+    """An edit whose attribute is free words ("age") named by the one vocabulary change its caption
+    makes ("who is young"); any other edit as it is."""
     from fairloop.data.synthfaces import HAIR_STATES
 
-    if edit.factor in UNSUPPORTED_FACTORS:
+    if edit.factor in UNSUPPORTED_FACTORS or edit.attribute in vocabulary:
         return edit
     said = parse_prompt(edit.caption, vocabulary).edits
-    if edit.attribute in vocabulary:
-        value = said.get(edit.attribute, edit.value)
-        return edit if value == edit.value else Edit(edit.factor, edit.attribute, value, edit.caption,
-                                                     edit.source_caption)
     changed = {a: v for a, v in said.items() if a != target and a in source and source[a] != v}
     hair_on = [a for a in changed if a in HAIR_STATES and changed[a] == 1]
     if hair_on:  # a new hair colour also switches the old one off
@@ -143,7 +139,7 @@ def check_edit(edit: Edit, source: dict[str, int], *, target: str, vocabulary: l
         return "no change"
     if said.get(edit.attribute) != edit.value and not (edit.attribute in HAIR_STATES and edit.value == 0
                                                         and any(said.get(h) == 1 for h in HAIR_STATES)):
-        return "not minimal"   # the caption does not say the edit it claims
+        return "caption disagrees"   # the edited caption does not say the edit it claims
     hair_edit = edit.attribute in HAIR_STATES
     for name, value in said.items():
         if name in (edit.attribute, target) or (hair_edit and name in HAIR_STATES):

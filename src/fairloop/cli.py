@@ -344,9 +344,9 @@ def weaknesses(
     paths = write_weaknesses(result, out, json_path=json_path)
     say = _plain(console)
     filters = result["perturber"]["filters"]
+    removed = ", ".join(f"{k} {v}" for k, v in filters.items() if k not in ("proposed", "kept") and v)
     say(f"{filters['proposed']} edits proposed by {result['perturber']['backend']} on {result['captions']['n']} captions "
-        f"({result['captions']['from']}); kept {filters['kept']}: " + ", ".join(
-            f"{k} {v}" for k, v in filters.items() if k not in ("proposed", "kept") and v))
+        f"({result['captions']['from']}); kept {filters['kept']}" + (f" (removed: {removed})" if removed else ""))
     for name, n in result["perturber"]["unsupported"].items():
         say(f"  unsupported by the generator: {name} ({n})")
     say(f"{'#':>3}  {'class':<10} {'edit':<30} {'n':>4}  {'ΔAcc':>7}  {'95% CI':<17} {'flips':>5}")

@@ -285,9 +285,10 @@ def weaknesses(
         raise ConfigError(f"unknown --captions {captions!r}", f"use one of {', '.join(CAPTION_SOURCES)}")
     if per_edit < 2:
         raise ConfigError(f"--per-edit {per_edit} gives no interval", "use --per-edit 2 or more (40 by default)")
-    if (n_captions is not None and n_captions < 1) or reinforce < 0:
-        raise ConfigError(f"--n-captions {n_captions} / --reinforce {reinforce} is not a count",
-                          "use --n-captions 1 or more and --reinforce 0 (none) or more")
+    if n_captions is not None and n_captions < 1:
+        raise ConfigError(f"--n-captions {n_captions} leaves nothing to perturb", "use --n-captions 1 or more")
+    if reinforce < 0:
+        raise ConfigError(f"--reinforce {reinforce} is not a number of images", "use --reinforce 0 (none) or more")
     if reinforce and split != "val":
         raise ConfigError(f"--reinforce with --split {split}: the weaknesses must be found on validation, because "
                           "reinforcement trains on training images and scores on test images",

@@ -339,7 +339,7 @@ def weaknesses(
         blip = BlipCaptioner(captioner, device=str(resolve_device(device)))
     with _progress() as progress:
         report = discover(net, data, backend, target=target, out_dir=out, perturber=perturber, captions_from=captions,
-                          captioner=blip, oracle=oracle if not backend.exact else None,
+                          captioner=blip, oracle=oracle,
                           n_captions=n_captions or (12 if perturber else 200), per_edit=per_edit, split=split,
                           image_size=meta.get("image_size", 64), seed=seed, progress=progress)
     from fairloop.report.weakness_html import write_weaknesses
@@ -364,7 +364,7 @@ def weaknesses(
     say("* ΔAcc's 95 % interval lies below 0")
     say("wrote " + ", ".join(str(p) for p in paths.values()))
     if reinforce:
-        _reinforce(report, net, data, backend, oracle if not backend.exact else None, target=target, protected=protected,
+        _reinforce(report, net, data, backend, oracle, target=target, protected=protected,
                    n_images=reinforce, out=out, image_size=meta.get("image_size", 64), seed=seed,
                    device=str(resolve_device(device)), say=say)
 
@@ -385,6 +385,9 @@ def _reinforce(report, net, data, backend, oracle, *, target, protected, n_image
                            protected=protected, out_dir=out / "reinforce", n_images=n_images, oracle=oracle,
                            image_size=image_size, seed=seed, device=device, progress=progress)
     atomic_write_json(out / "reinforce.json", result | {"protected": protected})
+    if not result["edits"]:
+        say(result["note"])
+        return
     say(f"{result['n_train_counterfactuals']} training counterfactuals of " + "; ".join(
         f"{target}={e['label']} {e['edit']}" for e in result["edits"]) + f"; {result['n_test_counterfactuals']} in the "
         "counterfactual test set (test images)")

@@ -33,7 +33,8 @@ def discover(classifier, dataset, generator, *, target: str, out_dir: Path, pert
     """The weakness report of ``classifier`` for ``target``: ``n_captions`` images of ``split``
     captioned (``captions_from``: table, oracle or blip with ``captioner``), perturbed (``perturber``:
     an :class:`~fairloop.weakness.perturb.LLMPerturber`, or None for every single-attribute edit),
-    and every kept edit scored on up to ``per_edit`` sources of ``split``."""
+    and every kept edit scored on up to ``per_edit`` sources of ``split``. ``oracle`` (the attribute
+    oracle) reads captions and, for a generator that is not exact, checks every pair."""
     from fairloop.weakness.captions import caption_values, oracle_values, table_values
     from fairloop.weakness.perturb import caption_of
 
@@ -65,7 +66,8 @@ def discover(classifier, dataset, generator, *, target: str, out_dir: Path, pert
         perturbation = perturber.perturb(captioned, target=target, vocabulary=vocabulary, supported=supported,
                                          seed=seed, progress=progress)
     return find_weaknesses(classifier, dataset, generator, perturbation, target=target, out_dir=out_dir, split=split,
-                           per_edit=per_edit, image_size=image_size, oracle=oracle, seed=seed, max_edits=max_edits,
+                           per_edit=per_edit, image_size=image_size, oracle=None if generator.exact else oracle,
+                           seed=seed, max_edits=max_edits,
                            progress=progress, caption_source=captions_from)
 
 

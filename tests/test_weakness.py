@@ -94,6 +94,20 @@ def test_the_packaged_models_grammar_keeps_free_words_for_what_cannot_be_drawn()
     assert add["value"]["enum"] == [1] and "Eyeglasses" not in add["attribute"]["enum"] and "Young" in add["attribute"]["enum"]
 
 
+def test_reinforcement_takes_each_classs_worst_edit_first():
+    from fairloop.weakness.reinforce import reinforced_edits
+
+    def row(attribute, label, delta, significant=True):
+        return {"attribute": attribute, "value": 1, "label": label, "delta_acc": delta, "significant": significant}
+
+    ranked = [row("Blond_Hair", 1, -0.8), row("Gray_Hair", 1, -0.7), row("Brown_Hair", 1, -0.5), row("Male", 0, -0.45),
+              row("Smiling", 0, -0.4, significant=False), row("Gray_Hair", 0, -0.3), row("Bangs", 0, -0.2)]
+    chosen = reinforced_edits(ranked, "Male", k=3)
+    assert [(w["attribute"], w["label"]) for w in chosen] == [("Blond_Hair", 1), ("Gray_Hair", 1), ("Gray_Hair", 0)]
+    assert [(w["attribute"], w["label"]) for w in reinforced_edits(ranked, "Male", k=1)] == [("Blond_Hair", 1)]
+    assert reinforced_edits(ranked[:3], "Male") == ranked[:3]   # one class weak only: its three worst
+
+
 def test_paired_bootstrap_brackets_the_effect_and_is_exact_when_every_pair_agrees():
     rng = np.random.default_rng(0)
     n = 200

@@ -33,8 +33,15 @@ ARMS = ("erm", "augment", "reinforce-seed", "reinforce")
 
 
 def reinforced_edits(weaknesses: list[dict[str, Any]], target: str, k: int = TOP_EDITS) -> list[dict[str, Any]]:
-    """The ``k`` worst edits of a report (its ``weaknesses``, ranked) beyond the noise, never the class."""
-    return [w for w in weaknesses if w.get("significant") and w["attribute"] != target][:k]
+    """The ``k`` edits of a report (its ``weaknesses``, ranked worst first) to reinforce: beyond the
+    noise, never the class; each class's worst first, as seed 001 reinforces per class, then the
+    worst of the rest. Taking the ``k`` worst overall reinforced one class only in two of three
+    seeds on the default scenario, where the shortcut has a half in each class."""
+    weak = [w for w in weaknesses if w.get("significant") and w["attribute"] != target]
+    firsts = [next(w for w in weak if w["label"] == label) for label in (1, 0) if any(w["label"] == label for w in weak)]
+    chosen = sorted(firsts, key=weak.index)[:k]
+    rest = [w for w in weak if w not in chosen]
+    return sorted(chosen + rest[:k - len(chosen)], key=weak.index)
 
 
 def draw_counterfactuals(dataset, generator, edits: list[dict[str, Any]], counts: list[int], *, target: str,

@@ -174,8 +174,11 @@ def test_lance_reinforces_the_significant_weaknesses_from_training_sources(repor
              "edit": "wearing lipstick", "ci": {"delta_acc": [-0.3, -0.1]}},
             {"attribute": "Smiling", "value": 1, "label": 0, "delta_acc": -0.1, "significant": False,
              "edit": "who is smiling", "ci": {"delta_acc": [-0.3, 0.1]}}]
+    tampered = [{"attribute": "os.system", "value": 1, "label": 0, "delta_acc": -0.9, "significant": True, "edit": "x",
+                 "ci": {"delta_acc": [-1, -0.8]}}, {"attribute": "Bangs", "value": 1, "label": 0, "significant": True}]
     context = AnalyzerContext(task="t", target="Male", protected="Young", privileged_value=1, attributes=VOCAB[1:],
-                              metrics={}, importances=[], train_groups={"a": 100}, max_images=100, weaknesses=weak)
+                              metrics={}, importances=[], train_groups={"a": 100}, max_images=100,
+                              weaknesses=tampered + weak)   # rows that name no attribute or lack fields are ignored
     strategy = make_strategy("lance")
     proposal = strategy.propose(context, np.random.default_rng(0))
     plans = proposal.decision.plans

@@ -38,19 +38,17 @@ def discover(classifier, dataset, generator, *, target: str, out_dir: Path, pert
     from fairloop.weakness.captions import caption_values, oracle_values, table_values
     from fairloop.weakness.perturb import caption_of
 
-    vocabulary = [a for a in dataset.attributes if a in supported_attributes(generator, dataset.attributes)
-                  or a == target]
+    supported = supported_attributes(generator, dataset.attributes)
+    vocabulary = [a for a in dataset.attributes if a in supported or a == target]
     ids = [str(i) for i in dataset.split(split).table.index]
     rng = np.random.default_rng(seed)
     ids = list(rng.permutation(ids)[:n_captions])
-    if captions_from == "table":
-        values = table_values(dataset, ids, vocabulary)
-        captioned = [(caption_of(v, vocabulary), v) for v in values]
-    elif captions_from == "oracle":
-        if oracle is None:
+    if captions_from in ("table", "oracle"):
+        if captions_from == "oracle" and oracle is None:
             raise ConfigError("captions from the attribute oracle need the oracle",
                               "use --captions table, or a SynthFaces-like dataset the packaged oracle reads")
-        values = oracle_values(oracle, dataset, ids, target)
+        values = (table_values(dataset, ids, vocabulary) if captions_from == "table"
+                  else oracle_values(oracle, dataset, ids, target))
         captioned = [(caption_of(v, vocabulary), v) for v in values]
     elif captions_from == "blip":
         if captioner is None:
@@ -59,15 +57,13 @@ def discover(classifier, dataset, generator, *, target: str, out_dir: Path, pert
         captioned = list(zip(texts, caption_values(texts, vocabulary, dataset.table.loc[ids, target].to_numpy(), target)))
     else:
         raise ConfigError(f"unknown caption source {captions_from!r}", "use --captions table, oracle or blip")
-    supported = supported_attributes(generator, dataset.attributes)
     if perturber is None:
         perturbation = perturb_all(captioned, target=target, vocabulary=vocabulary, supported=supported)
     else:
         perturbation = perturber.perturb(captioned, target=target, vocabulary=vocabulary, supported=supported,
                                          seed=seed, progress=progress)
     return find_weaknesses(classifier, dataset, generator, perturbation, target=target, out_dir=out_dir, split=split,
-                           per_edit=per_edit, image_size=image_size, oracle=None if generator.exact else oracle,
-                           seed=seed, max_edits=max_edits,
+                           per_edit=per_edit, image_size=image_size, oracle=oracle, seed=seed, max_edits=max_edits,
                            progress=progress, caption_source=captions_from)
 
 

@@ -117,6 +117,24 @@ def split_sources(table: pd.DataFrame, split_ids: pd.Index, *, attribute: str, v
     return [str(i) for i in rng.permutation(np.array(pool))[:n]]
 
 
+def edit_counterfactuals(dataset, generator, *, target: str, attribute: str, value: int, label: int,
+                         sources: list[str], seed: int, out_dir: Path, oracle=None, progress=None) -> list[dict[str, Any]]:
+    """The generator's manifest rows for ``sources`` (ids of class ``label``) with ``attribute`` set to
+    ``value``, class unchanged; with a generator that is not exact, only those ``oracle`` confirms."""
+    from fairloop.agent.analyzer import describe
+    from fairloop.generators import GenerationRequest
+
+    request = GenerationRequest(prompt=describe(target, label, attribute, bool(value)), n=len(sources), label=label,
+                                target=target, source_ids=tuple(sources), seed=seed)
+    rows = generator.generate(request, Path(out_dir) / "images", sources=dataset, progress=progress).rows
+    if oracle is None or generator.exact:   # an exact generator's images need no check
+        return rows
+    from fairloop.tools.quality import verify_generated
+
+    passed, _ = verify_generated(oracle, rows, target)
+    return [r for r, ok in zip(rows, passed) if ok]
+
+
 def paired_bootstrap(original: np.ndarray, counterfactual: np.ndarray, rng: np.random.Generator,
                      n_bootstrap: int = N_BOOTSTRAP) -> dict[str, list[float]]:
     """Percentile intervals of ΔAcc and flip rate from ``original``/``counterfactual`` correctness (0/1)
@@ -138,10 +156,8 @@ def find_weaknesses(classifier, dataset, generator, perturbation: Perturbation, 
 
     Images go to ``out_dir/images`` (content-addressed by the render backend, so a rerun redraws
     nothing). ``oracle`` (an :class:`~fairloop.tools.quality.AttributeOracle`) drops pairs whose
-    counterfactual does not show the edit or shows the other class."""
-    from fairloop.agent.analyzer import describe
+    counterfactual does not show the edit or shows the other class, where the generator is not exact."""
     from fairloop.data.datasets import ImageStream
-    from fairloop.generators import GenerationRequest
     from fairloop.vision.train import predict_proba
 
     start = time.perf_counter()
@@ -158,16 +174,11 @@ def find_weaknesses(classifier, dataset, generator, perturbation: Perturbation, 
     for attribute, value, label, ids in plan:
         if not ids:
             continue
-        request = GenerationRequest(prompt=describe(target, label, attribute, bool(value)), n=len(ids), label=label,
-                                    target=target, source_ids=tuple(ids), seed=int(rng.integers(2**31 - 1)))
         report = (lambda stage, k, n, offset=done: progress("weaknesses", offset + k, total)) if progress else None
-        rows = generator.generate(request, out_dir / "images", sources=dataset, progress=report).rows
+        rows = edit_counterfactuals(dataset, generator, target=target, attribute=attribute, value=value, label=label,
+                                    sources=ids, seed=int(rng.integers(2**31 - 1)), out_dir=out_dir, oracle=oracle,
+                                    progress=report)
         done += len(ids)
-        if oracle is not None:
-            from fairloop.tools.quality import verify_generated
-
-            passed, _ = verify_generated(oracle, rows, target)
-            rows = [r for r, ok in zip(rows, passed) if ok]
         if not rows:
             continue
         sources = [r["source_id"] for r in rows]
@@ -187,5 +198,5 @@ def find_weaknesses(classifier, dataset, generator, perturbation: Perturbation, 
                    for s, r, y, a, b in sorted(zip(sources, rows, labels, p_orig, p_cf),
                                                key=lambda t: -abs(float(t[3]) - float(t[4])))]))
     weaknesses.sort(key=lambda w: (w.delta_acc, -w.flip_rate, w.attribute, w.value, w.label))
-    return WeaknessReport(target, split, weaknesses, perturbation, generator.name, oracle is not None,
+    return WeaknessReport(target, split, weaknesses, perturbation, generator.name, oracle is not None and not generator.exact,
                           sorted(used), time.perf_counter() - start, caption_source)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fairloop.weakness.find import split_sources
+from fairloop.weakness.find import edit_counterfactuals, split_sources
 
 #: Weak edits reinforced: the worst ones whose ΔAcc interval lies below zero.
 TOP_EDITS = 3
@@ -50,9 +50,6 @@ def draw_counterfactuals(dataset, generator, edits: list[dict[str, Any]], counts
     """``counts[i]`` counterfactuals of ``edits[i]`` made from sources of ``split`` of its class (each
     source once), kept when ``oracle`` confirms them (generators that are not exact): rows ``path``, ``label``, ``protected``,
     ``source_id``, ``attribute``, ``value``."""
-    from fairloop.agent.analyzer import describe
-    from fairloop.generators import GenerationRequest
-
     table, ids = dataset.table, dataset.split(split).table.index
     rng = np.random.default_rng([seed, len(split)])
     rows = []
@@ -62,17 +59,12 @@ def draw_counterfactuals(dataset, generator, edits: list[dict[str, Any]], counts
         sources = split_sources(table, ids, attribute=attribute, value=value, target=target, label=label, n=n, rng=rng)
         if not sources:
             continue
-        request = GenerationRequest(prompt=describe(target, label, attribute, bool(value)), n=len(sources), label=label,
-                                    target=target, source_ids=tuple(sources), seed=int(rng.integers(2**31 - 1)))
         report = (lambda stage, k, m, offset=done: progress(f"counterfactuals ({split})", offset + k, total)) \
             if progress else None
-        made = generator.generate(request, out_dir / "images", sources=dataset, progress=report).rows
+        made = edit_counterfactuals(dataset, generator, target=target, attribute=attribute, value=value, label=label,
+                                    sources=sources, seed=int(rng.integers(2**31 - 1)), out_dir=out_dir, oracle=oracle,
+                                    progress=report)
         done += n
-        if oracle is not None and not generator.exact:   # an exact generator's images need no check
-            from fairloop.tools.quality import verify_generated
-
-            passed, _ = verify_generated(oracle, made, target)
-            made = [r for r, ok in zip(made, passed) if ok]
         for r in made:
             shown = r.get("attributes", {}).get(protected) if protected else None
             rows.append({"path": str(r["path"]), "label": label, "source_id": r["source_id"], "attribute": attribute,
@@ -91,7 +83,7 @@ def reinforce(classifier, dataset, generator, weaknesses: list[dict[str, Any]], 
 
     from fairloop.agent.analyzer import default_mix
     from fairloop.strategies.base import proportional_counts
-    from fairloop.tools.finetune import FinetuneConfig, finetune, interpolate
+    from fairloop.tools.finetune import FinetuneConfig, finetune
 
     edits = reinforced_edits(weaknesses, target)
     if not edits:
@@ -107,10 +99,10 @@ def reinforce(classifier, dataset, generator, weaknesses: list[dict[str, Any]], 
     models = {"erm": classifier}
     augmented = finetune(classifier, dataset, None, target=target, protected=protected,
                          config=replace(seed_recipe, augment="standard", mix_ratio=0.0), progress=progress)
-    models["augment"] = _at_alpha(augmented, classifier, SEED_ALPHA, interpolate)
+    models["augment"] = _at_alpha(augmented, classifier, SEED_ALPHA)
     seed_run = finetune(classifier, dataset, train_cf, target=target, protected=protected, config=seed_recipe,
                         progress=progress)
-    models["reinforce-seed"] = _at_alpha(seed_run, classifier, SEED_ALPHA, interpolate)
+    models["reinforce-seed"] = _at_alpha(seed_run, classifier, SEED_ALPHA)
     ours = finetune(classifier, dataset, train_cf, target=target, protected=protected,
                     config=FinetuneConfig(epochs=finetune_epochs, mix_ratio=mix, image_size=image_size, seed=seed,
                                           device=device), progress=progress)
@@ -124,9 +116,11 @@ def reinforce(classifier, dataset, generator, weaknesses: list[dict[str, Any]], 
             "arms": arms}
 
 
-def _at_alpha(result, base, alpha: float, interpolate):
+def _at_alpha(result, base, alpha: float):
     """The fine-tune's θ1 interpolated with the starting model at a fixed ``alpha`` (seed 001's WiSE-FT)."""
     import copy
+
+    from fairloop.tools.finetune import interpolate
 
     model = copy.deepcopy(base)
     theta0 = {k: v.detach().cpu() for k, v in base.state_dict().items()}

@@ -1,7 +1,7 @@
 """How good is the embedded generator? Text-to-image, edits, realism and speed, scored by the oracle.
 
 Usage: python bench/bench_generator.py [--model FOLDER] [--per-prompt 16] [--edits 64] [--real 512]
-       [--steps S] [--guidance G] [--strength T] [--edit masked|sdedit|invert]
+       [--steps S] [--solver ddim|dpm] [--guidance G] [--strength T] [--edit masked|sdedit|invert]
        [--parts t2i,edits,reconstruction,realism] [--json OUT]
 
 Everything is measured with the packaged attribute oracle (``fairloop generator train-oracle``),
@@ -118,7 +118,7 @@ def text_to_image(pipe, oracle, cfg, per_prompt: int) -> dict:
 def edits(pipe, oracle, cfg, n: int, seed: int) -> dict:
     from fairloop.data.synthfaces import render_face, sample_attributes
     from fairloop.diffusion.captions import caption
-    from fairloop.diffusion.embedded import DEFAULT_STRENGTH
+    from fairloop.diffusion.embedded import DEFAULT_STRENGTH, RUNG_SAMPLE, EmbeddedGenerator
     from fairloop.generators import apply_edits
 
     column = {a: j for j, a in enumerate(oracle.attributes)}
@@ -134,9 +134,14 @@ def edits(pipe, oracle, cfg, n: int, seed: int) -> dict:
         source_prompts = [caption(s) for s in sources]
         prompts = [caption(t) for t in targets]
         used = None
-        if pipe.critic is not None and cfg.strength is None:
-            edited, used = pipe.checked_image_to_image(src_images, prompts, list(range(n)), targets, config=cfg,
-                                                       source_prompts=source_prompts)
+        if pipe.critic is not None and cfg.strength is None:  # as the generator draws a request's edits
+            first = min(n, RUNG_SAMPLE)
+            edited, used = pipe.checked_image_to_image(src_images[:first], prompts[:first], list(range(first)),
+                                                       targets[:first], config=cfg, source_prompts=source_prompts[:first])
+            rest = pipe.checked_image_to_image(src_images[first:], prompts[first:], list(range(first, n)),
+                                               targets[first:], config=cfg, source_prompts=source_prompts[first:],
+                                               ladder=EmbeddedGenerator._ladder_after(used)) if n > first else ([], [])
+            edited, used = edited + rest[0], used + rest[1]
         else:
             edited = pipe.image_to_image(src_images, prompts, list(range(n)), config=cfg, source_prompts=source_prompts)
         total_seconds += time.perf_counter() - t0
@@ -212,7 +217,7 @@ def _tensor(images: np.ndarray) -> torch.Tensor:
 
 
 def main() -> None:
-    from fairloop.diffusion.embedded import ASSETS, EDIT_MODES, EmbeddedPipeline, SamplingConfig
+    from fairloop.diffusion.embedded import ASSETS, EDIT_MODES, SOLVERS, EmbeddedPipeline, SamplingConfig
     from fairloop.tools.quality import AttributeOracle
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -221,6 +226,7 @@ def main() -> None:
     parser.add_argument("--edits", type=int, default=64, help="sources per edit")
     parser.add_argument("--real", type=int, default=512, help="images per side for FID/KID and the detector")
     parser.add_argument("--steps", type=int)
+    parser.add_argument("--solver", choices=SOLVERS, help="sampler (default: the generator's)")
     parser.add_argument("--guidance", type=float)
     parser.add_argument("--strength", type=float, help="fix the edit strength (default: the critic picks it)")
     parser.add_argument("--tries", type=int, help="text-to-image seeds per image (1: no critic check)")
@@ -237,7 +243,7 @@ def main() -> None:
     pipe = EmbeddedPipeline.load(folder)
     oracle = AttributeOracle.packaged()
     chosen = {"steps": args.steps, "guidance": args.guidance, "strength": args.strength, "edit": args.edit,
-              "tries": args.tries}
+              "tries": args.tries, "solver": args.solver}
     cfg = SamplingConfig(**{k: v for k, v in chosen.items() if v is not None})
     size_mb = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
     print(f"generator {pipe.model_id} at {folder} ({size_mb:.1f} MB); sampling {cfg}; oracle held-out balanced "

@@ -101,7 +101,7 @@ def test_inversion_with_the_source_caption_retraces_the_source_and_sdedit_does_n
     captions = [caption(f) for f in faces]
     recon = np.stack([np.asarray(im, float) for im in to_images(pipe.decode_latents(pipe.encode_images(
         to_tensor(sources))))])
-    cfg = SamplingConfig(steps=20, strength=0.8, guidance=5.0, edit="invert")
+    cfg = SamplingConfig(steps=20, strength=0.8, guidance=5.0, edit="invert", solver="ddim")
 
     def distance(images):
         return float(np.abs(np.stack([np.asarray(im, float) for im in images]) - recon).mean())
@@ -285,6 +285,61 @@ def test_checked_draws_record_what_they_used_and_resume_with_it(checked_generato
     fixed = make_generator("embedded", model=str(checked_generator), device="cpu", steps=1, strength=0.4)
     rows = fixed.generate(edit, tmp_path / "fixed", sources=synth_data).rows
     assert [(r["strength"], r["critic_misses"]) for r in rows] == [(0.4, None), (0.4, None)]
+
+
+def test_a_first_rung_that_rarely_wins_is_skipped_for_the_rest_of_a_request_also_on_resume(
+        checked_generator, synth_data, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from fairloop.diffusion.embedded import EDIT_LADDER, RUNG_SAMPLE
+
+    gen = make_generator("embedded", model=str(checked_generator), device="cpu", steps=1, batch_size=16)
+    ladders = []
+
+    def checked(sources, prompts, seeds, wanted, *, ladder, **kwargs):  # the first rung wins 1 in 8
+        ladders.append((len(sources), tuple(ladder)))
+        used = [{"seed": s, "strength": EDIT_LADDER[0 if k % 8 == 0 else 1][0], "kept_unchanged": False,
+                 "critic_misses": 0} for k, s in enumerate(seeds)]
+        return [Image.new("RGB", (64, 64))] * len(sources), used
+
+    monkeypatch.setattr(gen.pipeline, "checked_image_to_image", checked)
+    train = synth_data.split("train").table
+    sources = tuple(train[(train["Male"] == 0) & (train["Gray_Hair"] == 0)].index[:RUNG_SAMPLE + 4])
+    request = GenerationRequest("a woman with gray hair", n=RUNG_SAMPLE + 4, label=0, target="Male",
+                                source_ids=sources, seed=1)
+    gen.generate(request, tmp_path, sources=synth_data)
+    assert ladders == [(16, EDIT_LADDER), (16, EDIT_LADDER), (4, EDIT_LADDER[1:])]
+    # a resumed request reads the sample back from its files and decides the same
+    for row in gen.generate(request, tmp_path, sources=synth_data).rows[-2:]:
+        (tmp_path / row["file"]).unlink()
+    ladders.clear()
+    gen.generate(request, tmp_path, sources=synth_data)
+    assert ladders == [(2, EDIT_LADDER[1:])]
+    # a first rung that wins keeps its place
+    assert gen._ladder_after([{"strength": EDIT_LADDER[0][0], "critic_misses": 0}] * 3) == EDIT_LADDER
+
+
+def test_dpm_solver_draws_seeded_images_and_masks_can_be_reused(random_generator):
+    from PIL import Image
+
+    from fairloop.diffusion.embedded import EmbeddedPipeline, SamplingConfig
+
+    with pytest.raises(ConfigError, match="unknown solver"):
+        SamplingConfig(solver="euler")
+    pipe = EmbeddedPipeline.load(random_generator)
+    dpm = SamplingConfig(solver="dpm", steps=3, strength=0.6)
+    first = pipe.text_to_image(["a man", "a woman"], [1, 2], config=dpm)
+    again = pipe.text_to_image(["a woman"], [2], config=dpm)
+    assert np.array_equal(np.asarray(first[1]), np.asarray(again[0]))
+    ddim = pipe.text_to_image(["a woman"], [2], config=SamplingConfig(solver="ddim", steps=3))
+    assert not np.array_equal(np.asarray(ddim[0]), np.asarray(again[0]))
+    sources = [Image.fromarray(np.asarray(im)) for im in first]
+    prompts, source_prompts = ["a man with gray hair", "a woman with gray hair"], ["a man", "a woman"]
+    plain = pipe.image_to_image(sources, prompts, [5, 6], source_prompts=source_prompts, config=dpm)
+    masks = pipe.edit_masks(sources, prompts, source_prompts, [5, 6])
+    assert masks.shape[0] == 2 and set(masks.unique().tolist()) <= {0.0, 1.0}
+    reused = pipe.image_to_image(sources, prompts, [5, 6], source_prompts=source_prompts, config=dpm, masks=masks)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(plain, reused))
 
 
 def test_class_label_wins_over_the_prompt(random_generator, tmp_path):

@@ -419,6 +419,7 @@ def run(
     llm_base_url: Annotated[Optional[str], typer.Option("--llm-base-url", help="Endpoint (default: $OPENAI_BASE_URL).")] = None,
     max_iterations: Annotated[int, typer.Option("--max-iterations")] = 4,
     max_images: Annotated[int, typer.Option("--max-images", help="Counterfactual images over the whole run.")] = 12000,
+    images_per_iteration: Annotated[int, typer.Option("--images-per-iteration", help="Counterfactual images one iteration may ask for; a plan that needs more mixes the ones it gets in at the larger plan's share.")] = 2000,
     fair_band: Annotated[str, typer.Option("--fair-band", help="DI_LOW,DI_HIGH,MAX_ABS_DIFF: the run stops inside it.")] = "0.8,1.25,0.05",
     stop_margin: Annotated[float, typer.Option("--stop-margin", help="The loop stops once inside the band by this share of its width (validation metrics are estimates); 0 stops at the edge.")] = 0.4,
     accuracy_budget: Annotated[float, typer.Option("--accuracy-budget", help="Max drop of validation accuracy (0.01 = 1 point).")] = 0.01,
@@ -457,7 +458,8 @@ def run(
                            generator_model=generator_model, strategy=strategy,
                            prompts=str(prompts.absolute()) if prompts else None, llm=llm,
                            llm_model=llm_model, llm_base_url=llm_base_url, max_iterations=max_iterations,
-                           max_images=max_images, accuracy_budget=accuracy_budget, stop_margin=stop_margin,
+                           max_images=max_images, images_per_iteration=images_per_iteration,
+                           accuracy_budget=accuracy_budget, stop_margin=stop_margin,
                            **_parse_band(fair_band),
                            baseline=str(baseline) if baseline else None, finetune_epochs=finetune_epochs,
                            memory=str(memory) if memory else None, seed=seed, device=device).validate()

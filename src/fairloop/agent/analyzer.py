@@ -243,7 +243,7 @@ class RulesAnalyzer:
         # Class 1 needs images whose shortcut value argues for class 0, and the reverse.
         wanted = {1: not present_pushes_one, 0: present_pushes_one}   # label → shortcut present?
         counts, n_train = _group_counts(ctx.train_groups or {}, ctx.target, shortcut)
-        sizes, sizing = self._sizes(ctx, counts, wanted)
+        sizes, sizing, balancing = self._sizes(ctx, counts, wanted)
         plans = [ClassPlan(label=label, description=describe(ctx.target, label, shortcut, wanted[label]),
                            n_images=sizes[label]) for label in (1, 0) if sizes[label] > 0]
         total = sum(sizes.values())
@@ -253,7 +253,8 @@ class RulesAnalyzer:
                            f"image budget of this iteration is {ctx.max_images}."),
                 counterfactuals_needed=False, shortcut_attributes=[shortcut], mix_ratio=0.0,
                 negative_prompt=NEGATIVE_PROMPT)
-        mix = default_mix(total, n_train)
+        # images scaled down to the budget stand in for the whole balancing set: mixed in at its share
+        mix = default_mix(max(total, balancing), n_train)
         towards = target_noun(ctx.target, 1 if present_pushes_one else 0)
         diagnosis = " ".join([
             self._bias_sentence(ctx),
@@ -339,11 +340,12 @@ class RulesAnalyzer:
 
     @staticmethod
     def _sizes(ctx: AnalyzerContext, counts: dict[tuple[int, int], int],
-               wanted: dict[int, bool]) -> tuple[dict[int, int], str]:
-        """Images per class, and how they were sized (for the diagnosis)."""
+               wanted: dict[int, bool]) -> tuple[dict[int, int], str, int]:
+        """Images per class, how they were sized (for the diagnosis), and how many balancing the
+        training data would take (0 when the counts do not say)."""
         budget = max(int(ctx.max_images), 0)
         if budget == 0:
-            return {1: 0, 0: 0}, "no budget"
+            return {1: 0, 0: 0}, "no budget", 0
         have_counts = all((y, a) in counts for y in (0, 1) for a in (0, 1))
         need: dict[int, int] = {}
         if have_counts:
@@ -353,7 +355,8 @@ class RulesAnalyzer:
                 if gap > 0:
                     need[label] = max(1, need[label])
             sizing = "closing each class's with/without gap in the training data, up to the budget"
-        if not have_counts or sum(need.values()) == 0:
+        balancing = sum(need.values())
+        if not have_counts or balancing == 0:
             gap = _worst_group_gap(ctx.metrics or {})
             share = 0.5 if gap is None else min(1.0, max(0.0, 2 * gap))
             n = max(2, round(budget * share))
@@ -373,7 +376,7 @@ class RulesAnalyzer:
                 scaled[largest] -= 1
             need = scaled
             sizing += f", scaled down to the budget of {budget}"
-        return need, sizing
+        return need, sizing, balancing
 
 
 # --- prompt ------------------------------------------------------------------------------------

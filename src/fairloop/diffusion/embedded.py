@@ -7,8 +7,8 @@ embeddings (last hidden state, 32 tokens × 384) of the packaged all-MiniLM-L6-v
 :mod:`fairloop.diffusion.captions`, and its weights ship with the package
 (``fairloop/assets/embedded-generator``; ``manifest.json`` says how they were made).
 
-Sampling is DDIM with classifier-free guidance; the negative prompt takes the place of the empty
-caption. Every image has its own seed, so a batch's images do not depend on the batch size.
+Sampling is DDIM or DPM-Solver++ (2M, :data:`SOLVERS`) with classifier-free guidance; the negative
+prompt takes the place of the empty caption. Every image has its own seed, so a batch's images do not depend on the batch size.
 Image-to-image is SDEdit: the source is encoded, noised to ``strength`` and denoised with the
 new caption. When the source has a caption, the edit is **masked** (DiffEdit, Couairon et al.
 2023): the region where the edited and the source caption disagree about the noise is the only
@@ -69,6 +69,21 @@ UNET_CONFIG: dict[str, Any] = dict(
 SCHEDULE: dict[str, Any] = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                                 beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
                                 steps_offset=1)
+#: Samplers over that schedule: ``ddim`` (first order) and ``dpm`` (DPM-Solver++ 2M, Lu et al.
+#: 2022), the default: at 10 steps its images score as DDIM's at 20 on bench_generator (prompts
+#: shown, edits shown and kept, all within 0.02) at 1.7× the speed.
+SOLVERS = ("ddim", "dpm")
+
+
+def make_scheduler(solver: str):
+    """A fresh sampler over :data:`SCHEDULE` (multistep solvers keep state, so one per batch)."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    if solver == "ddim":
+        return DDIMScheduler(**SCHEDULE)
+    betas = {k: SCHEDULE[k] for k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "steps_offset")}
+    return DPMSolverMultistepScheduler(**betas, algorithm_type="dpmsolver++", solver_order=2,
+                                       timestep_spacing="leading")
 
 
 EDIT_MODES = ("masked", "sdedit", "invert")
@@ -78,6 +93,10 @@ EDIT_MODES = ("masked", "sdedit", "invert")
 #: strength 0.65 and 0.3 at 0.8, so the former ladder (0.65, 0.8, 0.95; two seeds each) spent most
 #: of its draws below the strength the edit needed.
 EDIT_LADDER = ((0.8, 0), (0.95, 0), (0.95, 1), (0.95, 2))
+#: A request's edits skip the ladder's first rung when it won (the critic read the edit as asked)
+#: fewer than this share of the request's first :data:`RUNG_SAMPLE` edits: adding gray hair, for
+#: one, is read at strength 0.8 in about one edit in five, so most of that rung's draws were wasted.
+SKIP_RUNG_BELOW, RUNG_SAMPLE = 0.25, 32
 #: The strength of unchecked edits (no critic, or sources outside the SynthFaces vocabulary).
 DEFAULT_STRENGTH = 0.8
 #: The edit mask (see the module docstring): noise estimates at this noise level, averaged over
@@ -98,16 +117,19 @@ class SamplingConfig:
     (never a run's data). ``strength=None`` lets the critic choose it per edit from
     :data:`EDIT_LADDER`; ``tries`` is how many seeds a text-to-image draw may use."""
 
-    steps: int = 20
+    steps: int = 10
     guidance: float = 5.0
     strength: float | None = None  # image-to-image: how far the source is noised (0 = unchanged, 1 = new image)
     tries: int = 3
     batch_size: int = 32
     edit: str = "masked"      # image-to-image with captioned sources: one of EDIT_MODES (see image_to_image)
+    solver: str = "dpm"       # one of SOLVERS; edit="invert" inverts with DDIM, so pairs with "ddim"
 
     def __post_init__(self):
         if self.edit not in EDIT_MODES:
             raise ConfigError(f"unknown edit mode {self.edit!r}", f"use one of {', '.join(EDIT_MODES)}")
+        if self.solver not in SOLVERS:
+            raise ConfigError(f"unknown solver {self.solver!r}", f"use one of {', '.join(SOLVERS)}")
         if self.steps < 1 or self.tries < 1 or not (self.strength is None or 0 < self.strength <= 1):
             raise ConfigError(f"unusable sampling settings (steps={self.steps}, tries={self.tries}, "
                               f"strength={self.strength})", "use steps ≥ 1, tries ≥ 1 and 0 < strength ≤ 1")
@@ -223,18 +245,16 @@ def to_images(batch: torch.Tensor) -> list[Image.Image]:
 
 
 class EmbeddedPipeline:
-    """Autoencoder + UNet + text encoder + DDIM, with text-to-image and image-to-image."""
+    """Autoencoder + UNet + text encoder + a sampler, with text-to-image and image-to-image."""
 
     def __init__(self, vae, unet, scaling_factor: float, *, text_encoder: TextEncoder | None = None,
                  device: str = "cpu", manifest: dict[str, Any] | None = None, critic: Critic | None = None):
-        from diffusers import DDIMScheduler
-
         self.device = device
         self.vae = vae.eval().to(device)
         self.unet = unet.eval().to(device)
         self.scaling_factor = float(scaling_factor)
         self.text_encoder = text_encoder or TextEncoder(device)
-        self.scheduler = DDIMScheduler(**SCHEDULE)
+        self.scheduler = make_scheduler("ddim")  # the training schedule's noising (add_noise) at any timestep
         self.manifest = manifest or {}
         self.critic = critic
 
@@ -276,7 +296,8 @@ class EmbeddedPipeline:
 
     def image_to_image(self, sources: Sequence[Image.Image], prompts: Sequence[str], seeds: Sequence[int], *,
                        negative_prompt: str = "", source_prompts: Sequence[str] | None = None,
-                       config: SamplingConfig = SamplingConfig()) -> list[Image.Image]:
+                       config: SamplingConfig = SamplingConfig(), masks: torch.Tensor | None = None
+                       ) -> list[Image.Image]:
         """Edit each source towards its prompt, ``config.strength`` (default :data:`DEFAULT_STRENGTH`)
         of the way back from noise.
 
@@ -285,10 +306,23 @@ class EmbeddedPipeline:
         ``masked`` redraws only the region where the two captions disagree (see the module
         docstring); ``invert`` is negative-prompt inversion — the source is DDIM-inverted under its
         own caption, then sampled with that caption in the negative slot (``negative_prompt`` is
-        not used), so the guidance cancels where the captions agree; ``sdedit`` ignores them."""
+        not used), so the guidance cancels where the captions agree; ``sdedit`` ignores them.
+        ``masks`` are the masked edit's masks when already known (:meth:`edit_masks`)."""
         if len(sources) != len(prompts) or (source_prompts is not None and len(source_prompts) != len(prompts)):
             raise ValueError("image_to_image needs one prompt (and one source prompt, if any) per source image")
-        return self._sample(prompts, seeds, sources, negative_prompt, config, source_prompts)
+        return self._sample(prompts, seeds, sources, negative_prompt, config, source_prompts, masks)
+
+    def edit_masks(self, sources: Sequence[Image.Image], prompts: Sequence[str], source_prompts: Sequence[str],
+                   seeds: Sequence[int], batch_size: int = 32) -> torch.Tensor:
+        """The masked edit's masks (see :meth:`edit_mask`) for every source; they do not depend on the
+        strength or the seed attempt, so the critic's retries reuse them."""
+        out = []
+        for start in range(0, len(sources), batch_size):
+            stop = start + batch_size
+            clean = self.encode_images(to_tensor(sources[start:stop]))
+            out.append(self.edit_mask(clean, self.text_encoder(prompts[start:stop]),
+                                      self.text_encoder(source_prompts[start:stop]), seeds[start:stop]))
+        return torch.cat(out)
 
     def checked_text_to_image(self, prompts: Sequence[str], seeds: Sequence[int], wanted: Sequence[Mapping[str, int]],
                               *, negative_prompt: str = "", config: SamplingConfig = SamplingConfig()):
@@ -304,13 +338,16 @@ class EmbeddedPipeline:
     def checked_image_to_image(self, sources: Sequence[Image.Image], prompts: Sequence[str], seeds: Sequence[int],
                                wanted: Sequence[Mapping[str, int]], *, negative_prompt: str = "",
                                source_prompts: Sequence[str] | None = None,
-                               config: SamplingConfig = SamplingConfig()):
-        """Each edit at the first (strength, seed) of :data:`EDIT_LADDER` whose result the critic reads
+                               config: SamplingConfig = SamplingConfig(),
+                               ladder: Sequence[tuple[float, int]] = EDIT_LADDER):
+        """Each edit at the first (strength, seed) of ``ladder`` whose result the critic reads
         as ``wanted`` (else the one it reads closest). At each rung the critic is first offered the
         edit with the source kept where it barely changed (:func:`keep_unchanged`), then the plain
         edit. Returns the images and, per image, what it used: ``seed``, ``strength``,
         ``kept_unchanged`` and ``critic_misses``."""
         drawn: dict[tuple[float, int], dict[int, Image.Image]] = {}
+        masks = (self.edit_masks(sources, prompts, source_prompts, seeds, config.batch_size)
+                 if config.edit == "masked" and source_prompts is not None else None)
 
         def draw(indices, option):
             strength, attempt, keep = option
@@ -320,11 +357,11 @@ class EmbeddedPipeline:
                 rung.update(zip(new, self.image_to_image(
                     _take(sources, new), _take(prompts, new), [retry_seed(seeds[i], attempt) for i in new],
                     negative_prompt=negative_prompt, source_prompts=_take(source_prompts, new),
-                    config=replace(config, strength=strength))))
+                    config=replace(config, strength=strength), masks=None if masks is None else masks[new])))
             images = [rung[i] for i in indices]
             return keep_unchanged(images, [sources[i] for i in indices]) if keep else images
 
-        options = [(strength, attempt, keep) for strength, attempt in EDIT_LADDER for keep in (True, False)]
+        options = [(strength, attempt, keep) for strength, attempt in ladder for keep in (True, False)]
         images, chosen, misses = self._first_accepted(len(prompts), options, draw, wanted)
         return images, [{"seed": retry_seed(seed, attempt), "strength": strength, "kept_unchanged": keep,
                          "critic_misses": miss} for seed, (strength, attempt, keep), miss in zip(seeds, chosen, misses)]
@@ -350,7 +387,8 @@ class EmbeddedPipeline:
             todo = [i for i in todo if fewest[i] > 0]
         return best, chosen, fewest
 
-    def _sample(self, prompts, seeds, sources, negative_prompt, config, source_prompts=None) -> list[Image.Image]:
+    def _sample(self, prompts, seeds, sources, negative_prompt, config, source_prompts=None,
+                masks=None) -> list[Image.Image]:
         if len(prompts) != len(seeds):
             raise ValueError("one seed per prompt")
         out: list[Image.Image] = []
@@ -358,11 +396,13 @@ class EmbeddedPipeline:
             stop = start + config.batch_size
             out += self._sample_batch(list(prompts[start:stop]), list(seeds[start:stop]),
                                       None if sources is None else sources[start:stop], negative_prompt, config,
-                                      None if source_prompts is None else list(source_prompts[start:stop]))
+                                      None if source_prompts is None else list(source_prompts[start:stop]),
+                                      None if masks is None else masks[start:stop])
         return out
 
     @torch.inference_mode()
-    def _sample_batch(self, prompts, seeds, sources, negative_prompt, config, source_prompts) -> list[Image.Image]:
+    def _sample_batch(self, prompts, seeds, sources, negative_prompt, config, source_prompts,
+                      masks) -> list[Image.Image]:
         n = len(prompts)
         cond = self.text_encoder(prompts)
         source_cond = None if source_prompts is None or config.edit == "sdedit" else self.text_encoder(source_prompts)
@@ -372,15 +412,18 @@ class EmbeddedPipeline:
             uncond = self.text_encoder([negative_prompt]).expand(n, -1, -1)
         context = torch.cat([uncond, cond])
         noise = self._noise(seeds, ())
-        self.scheduler.set_timesteps(config.steps)
-        timesteps = self.scheduler.timesteps
+        sampler = make_scheduler(config.solver)
+        sampler.set_timesteps(config.steps)
+        timesteps = sampler.timesteps
         mask = None
         if sources is None:
-            latents = noise * self.scheduler.init_noise_sigma
+            latents = noise * sampler.init_noise_sigma
         else:
             strength = DEFAULT_STRENGTH if config.strength is None else config.strength
             keep = min(config.steps, max(1, round(config.steps * strength)))
             timesteps = timesteps[config.steps - keep:]
+            if hasattr(sampler, "set_begin_index"):
+                sampler.set_begin_index(config.steps - keep)
             pixels = to_tensor(sources).to(self.device)
             clean = self.encode_images(pixels)
             if config.edit == "invert" and source_cond is not None:
@@ -388,12 +431,12 @@ class EmbeddedPipeline:
             else:
                 latents = self.scheduler.add_noise(clean, noise, timesteps[:1])
             if config.edit == "masked" and source_cond is not None:
-                mask = self.edit_mask(clean, cond, source_cond, seeds)
+                mask = self.edit_mask(clean, cond, source_cond, seeds) if masks is None else masks.to(self.device)
         for k, t in enumerate(timesteps):
             both = self.unet(torch.cat([latents, latents]), t, encoder_hidden_states=context).sample
             eps_uncond, eps_cond = both.chunk(2)
             eps = eps_uncond + config.guidance * (eps_cond - eps_uncond)
-            latents = self.scheduler.step(eps, t, latents).prev_sample
+            latents = sampler.step(eps, t, latents).prev_sample
             if mask is not None:  # outside the mask, the source as noisy as the next step expects
                 last = k + 1 == len(timesteps)
                 known = clean if last else self.scheduler.add_noise(clean, noise, timesteps[k + 1:k + 2])
@@ -457,11 +500,12 @@ class EmbeddedGenerator(Generator):
 
     def __init__(self, folder: str | Path | None = None, *, device: str = "auto", steps: int | None = None,
                  guidance: float | None = None, strength: float | None = None, batch_size: int | None = None,
-                 edit: str | None = None, tries: int | None = None, cancel: threading.Event | None = None):
+                 edit: str | None = None, tries: int | None = None, solver: str | None = None,
+                 cancel: threading.Event | None = None):
         self.folder = Path(folder) if folder else ASSETS
         self.device = str(resolve_device(device))
         chosen = {"steps": steps, "guidance": guidance, "strength": strength, "batch_size": batch_size, "edit": edit,
-                  "tries": tries}
+                  "tries": tries, "solver": solver}
         self.sampling = SamplingConfig(**{k: v for k, v in chosen.items() if v is not None})
         self.cancel = cancel
         self._pipeline: EmbeddedPipeline | None = None
@@ -515,21 +559,29 @@ class EmbeddedGenerator(Generator):
                  for p, s, i in zip(prompts, seeds, ids)]
         todo = [k for k, name in enumerate(names) if not finished_file(out_dir / name)]
         done = request.n - len(todo)
-        for start in range(0, len(todo), cfg.batch_size):
-            if self.cancel is not None and self.cancel.is_set():
-                raise ConfigError(f"generation cancelled after {done} of {request.n} images",
-                                  "run the same command again: finished images are kept and skipped")
-            chunk = todo[start:start + cfg.batch_size]
-            images, details = self._draw(chunk, prompts, seeds, wanted, ids, sources, source_prompts,
-                                         request.negative_prompt, checked)
-            for k, image, detail in zip(chunk, images, details):
-                info = PngInfo()
-                info.add_text(_PNG_KEY, json.dumps(detail))
-                atomic_write(out_dir / names[k], lambda tmp, image=image, info=info: image.save(tmp, format="PNG",
-                                                                                              pnginfo=info))
-            done += len(chunk)
-            if progress:
-                progress("generate", done, request.n)
+        # checked edits: the first RUNG_SAMPLE images (finished ones read back, so a resumed request
+        # decides the same) say whether the rest skip the ladder's first rung
+        sample = set(range(min(RUNG_SAMPLE, request.n))) if checked and request.source_ids else set()
+        parts = [[k for k in todo if k in sample], [k for k in todo if k not in sample]]
+        ladder = EDIT_LADDER
+        for part_index, part in enumerate(parts):
+            if part_index == 1 and sample:
+                ladder = self._ladder_after([_read_detail(out_dir / names[k]) for k in sorted(sample)])
+            for start in range(0, len(part), cfg.batch_size):
+                if self.cancel is not None and self.cancel.is_set():
+                    raise ConfigError(f"generation cancelled after {done} of {request.n} images",
+                                      "run the same command again: finished images are kept and skipped")
+                chunk = part[start:start + cfg.batch_size]
+                images, details = self._draw(chunk, prompts, seeds, wanted, ids, sources, source_prompts,
+                                             request.negative_prompt, checked, ladder)
+                for k, image, detail in zip(chunk, images, details):
+                    info = PngInfo()
+                    info.add_text(_PNG_KEY, json.dumps(detail))
+                    atomic_write(out_dir / names[k], lambda tmp, image=image, info=info: image.save(
+                        tmp, format="PNG", pnginfo=info))
+                done += len(chunk)
+                if progress:
+                    progress("generate", done, request.n)
 
         for k in range(request.n):
             detail = _read_detail(out_dir / names[k])
@@ -538,7 +590,8 @@ class EmbeddedGenerator(Generator):
                 "conditioning": prompts[k], "negative_prompt": request.negative_prompt, "source_id": ids[k],
                 "seed": detail.get("seed", seeds[k]), "backend": self.name, "model_id": self.model_id,
                 "label": request.label, "intended": wanted[k], "attributes": wanted[k],
-                "strength": detail.get("strength"), "edit": edit, "steps": cfg.steps, "guidance": cfg.guidance,
+                "strength": detail.get("strength"), "edit": edit, "steps": cfg.steps, "solver": cfg.solver,
+                "guidance": cfg.guidance,
                 "critic_misses": detail.get("critic_misses"), "kept_unchanged": detail.get("kept_unchanged"),
             })
         if checked:
@@ -549,7 +602,14 @@ class EmbeddedGenerator(Generator):
                                 + (f"; {kept} edits keep the source where they barely changed it" if kept else ""))
         return result
 
-    def _draw(self, chunk, prompts, seeds, wanted, ids, sources, source_prompts, negative, checked):
+    @staticmethod
+    def _ladder_after(sample: list[dict[str, Any]]) -> tuple[tuple[float, int], ...]:
+        """:data:`EDIT_LADDER`, less its first rung when that rung won too few of ``sample``'s edits."""
+        won = sum(1 for d in sample if d.get("strength") == EDIT_LADDER[0][0] and not d.get("critic_misses"))
+        return EDIT_LADDER[1:] if won < SKIP_RUNG_BELOW * len(sample) else EDIT_LADDER
+
+    def _draw(self, chunk, prompts, seeds, wanted, ids, sources, source_prompts, negative, checked,
+              ladder=EDIT_LADDER):
         """Images for the indices in ``chunk``, with what each used (seed, strength, the critic's misses, …)."""
         from fairloop.data.datasets import read_image
 
@@ -568,7 +628,7 @@ class EmbeddedGenerator(Generator):
         src = [Image.fromarray(read_image(sources.table.at[ids[k], "path"], IMAGE_SIZE)) for k in chunk]
         if checked:
             return pipe.checked_image_to_image(src, pick(prompts), pick(seeds), pick(wanted), negative_prompt=negative,
-                                               source_prompts=pick(source_prompts), config=cfg)
+                                               source_prompts=pick(source_prompts), config=cfg, ladder=ladder)
         images = pipe.image_to_image(src, pick(prompts), pick(seeds), negative_prompt=negative, config=cfg,
                                      source_prompts=pick(source_prompts))
         return images, [{"seed": seeds[k], "strength": cfg.strength or DEFAULT_STRENGTH} for k in chunk]
@@ -578,8 +638,11 @@ class EmbeddedGenerator(Generator):
         """Content-addressed: a resumed run finds its finished images and does not redo them."""
         cfg = self.sampling
         key = [self.model_id, prompt, negative, seed, source_id, strength, edit, cfg.steps, cfg.guidance]
+        if cfg.solver != "ddim":  # images drawn before solvers existed keep their names
+            key.append(cfg.solver)
         if checked:
-            key.append([EDIT_LADDER, UNCHANGED_BELOW, CHANGED_ABOVE] if source_id is not None else cfg.tries)
+            key.append([EDIT_LADDER, SKIP_RUNG_BELOW, RUNG_SAMPLE, UNCHANGED_BELOW, CHANGED_ABOVE]
+                       if source_id is not None else cfg.tries)
         return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16] + ".png"
 
 

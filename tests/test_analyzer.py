@@ -228,6 +228,9 @@ HOSTILE = {
     "unknown attribute": (good_answer(shortcut_attributes=["Hair_Colour"]), "unknown attribute 'Hair_Colour'"),
     "absurd count": (good_answer(plans=[{"label": 1, "description": "a man", "n_images": 10**9}]), "n_images"),
     "over budget": (good_answer(plans=[{"label": 1, "description": "a man", "n_images": 5000}]), "budget"),
+    "too many changes": (good_answer(plans=[{"label": 0, "n_images": 100, "description":
+                                             "a woman with gray hair, wearing a hat and a mustache"}]),
+                         "changes 3 attributes"),
     "path": (good_answer(plans=[{"label": 1, "description": "../../etc/passwd", "n_images": 5}]), "no paths"),
     "abs path": (good_answer(plans=[{"label": 0, "description": "save to /tmp/x", "n_images": 5}]), "no paths"),
     "markup": (good_answer(plans=[{"label": 0, "description": "<script>alert(1)</script>", "n_images": 5}]),

@@ -349,6 +349,18 @@ def test_class_label_wins_over_the_prompt(random_generator, tmp_path):
     assert any("class wins" in note for note in result.notes)
 
 
+def test_a_gpu_batch_follows_its_free_memory(random_generator, monkeypatch):
+    from fairloop.diffusion.embedded import IMAGE_BYTES_CUDA, MAX_CUDA_BATCH, cuda_batch_size
+
+    assert cuda_batch_size(0) == 32                              # never below the CPU's batch
+    assert cuda_batch_size(100 * IMAGE_BYTES_CUDA) == 80         # 80 % of the free memory
+    assert cuda_batch_size(10**12) == MAX_CUDA_BATCH
+    monkeypatch.setattr("fairloop.diffusion.embedded.resolve_device", lambda device: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (200 * IMAGE_BYTES_CUDA, 0))
+    assert make_generator("embedded", model=str(random_generator)).sampling.batch_size == 160
+    assert make_generator("embedded", model=str(random_generator), batch_size=8).sampling.batch_size == 8
+
+
 def test_cancel_stops_between_batches_and_keeps_finished_images(random_generator, tmp_path):
     import threading
 

@@ -295,6 +295,17 @@ def test_auto_device_matches_this_machine():
     assert resolve_device("auto").type == expected
 
 
+def test_loader_workers_default_to_none_on_the_cpu_and_several_beside_a_gpu(monkeypatch):
+    from fairloop.vision.models import loader_workers
+
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert loader_workers(torch.device("cpu")) == 0
+    assert loader_workers(torch.device("cuda")) == 8
+    assert loader_workers(torch.device("cuda"), 0) == 0 and loader_workers(torch.device("cpu"), 3) == 3
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert loader_workers(torch.device("cuda:1")) == 1
+
+
 def test_training_on_cuda_without_a_gpu_is_a_config_error(monkeypatch, synth_data):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match="no CUDA GPU"):

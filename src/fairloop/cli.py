@@ -145,7 +145,7 @@ def train(
     lr: Annotated[Optional[float], typer.Option("--lr", help="Default: 2e-3 (one-cycle schedule).")] = None,
     image_size: Annotated[int, typer.Option("--image-size", help="Images are centre-cropped and resized to this.")] = 64,
     pretrained: Annotated[Optional[Path], typer.Option("--pretrained", help="torchvision state dict (e.g. ImageNet weights) for resnet18/mobilenet.")] = None,
-    workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")] = 0,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="DataLoader worker processes (default: 0 on the CPU, up to 8 beside a GPU).")] = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
 ) -> None:

@@ -53,6 +53,10 @@ MIX_RANGE = (0.05, 0.5)
 DEFAULT_MIX = 0.25
 #: Worst-group accuracy may trail accuracy by this much and still count as fair.
 MAX_WORST_GROUP_GAP = 0.05
+#: Attributes one plan may change besides its class: every extra change is one more the generator
+#: can miss ("a woman with gray hair and wearing earrings and wearing mustache" passed the oracle 16 times
+#: in 200), and the shortcut with one proxy ("a young man without gray hair") needs two.
+MAX_PLAN_CHANGES = 2
 #: Inside the band, the protected attribute is still the shortcut when it ranks within this many.
 PROTECTED_TOP = 3
 _MAX_PER_CLASS = 5000          # ClassPlan.n_images' upper bound
@@ -138,8 +142,9 @@ def _aligned_value(attribute: str, label: int, ctx: AnalyzerContext) -> int | No
 
 
 def _direction_problems(decision: AnalyzerDecision, ctx: AnalyzerContext) -> list[str]:
-    """Plans that contradict their class, name no shortcut, or show a shortcut's value the model
-    already pairs with the class (such images reinforce the bias instead of breaking it)."""
+    """Plans that contradict their class, name no shortcut, change more than
+    :data:`MAX_PLAN_CHANGES` attributes, or show a shortcut's value the model already pairs with
+    the class (such images reinforce the bias instead of breaking it)."""
     from fairloop.tools.prompt_parser import parse_prompt
 
     problems = []
@@ -152,6 +157,10 @@ def _direction_problems(decision: AnalyzerDecision, ctx: AnalyzerContext) -> lis
             problems.append(f"the plan for label {plan.label} describes an image with {ctx.target}={stated} "
                             f"('{plan.description}'); each plan describes an image of its own class")
         named = [a for a in decision.shortcut_attributes if a in edits]
+        if len(edits) > MAX_PLAN_CHANGES:
+            problems.append(f"the plan for label {plan.label} ('{plan.description}') changes {len(edits)} attributes "
+                            f"({', '.join(edits)}); a counterfactual changes the shortcut (at most "
+                            f"{MAX_PLAN_CHANGES} attributes besides its class), nothing else")
         if decision.shortcut_attributes and not named:
             problems.append(f"the plan for label {plan.label} ('{plan.description}') names none of the shortcut "
                             f"attributes {decision.shortcut_attributes}: a counterfactual shows a shortcut's opposite value")

@@ -38,10 +38,14 @@ from fairloop.vision.models import resolve_device
 
 GIB = 1024**3
 #: Extra GPU memory one more image in a batch costs at 512×512 in a 16-bit dtype: the UNet's
-#: activations for the guided and unguided pass with SDPA attention (about 0.5 GiB) plus room
-#: for the VAE decode, which runs one image at a time (VAE slicing). A deliberately generous
-#: estimate: a batch that is too small is slower, one that is too large fails.
-IMAGE_BYTES_512_HALF = int(1.25 * GIB)
+#: activations for the guided and unguided pass with SDPA attention, measured at about 0.13 GiB
+#: for SD 1.5 on an H200 (``bench/bench_sd_memory.py`` measures it for any checkpoint), doubled:
+#: a batch that is too small is slower, one that is too large fails. (It was 1.25 GiB, which
+#: gave mid-size GPUs needlessly small batches.)
+IMAGE_BYTES_512_HALF = int(0.25 * GIB)
+#: Memory kept once, whatever the batch, for the VAE decode, which runs one image at a time (VAE
+#: slicing) — an estimate until bench_sd_memory.py has measured it on a GPU.
+VAE_BYTES_512_HALF = int(1.5 * GIB)
 #: Share of the free memory a batch may use: the allocator fragments, other processes allocate.
 USABLE_FRACTION = 0.8
 #: Batches beyond this do not run faster on one GPU; they only make progress and cancellation coarser.
@@ -57,15 +61,21 @@ def image_bytes(height: int, width: int, dtype: torch.dtype) -> int:
     return int(IMAGE_BYTES_512_HALF * (height * width) / (512 * 512) * dtype.itemsize / 2)
 
 
+def vae_bytes(height: int, width: int, dtype: torch.dtype) -> int:
+    """Estimated GPU memory of decoding one image, kept free once per batch."""
+    return int(VAE_BYTES_512_HALF * (height * width) / (512 * 512) * dtype.itemsize / 2)
+
+
 def batch_size_for(free_bytes: int, height: int, width: int, dtype: torch.dtype) -> int:
     """How many images fit in ``free_bytes`` of GPU memory (the model already loaded), 1 to MAX_BATCH."""
-    fits = int(free_bytes * USABLE_FRACTION) // image_bytes(height, width, dtype)
+    room = int(free_bytes * USABLE_FRACTION) - vae_bytes(height, width, dtype)
+    fits = room // image_bytes(height, width, dtype)
     return max(1, min(MAX_BATCH, fits))
 
 
 def needs_cpu_offload(free_bytes: int, model_bytes: int, height: int, width: int, dtype: torch.dtype) -> bool:
     """Whether the GPU is too small to hold the weights and one image at a time: then offload."""
-    return free_bytes * USABLE_FRACTION < model_bytes + image_bytes(height, width, dtype)
+    return free_bytes * USABLE_FRACTION < model_bytes + vae_bytes(height, width, dtype) + image_bytes(height, width, dtype)
 
 
 def check_model(model: str, local_files_only: bool = True) -> None:

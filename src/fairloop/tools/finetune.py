@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from fairloop.data.datasets import FaceDataset, ImageStream, read_image
 from fairloop.errors import ConfigError, DataError
 from fairloop.tools.metrics import FairBand, fairness_report
-from fairloop.vision.models import FaceClassifier, resolve_device
+from fairloop.vision.models import FaceClassifier, loader_workers, resolve_device
 from fairloop.vision.train import (
     AUGMENTATIONS,
     GroupDRO,
@@ -73,7 +73,7 @@ class FinetuneConfig:
     image_size: int = 64
     seed: int = 0
     device: str = "auto"
-    num_workers: int = 0  # DataLoader workers for training and for decoding the validation images
+    num_workers: int | None = None  # DataLoader workers for training and validation decoding; None: loader_workers
     augment: str = "flip"  # the training images' augmentation: vision.train.AUGMENTATIONS ("standard": crops + jitter)
 
     def validate(self) -> FinetuneConfig:
@@ -98,7 +98,7 @@ class FinetuneConfig:
         if not self.accuracy_budget >= 0:
             raise ConfigError(f"accuracy_budget={self.accuracy_budget} is negative",
                               "use a budget ≥ 0, e.g. 0.01 for at most one point of validation accuracy")
-        if self.image_size < 8 or self.num_workers < 0 or self.seed < 0:
+        if self.image_size < 8 or (self.num_workers or 0) < 0 or self.seed < 0:
             raise ConfigError(f"image_size={self.image_size}, num_workers={self.num_workers}, seed={self.seed} "
                               "are not usable",
                               "use an image size ≥ 8 (the size the model was trained at), num_workers ≥ 0 "
@@ -415,7 +415,8 @@ def finetune(model: FaceClassifier, dataset: FaceDataset, counterfactuals: pd.Da
     requires_grad = [p.requires_grad for p in work.parameters()]  # restored on the returned model
     trained = {id(p) for p in (_head(work) if config.mode == "head" else work).parameters()}
     val = _Validation(val_split, target=target, protected=protected, privileged_value=privileged_value, band=band,
-                      image_size=config.image_size, device=device, num_workers=config.num_workers,
+                      image_size=config.image_size, device=device,
+                      num_workers=loader_workers(device, config.num_workers),
                       progress=progress)
     base = val.score(work, 0.0, None, config.accuracy_budget)
 
@@ -461,7 +462,7 @@ def finetune(model: FaceClassifier, dataset: FaceDataset, counterfactuals: pd.Da
         loader = DataLoader(
             LabeledImages(ImageStream(paths, config.image_size), labels, weights, flip=config.augment == "flip",
                           transform=augmentation(config.augment, config.image_size), groups=groups),
-            batch_size=config.batch_size, shuffle=True, num_workers=config.num_workers,
+            batch_size=config.batch_size, shuffle=True, num_workers=loader_workers(device, config.num_workers),
             generator=torch.Generator().manual_seed(config.seed * 1000 + epoch),
             pin_memory=device.type == "cuda", drop_last=len(paths) > config.batch_size,
         )

@@ -11,6 +11,7 @@ image size, training config, data hash): nothing in them is ever unpickled.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,17 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise ConfigError(f"--device {device} was asked for, but torch sees no CUDA GPU",
                           "use --device cpu (or auto), or install a CUDA build of torch on a GPU machine")
     return resolved
+
+
+def loader_workers(device: torch.device, requested: int | None = None) -> int:
+    """DataLoader worker processes: ``requested`` when given; by default none on the CPU (the
+    training process already uses the cores) and up to 8 beside a GPU, which otherwise waits for
+    images decoded in its own process (measured on an H200: training at half its speed)."""
+    if requested is not None:
+        return requested
+    if torch.device(device).type != "cuda":
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
 # ------------------------------------------------------------------------------------ checkpoints

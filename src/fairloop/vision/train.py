@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from fairloop.data.datasets import FaceDataset, ImageStream
 from fairloop.errors import ConfigError
-from fairloop.vision.models import FaceClassifier, build_model, resolve_device
+from fairloop.vision.models import FaceClassifier, build_model, loader_workers, resolve_device
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -44,7 +44,7 @@ class TrainConfig:
     augment: str = "flip"  # one of AUGMENTATIONS; flips by default: faces are symmetric, attributes survive it
     seed: int = 0
     device: str = "auto"
-    num_workers: int = 0
+    num_workers: int | None = None  # None: loader_workers' default (0 on the CPU, several beside a GPU)
     pretrained: str | None = None
 
     def __post_init__(self) -> None:
@@ -60,7 +60,7 @@ class TrainConfig:
         if self.image_size < 8:
             raise ConfigError(f"--image-size {self.image_size} leaves the network nothing to see",
                               "use --image-size 8 or more (64 is the default and what fairloop's generators draw)")
-        if self.num_workers < 0:
+        if self.num_workers is not None and self.num_workers < 0:
             raise ConfigError(f"--workers {self.num_workers} is not a number of processes",
                               "use --workers 0 (load in this process) or more")
         return self
@@ -187,7 +187,8 @@ def train_classifier(dataset: FaceDataset, target: str, config: TrainConfig = Tr
     images = LabeledImages(train.images(config.image_size), train.labels(target), sample_weights,
                            flip=config.augment == "flip", transform=augmentation(config.augment, config.image_size))
     loader = DataLoader(
-        images, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler, num_workers=config.num_workers,
+        images, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
+        num_workers=loader_workers(device, config.num_workers),
         generator=generator, pin_memory=device.type == "cuda", drop_last=len(train) > config.batch_size,
     )
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)

@@ -125,9 +125,10 @@ def test_local_analyzer_retries_an_invalid_answer_then_uses_a_valid_one(fake_lla
 
 
 def test_local_analyzer_falls_back_to_rules_after_its_attempts(fake_llama):
-    fake_llama.answers = ["not json", "still not json", "never json"]
+    fake_llama.answers = ["not json", "{}", "never json"]
     result = make_analyzer("local").analyze(make_ctx())
     assert result.fell_back and result.attempts == 3 and len(result.errors) == 3
+    assert "the same answer again" in result.errors[2]  # no JSON twice: it would have ended here anyway
     assert result.decision.counterfactuals_needed  # the rules analyzer's decision
 
 

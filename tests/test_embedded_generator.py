@@ -330,9 +330,9 @@ def test_dpm_solver_draws_seeded_images_and_masks_can_be_reused(random_generator
     dpm = SamplingConfig(solver="dpm", steps=3, strength=0.6)
     first = pipe.text_to_image(["a man", "a woman"], [1, 2], config=dpm)
     again = pipe.text_to_image(["a woman"], [2], config=dpm)
-    assert np.array_equal(np.asarray(first[1]), np.asarray(again[0]))
+    assert np.abs(np.asarray(first[1], int) - np.asarray(again[0], int)).max() <= 1  # batched matmuls may round
     ddim = pipe.text_to_image(["a woman"], [2], config=SamplingConfig(solver="ddim", steps=3))
-    assert not np.array_equal(np.asarray(ddim[0]), np.asarray(again[0]))
+    assert np.abs(np.asarray(ddim[0], int) - np.asarray(again[0], int)).max() > 1
     sources = [Image.fromarray(np.asarray(im)) for im in first]
     prompts, source_prompts = ["a man with gray hair", "a woman with gray hair"], ["a man", "a woman"]
     plain = pipe.image_to_image(sources, prompts, [5, 6], source_prompts=source_prompts, config=dpm)

@@ -419,7 +419,7 @@ def run(
     llm_base_url: Annotated[Optional[str], typer.Option("--llm-base-url", help="Endpoint (default: $OPENAI_BASE_URL).")] = None,
     max_iterations: Annotated[int, typer.Option("--max-iterations")] = 4,
     max_images: Annotated[int, typer.Option("--max-images", help="Counterfactual images over the whole run.")] = 12000,
-    images_per_iteration: Annotated[int, typer.Option("--images-per-iteration", help="Counterfactual images one iteration may ask for; a plan that needs more mixes the ones it gets in at the larger plan's share.")] = 2000,
+    images_per_iteration: Annotated[int, typer.Option("--images-per-iteration", help="Counterfactual images one iteration may ask for (fewer: shorter iterations, but more of them).")] = 6000,
     fair_band: Annotated[str, typer.Option("--fair-band", help="DI_LOW,DI_HIGH,MAX_ABS_DIFF: the run stops inside it.")] = "0.8,1.25,0.05",
     stop_margin: Annotated[float, typer.Option("--stop-margin", help="The loop stops once inside the band by this share of its width (validation metrics are estimates); 0 stops at the edge.")] = 0.4,
     accuracy_budget: Annotated[float, typer.Option("--accuracy-budget", help="Max drop of validation accuracy (0.01 = 1 point).")] = 0.01,

@@ -252,7 +252,7 @@ class RulesAnalyzer:
         # Class 1 needs images whose shortcut value argues for class 0, and the reverse.
         wanted = {1: not present_pushes_one, 0: present_pushes_one}   # label → shortcut present?
         counts, n_train = _group_counts(ctx.train_groups or {}, ctx.target, shortcut)
-        sizes, sizing, balancing = self._sizes(ctx, counts, wanted)
+        sizes, sizing = self._sizes(ctx, counts, wanted)
         plans = [ClassPlan(label=label, description=describe(ctx.target, label, shortcut, wanted[label]),
                            n_images=sizes[label]) for label in (1, 0) if sizes[label] > 0]
         total = sum(sizes.values())
@@ -262,8 +262,7 @@ class RulesAnalyzer:
                            f"image budget of this iteration is {ctx.max_images}."),
                 counterfactuals_needed=False, shortcut_attributes=[shortcut], mix_ratio=0.0,
                 negative_prompt=NEGATIVE_PROMPT)
-        # images scaled down to the budget stand in for the whole balancing set: mixed in at its share
-        mix = default_mix(max(total, balancing), n_train)
+        mix = default_mix(total, n_train)
         towards = target_noun(ctx.target, 1 if present_pushes_one else 0)
         diagnosis = " ".join([
             self._bias_sentence(ctx),
@@ -349,12 +348,11 @@ class RulesAnalyzer:
 
     @staticmethod
     def _sizes(ctx: AnalyzerContext, counts: dict[tuple[int, int], int],
-               wanted: dict[int, bool]) -> tuple[dict[int, int], str, int]:
-        """Images per class, how they were sized (for the diagnosis), and how many balancing the
-        training data would take (0 when the counts do not say)."""
+               wanted: dict[int, bool]) -> tuple[dict[int, int], str]:
+        """Images per class, and how they were sized (for the diagnosis)."""
         budget = max(int(ctx.max_images), 0)
         if budget == 0:
-            return {1: 0, 0: 0}, "no budget", 0
+            return {1: 0, 0: 0}, "no budget"
         have_counts = all((y, a) in counts for y in (0, 1) for a in (0, 1))
         need: dict[int, int] = {}
         if have_counts:
@@ -364,8 +362,7 @@ class RulesAnalyzer:
                 if gap > 0:
                     need[label] = max(1, need[label])
             sizing = "closing each class's with/without gap in the training data, up to the budget"
-        balancing = sum(need.values())
-        if not have_counts or balancing == 0:
+        if not have_counts or sum(need.values()) == 0:
             gap = _worst_group_gap(ctx.metrics or {})
             share = 0.5 if gap is None else min(1.0, max(0.0, 2 * gap))
             n = max(2, round(budget * share))
@@ -385,7 +382,7 @@ class RulesAnalyzer:
                 scaled[largest] -= 1
             need = scaled
             sizing += f", scaled down to the budget of {budget}"
-        return need, sizing, balancing
+        return need, sizing
 
 
 # --- prompt ------------------------------------------------------------------------------------

@@ -542,7 +542,7 @@ class LLMAnalyzer:
     """Seed 000's LLM analyzer over any LangChain chat model: validated, retried with the validation
     errors, and falling back to the rules analyzer, so a run never stops on a bad answer. An answer
     rejected for the same reasons as an earlier one ends the retries: the model did not take the
-    feedback (the packaged 1.5B model gave one rejected plan three times running, 68 s each)."""
+    feedback (the packaged 1.5B model gave one rejected plan three times running: 134 s)."""
 
     def __init__(self, client: Any, *, name: str, model: str, where: str, max_attempts: int = 3,
                  scrub: Any = None, raw: bool = False) -> None:

@@ -118,7 +118,7 @@ def text_to_image(pipe, oracle, cfg, per_prompt: int) -> dict:
 def edits(pipe, oracle, cfg, n: int, seed: int) -> dict:
     from fairloop.data.synthfaces import render_face, sample_attributes
     from fairloop.diffusion.captions import caption
-    from fairloop.diffusion.embedded import DEFAULT_STRENGTH, RUNG_SAMPLE, EmbeddedGenerator
+    from fairloop.diffusion.embedded import DEFAULT_STRENGTH, RUNG_SAMPLE, ladder_after
     from fairloop.generators import apply_edits
 
     column = {a: j for j, a in enumerate(oracle.attributes)}
@@ -140,7 +140,7 @@ def edits(pipe, oracle, cfg, n: int, seed: int) -> dict:
                                                        targets[:first], config=cfg, source_prompts=source_prompts[:first])
             rest = pipe.checked_image_to_image(src_images[first:], prompts[first:], list(range(first, n)),
                                                targets[first:], config=cfg, source_prompts=source_prompts[first:],
-                                               ladder=EmbeddedGenerator._ladder_after(used)) if n > first else ([], [])
+                                               ladder=ladder_after(used)) if n > first else ([], [])
             edited, used = edited + rest[0], used + rest[1]
         else:
             edited = pipe.image_to_image(src_images, prompts, list(range(n)), config=cfg, source_prompts=source_prompts)

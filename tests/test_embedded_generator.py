@@ -291,7 +291,7 @@ def test_a_first_rung_that_rarely_wins_is_skipped_for_the_rest_of_a_request_also
         checked_generator, synth_data, tmp_path, monkeypatch):
     from PIL import Image
 
-    from fairloop.diffusion.embedded import EDIT_LADDER, RUNG_SAMPLE
+    from fairloop.diffusion.embedded import EDIT_LADDER, RUNG_SAMPLE, ladder_after
 
     gen = make_generator("embedded", model=str(checked_generator), device="cpu", steps=1, batch_size=16)
     ladders = []
@@ -316,7 +316,7 @@ def test_a_first_rung_that_rarely_wins_is_skipped_for_the_rest_of_a_request_also
     gen.generate(request, tmp_path, sources=synth_data)
     assert ladders == [(2, EDIT_LADDER[1:])]
     # a first rung that wins keeps its place
-    assert gen._ladder_after([{"strength": EDIT_LADDER[0][0], "critic_misses": 0}] * 3) == EDIT_LADDER
+    assert ladder_after([{"strength": EDIT_LADDER[0][0], "critic_misses": 0}] * 3) == EDIT_LADDER
 
 
 def test_dpm_solver_draws_seeded_images_and_masks_can_be_reused(random_generator):

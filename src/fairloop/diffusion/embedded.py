@@ -581,7 +581,7 @@ class EmbeddedGenerator(Generator):
         ladder = EDIT_LADDER
         for part_index, part in enumerate(parts):
             if part_index == 1 and sample:
-                ladder = self._ladder_after([_read_detail(out_dir / names[k]) for k in sorted(sample)])
+                ladder = ladder_after([_read_detail(out_dir / names[k]) for k in sorted(sample)])
             for start in range(0, len(part), cfg.batch_size):
                 if self.cancel is not None and self.cancel.is_set():
                     raise ConfigError(f"generation cancelled after {done} of {request.n} images",
@@ -616,12 +616,6 @@ class EmbeddedGenerator(Generator):
                                 "as asked" + (" (the rest are the closest of their tries)" if misread else "")
                                 + (f"; {kept} edits keep the source where they barely changed it" if kept else ""))
         return result
-
-    @staticmethod
-    def _ladder_after(sample: list[dict[str, Any]]) -> tuple[tuple[float, int], ...]:
-        """:data:`EDIT_LADDER`, less its first rung when that rung won too few of ``sample``'s edits."""
-        won = sum(1 for d in sample if d.get("strength") == EDIT_LADDER[0][0] and not d.get("critic_misses"))
-        return EDIT_LADDER[1:] if won < SKIP_RUNG_BELOW * len(sample) else EDIT_LADDER
 
     def _draw(self, chunk, prompts, seeds, wanted, ids, sources, source_prompts, negative, checked,
               ladder=EDIT_LADDER):
@@ -662,6 +656,13 @@ class EmbeddedGenerator(Generator):
 
 
 _PNG_KEY = "fairloop"
+
+
+def ladder_after(sample: list[dict[str, Any]]) -> tuple[tuple[float, int], ...]:
+    """:data:`EDIT_LADDER`, less its first rung when that rung won too few of ``sample``'s edits
+    (what each used: ``strength`` and ``critic_misses``, as a checked edit records them)."""
+    won = sum(1 for d in sample if d.get("strength") == EDIT_LADDER[0][0] and not d.get("critic_misses"))
+    return EDIT_LADDER[1:] if won < SKIP_RUNG_BELOW * len(sample) else EDIT_LADDER
 
 
 def _take(seq: Sequence[Any] | None, indices: Sequence[int]) -> list[Any] | None:

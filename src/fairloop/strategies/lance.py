@@ -4,8 +4,9 @@ The run finds its model's weaknesses first (:func:`fairloop.runs.steps.find_mode
 every single-attribute edit of validation sources, ranked by ΔAcc with CIs) and hands them over in
 the context. This strategy takes the edits to reinforce (beyond the noise, each class's worst first:
 :func:`~fairloop.weakness.reinforce.reinforced_edits`) and asks for the same edits of *training*
-images of the same class, the budget shared in proportion to the accuracy each edit cost; sources are any training images the edit changes, with
-no proxy matching (seed 001 edits the images it has). It never reads the protected attribute.
+images of the same class, the budget shared in proportion to the accuracy each edit cost; sources
+are any training images the edit changes, with no proxy matching (seed 001 edits the images it
+has). It never reads the protected attribute.
 """
 
 from __future__ import annotations

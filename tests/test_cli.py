@@ -213,6 +213,13 @@ def bad_cases(synth_root, tiny_checkpoint, tmp_path_factory) -> dict[str, list]:
         "generator_work_is_a_file": ["generator", "train", "--work", a_file, "--out", base / "gen"],
         "generator_out_is_a_file": ["generator", "train", "--work", base / "work", "--out", a_file],
         "oracle_out_is_a_file": ["generator", "train-oracle", "--out", a_file, "--n", "100"],
+        "aip_unknown_method": ["aip", "--root", synth_root, "--target", "Male", "--model", tiny_checkpoint,
+                               "--methods", "aip,cadex", "--out", base / "a1"],
+        "aip_exact_in_flip_mode": ["aip", "--root", synth_root, "--target", "Male", "--model", tiny_checkpoint,
+                                   "--methods", "aip,exact", "--out", base / "a2"],
+        "aip_generator_missing": ["aip", "--root", synth_root, "--target", "Male", "--model", tiny_checkpoint,
+                                  "--generator", base / "no_generator", "--out", base / "a3"],
+        "aip_work_is_a_file": ["generator", "train-aip", "--work", a_file],
         "_corrupt_image": first_test,
     }
 
@@ -247,6 +254,10 @@ EXPECTED = {
     "generator_work_is_a_file": ["--work", "a_file is a file, not a folder"],
     "generator_out_is_a_file": ["--out", "a_file is a file, not a folder"],
     "oracle_out_is_a_file": ["a_file is a file, not a folder"],
+    "aip_unknown_method": ["unknown method cadex", "xgems"],
+    "aip_exact_in_flip_mode": ["keep-label baseline", "--mode keep-label"],
+    "aip_generator_missing": ["no AIP generator in", "fairloop generator train-aip"],
+    "aip_work_is_a_file": ["--work", "a_file is a file, not a folder"],
 }
 #: Run through a real ``python -m fairloop.cli`` process as well; each costs a torch import, so the
 #: other cases run through the same ``main()`` in this process.

@@ -398,6 +398,82 @@ def _reinforce(report, net, data, backend, oracle, *, target, protected, n_image
     say(f"wrote {out / 'reinforce.json'}")
 
 
+@app.command()
+def aip(
+    root: RootOpt,
+    target: TargetOpt,
+    dataset: DatasetOpt = "celeba",
+    csv: CsvOpt = None,
+    model: Annotated[Optional[Path], typer.Option("--model", help="Checkpoint from 'fairloop train'; without it a baseline is trained first.")] = None,
+    n: Annotated[int, typer.Option("-n", "--n", help="Query images (drawn at random from --split).")] = 100,
+    mode: Annotated[str, typer.Option("--mode", help="flip: every attribute may move (seed 002); keep-label: the target attribute is frozen, so a flip is the classifier changing its mind about an unchanged class.")] = "flip",
+    methods: Annotated[str, typer.Option("--methods", help="Comma-separated: aip, xgems, aip-r, fgsm, exact (SynthFaces, keep-label only). The first is the headline.")] = "aip",
+    split: Annotated[str, typer.Option("--split", help="Split the query images come from.")] = "test",
+    generator_folder: Annotated[Optional[Path], typer.Option("--generator", help="AIP generator folder (default: the packaged one, from 'fairloop generator train-aip').")] = None,
+    max_queries: Annotated[int, typer.Option("--max-queries", help="Classifier calls per image before giving up (seed 002's n_max).")] = 500,
+    alpha: Annotated[float, typer.Option("--alpha", help="Weight of the proximity term ‖Δz‖² + ‖Δa‖² (seed 002: 1.5).")] = 1.5,
+    out: Annotated[Path, typer.Option("--out", help="Folder for aip.json and the image strips (original | reconstruction | counterfactual).")] = Path("fairloop-aip"),
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the JSON report here instead of OUT/aip.json.")] = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Attribute-informed perturbation (seed 002): which attribute changes flip the classifier, found by
+    searching an attribute-conditional generator's latent space, against FGSM, xGEMs, AIP_R and the exact flip."""
+    from fairloop.aip import counterfactual_search
+    from fairloop.aip.search import SearchConfig
+    from fairloop.errors import ConfigError
+    from fairloop.io import atomic_write_json
+    from fairloop.vision.models import load_checkpoint, resolve_device
+    from fairloop.vision.train import TrainConfig
+
+    method_list = tuple(m.strip() for m in methods.split(",") if m.strip())
+    if not method_list:
+        raise ConfigError("--methods names no method", "use e.g. --methods aip,xgems,aip-r,fgsm")
+    if n < 1 or max_queries < 1:
+        raise ConfigError(f"-n {n} / --max-queries {max_queries} leave nothing to search", "use 1 or more for both")
+    from fairloop.aip.search import check_method_names
+    from fairloop.data.synthfaces import is_synthfaces
+
+    check_method_names(list(method_list), mode, is_synthfaces(root))
+    console = _console()
+    data = _load(dataset, root, csv)
+    data.require_attribute(target, "target")
+    data.split(split)   # an empty split fails here, naming the splits there are
+    check_destination(out, folder=True)
+    if json_path is not None:
+        check_destination(json_path, folder=False, option="--json")
+    generator = None
+    if generator_folder is not None:
+        from fairloop.aip.generator import load_aip_generator
+
+        generator = load_aip_generator(generator_folder)
+    if model is None:
+        console.print(f"no --model given: training a smallcnn baseline for {target} first")
+        model = out / "model"
+        _train_and_save(data, target, TrainConfig(seed=seed, device=device), model)
+    net, meta = load_checkpoint(model)
+    if meta.get("target") not in (None, target):
+        raise ConfigError(f"checkpoint {model} was trained for {meta['target']!r}, not for --target {target!r}",
+                          f"use --target {meta['target']}, or a model trained for {target}")
+    say = _plain(console)
+    report = counterfactual_search(net, data, target, n=n, mode=mode, methods=method_list, split=split,
+                                   generator=generator, config=SearchConfig(alpha=alpha, max_queries=max_queries),
+                                   out_dir=out / "pairs", seed=seed, device=resolve_device(device), log=say)
+    path = atomic_write_json(json_path or out / "aip.json", report)
+    say(f"{report['n']} {split} images, {mode}; the classifier keeps its decision on {report['reconstruction_agreement']:.0%} "
+        "of the generator's reconstructions")
+    say(f"{'method':<7} {'FR':>6} {'valid FR':>9} {'LPR':>6} {'‖Δa‖₁':>6} {'calls':>6} {'s/image':>8}  attributes that moved most")
+    for name, m in report["methods"].items():
+        moved = ", ".join(f"{a['attribute']} {a['share']:.0%}" for a in m["attributes"][:3]) or "—"
+        say(f"{name:<7} {m['flip_rate']:>6.3f} {_num(m['valid_flip_rate']):>9} {_num(m['lpr']):>6} "
+            f"{_num(m['delta_a_l1']):>6} {m['queries_per_image']:>6.1f} {m['seconds_per_query']:>8.3f}  {moved}")
+    say(f"wrote {path} and image strips under {out / 'pairs'}")
+
+
+def _num(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
 # ------------------------------------------------------------------------------------------ run
 
 
@@ -897,6 +973,28 @@ def generator_train_oracle(
     folder = oracle.save(out or PACKAGED_ORACLE)
     worst = min(oracle.balanced_scores.items(), key=lambda kv: kv[1] if kv[1] is not None else 1.0)
     console.print(f"wrote {folder}; held-out balanced accuracy: lowest {worst[0]} {worst[1]:.3f}")
+
+
+@generator_app.command("train-aip")
+def generator_train_aip(
+    out: Annotated[Optional[Path], typer.Option("--out", help="Where the trained generator goes (default: the package's own, replaced atomically).")] = None,
+    work: Annotated[Path, typer.Option("--work", help="Work folder: rendered pairs and checkpoints; run again to resume.")] = Path("fairloop-aip-work"),
+    n: Annotated[int, typer.Option("--n", help="Identities, each rendered with natural and with random attributes.")] = 12000,
+    steps: Annotated[int, typer.Option("--steps", help="Training steps (batch 32).")] = 5000,
+    threads: Annotated[int, typer.Option("--threads", help="torch threads (1 is faster when the machine is busy).")] = 2,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the rendered pairs.")] = 20261206,
+) -> None:
+    """Train AIP's attribute-conditional autoencoder (seed 002) from SynthFaces renders, resumably."""
+    from fairloop.aip.generator import PACKAGED_AIP, AIPTrainConfig, train_aip_generator
+    from fairloop.errors import ConfigError
+
+    if n <= 512 or steps < 1:
+        raise ConfigError(f"--n {n} / --steps {steps} leave nothing to train on",
+                          "use --n above 512 (the first 512 identities are held out for the scores) and --steps 1 or more")
+    check_destination(work, folder=True, option="--work")
+    check_destination(out or PACKAGED_AIP, folder=True)
+    config = AIPTrainConfig(n_identities=n, steps=steps, threads=threads, data_seed=seed)
+    train_aip_generator(config, work, out, log=_plain(_console()))
 
 
 #: Write failures a user can fix (full disk, quota, read-only or forbidden folder), not fairloop bugs.

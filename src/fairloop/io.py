@@ -41,6 +41,21 @@ def work_folder(beside: str | Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}.", dir=beside.parent))
 
 
+def replace_folder(built: str | Path, out: str | Path) -> Path:
+    """Move the folder ``built`` (from :func:`work_folder`) onto ``out``, replacing what is there:
+    a reader sees the old folder or the new one, never a mix."""
+    built, out = Path(built), Path(out)
+    if out.exists():
+        old = out.with_name(f".{out.name}-old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+        os.replace(built, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(built, out)
+    return out
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

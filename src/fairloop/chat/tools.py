@@ -79,6 +79,14 @@ class WeaknessArgs(BaseModel):
     top: int = Field(default=8, ge=1, le=20, description="how many edits to list, worst first")
 
 
+class SearchArgs(BaseModel):
+    model: str = ModelRef
+    mode: Literal["keep-label", "flip"] = Field(
+        default="keep-label", description="keep-label: the class stays, so a flip is the model's mistake (fairness); "
+                                          "flip: every attribute may move (seed 002)")
+    n: int = Field(default=60, ge=5, le=300, description="validation images to search from")
+
+
 class RecallArgs(BaseModel):
     query: str = Field(min_length=2, max_length=200, description="what to look for, e.g. 'Gray_Hair counterfactuals'")
     attribute: str | None = Field(default=None, max_length=40, description="only iterations that involved this attribute")
@@ -241,6 +249,27 @@ class Workspace:
                             "images_drawn": report.get("n_images"),
                             "meaning": "delta_acc: accuracy on the edited images minus on their sources (same "
                                        "class); negative means the model relies on the edited attribute"})
+
+    def counterfactual_search(self, args: SearchArgs, state: dict[str, Any]) -> ToolOutcome:
+        from fairloop.aip import counterfactual_search
+        from fairloop.io import atomic_write_json
+
+        relative = self.resolve_model(args.model, state)
+        net, _ = self.services.load_model(relative)
+        folder = self.folder / "aip" / f"{Path(relative).stem}-{args.mode}-{args.n}"
+        report = counterfactual_search(net, self.services.dataset, self.services.config.target, n=args.n,
+                                       mode=args.mode, split="val", out_dir=folder, seed=self.services.config.seed,
+                                       log=lambda line: None)
+        atomic_write_json(folder / "aip.json", report)
+        aip = report["methods"]["aip"]
+        return ToolOutcome({"model": Path(relative).stem, "mode": args.mode, "images": report["n"],
+                            "flip_rate": aip["flip_rate"], "valid_flip_rate": aip["valid_flip_rate"],
+                            "moved_most": aip["attributes"][:5],
+                            "mean_abs_change": dict(list(aip.get("mean_abs_delta_a", {}).items())[:5]),
+                            "report": str(folder / "aip.json"),
+                            "meaning": "the attributes the search had to change to flip the model's decision "
+                                       "(keep-label: with the class unchanged, so these are what it wrongly relies on)"},
+                           files=[p["image"] for p in aip.get("pairs", [])[:4]])
 
     def recall(self, args: RecallArgs, state: dict[str, Any]) -> ToolOutcome:
         memory = self.services.memory
@@ -521,6 +550,9 @@ TOOLS = (
     ChatTool("find_weaknesses", "What the model is weak at without being told (seed 001): every single-attribute "
              "edit of validation images, ranked by the accuracy it costs, with 95 % intervals.", WeaknessArgs,
              Workspace.find_weaknesses),
+    ChatTool("counterfactual_search", "Which attribute changes flip the model (seed 002's AIP): searches an "
+             "attribute-conditional generator's latent space for the smallest change that flips each validation "
+             "image, and ranks the attributes it moved.", SearchArgs, Workspace.counterfactual_search),
     ChatTool("recall", "Search the memory of past runs and chats: what was tried before and how it turned out.",
              RecallArgs, Workspace.recall),
     ChatTool("suggest", "The rules analyzer's counterfactual plan for the current model: descriptions per class, "

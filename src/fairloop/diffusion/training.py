@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -41,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from fairloop.diffusion.embedded import ASSETS, SCHEDULE, TextEncoder, build_unet, build_vae
-from fairloop.io import atomic_write, atomic_write_json, atomic_write_tensors, work_folder
+from fairloop.io import atomic_write, atomic_write_json, atomic_write_tensors, replace_folder, work_folder
 
 Log = Callable[[str], None]
 
@@ -80,7 +78,7 @@ def build_pool(cfg: GeneratorTrainConfig, work: Path, log: Log) -> Path:
             log(f"pool: {done}/{total} renders")
 
     images, table = render_pool(cfg.n_images, cfg.data_seed, report)
-    _save_npz(path, images=images, attributes=table.to_numpy(np.int8), names=np.array(ATTRIBUTES))
+    save_npz(path, images=images, attributes=table.to_numpy(np.int8), names=np.array(ATTRIBUTES))
     return path
 
 
@@ -103,18 +101,18 @@ def train_autoencoder(cfg: GeneratorTrainConfig, work: Path, images: np.ndarray,
     """Train (or resume) the autoencoder; returns it with its held-out PSNR."""
     vae = build_vae()
     held_out, train = images[:cfg.held_out], images[cfg.held_out:]
-    done = _resume(work / "vae", vae)
+    done = resume(work / "vae", vae)
     if done < cfg.ae_steps:
         opt = torch.optim.AdamW(vae.parameters(), lr=cfg.ae_lr, weight_decay=0.0)
-        _resume_optimizer(work / "vae", opt)
+        resume_optimizer(work / "vae", opt)
         rng = np.random.default_rng([cfg.data_seed, 1, done])
         started = time.time()
         for step in range(done, cfg.ae_steps):
-            _set_lr(opt, cfg.ae_lr, step, cfg.ae_steps)
+            set_lr(opt, cfg.ae_lr, step, cfg.ae_steps)
             x = _to_unit(train[rng.integers(len(train), size=cfg.batch_size)])
             posterior = vae.encode(x).latent_dist
             recon = vae.decode(posterior.sample()).sample
-            loss = (F.l1_loss(recon, x) + F.mse_loss(recon, x) + _gradient_loss(recon, x)
+            loss = (F.l1_loss(recon, x) + F.mse_loss(recon, x) + gradient_loss(recon, x)
                     + 1e-6 * posterior.kl().mean())
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -125,7 +123,7 @@ def train_autoencoder(cfg: GeneratorTrainConfig, work: Path, images: np.ndarray,
     return vae, _psnr(vae, held_out)
 
 
-def _gradient_loss(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def gradient_loss(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """L1 between image gradients: keeps the thin edges (brows, jaw, glasses) that MSE blurs."""
     def grads(t):
         return t[..., 1:, :] - t[..., :-1, :], t[..., :, 1:] - t[..., :, :-1]
@@ -172,7 +170,7 @@ def train_critic(cfg: GeneratorTrainConfig, work: Path, pool: dict, log: Log, *,
 
     epochs = cfg.critic_epochs if epochs is None else epochs
     net = attribute_net(pool["attributes"].shape[1])
-    if _resume(work / name, net):
+    if resume(work / name, net):
         return net.eval()
 
     def report(label: str, step: int, steps: int) -> None:
@@ -182,7 +180,7 @@ def train_critic(cfg: GeneratorTrainConfig, work: Path, pool: dict, log: Log, *,
     images = torch.from_numpy(pool["images"]).permute(0, 3, 1, 2)
     net = fit_attribute_net(images, pool["attributes"], torch.arange(cfg.held_out, len(images)),
                             epochs=epochs, seed=cfg.data_seed + seed_offset, device="cpu", progress=report)
-    _checkpoint(work / name, net, None, epochs)
+    checkpoint(work / name, net, None, epochs)
     return net
 
 
@@ -203,20 +201,20 @@ def finetune_decoder(cfg: GeneratorTrainConfig, work: Path, vae, pool: dict, lat
     labels = torch.from_numpy(pool["attributes"].astype(np.float32))
     attribute_loss = torch.nn.BCEWithLogitsLoss(pos_weight=positive_weights(labels[cfg.held_out:]))
     critic.requires_grad_(False)
-    done = _resume(work / "decoder", vae)
+    done = resume(work / "decoder", vae)
     params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
     if done < cfg.decoder_steps:
         vae.train()
         opt = torch.optim.AdamW(params, lr=cfg.ae_lr / 3, weight_decay=0.0)
-        _resume_optimizer(work / "decoder", opt)
+        resume_optimizer(work / "decoder", opt)
         rng = np.random.default_rng([cfg.data_seed, 5, done])
         started = time.time()
         for step in range(done, cfg.decoder_steps):
-            _set_lr(opt, cfg.ae_lr / 3, step, cfg.decoder_steps)
+            set_lr(opt, cfg.ae_lr / 3, step, cfg.decoder_steps)
             idx = rng.integers(cfg.held_out, len(images), size=cfg.batch_size)  # the held-out images stay out
             x = _to_unit(images[idx])
             recon = vae.decode(latents[torch.from_numpy(idx)].float()).sample
-            loss = (F.l1_loss(recon, x) + F.mse_loss(recon, x) + _gradient_loss(recon, x)
+            loss = (F.l1_loss(recon, x) + F.mse_loss(recon, x) + gradient_loss(recon, x)
                     + cfg.attribute_weight * attribute_loss(critic(recon.clamp(-1, 1).add(1).div(2)), labels[idx]))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -243,8 +241,8 @@ def train_unet(cfg: GeneratorTrainConfig, work: Path, encoded: dict, log: Log):
     from diffusers import DDPMScheduler
 
     unet, ema = build_unet(), build_unet()
-    done = _resume(work / "unet", unet)
-    if not _resume(work / "unet-ema", ema):
+    done = resume(work / "unet", unet)
+    if not resume(work / "unet-ema", ema):
         ema.load_state_dict(unet.state_dict())
     ema.requires_grad_(False)
     scale = float(encoded["scaling_factor"])
@@ -252,12 +250,12 @@ def train_unet(cfg: GeneratorTrainConfig, work: Path, encoded: dict, log: Log):
     scheduler = DDPMScheduler(**{k: v for k, v in SCHEDULE.items() if k != "set_alpha_to_one"})
     if done < cfg.unet_steps:
         opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=0.01)
-        _resume_optimizer(work / "unet", opt)
+        resume_optimizer(work / "unet", opt)
         rng = np.random.default_rng([cfg.data_seed, 4, done])
         torch.manual_seed(cfg.data_seed + done)
         started = time.time()
         for step in range(done, cfg.unet_steps):
-            _set_lr(opt, cfg.unet_lr, step, cfg.unet_steps, warmup=200)
+            set_lr(opt, cfg.unet_lr, step, cfg.unet_steps, warmup=200)
             idx = torch.from_numpy(rng.integers(len(latents), size=cfg.batch_size))
             z0 = latents[idx].float() * scale
             context = texts[idx, torch.from_numpy(rng.integers(2, size=cfg.batch_size))].float()
@@ -340,18 +338,11 @@ def save_generator(vae, unet, manifest: dict, out: Path, critic=None) -> None:
                              {k: v.half().contiguous() for k, v in critic.state_dict().items()})
         atomic_write_json(tmp / "critic" / "config.json", {"attributes": list(ATTRIBUTES), "width": ORACLE_WIDTH})
     atomic_write_json(tmp / "manifest.json", manifest)
-    if out.exists():
-        old = out.with_name(f".{out.name}-old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+    replace_folder(tmp, out)
 
 
 # ------------------------------------------------------------------------------------ helpers
-def _set_lr(opt, base: float, step: int, total: int, warmup: int = 0) -> None:
+def set_lr(opt, base: float, step: int, total: int, warmup: int = 0) -> None:
     """Linear warm-up, then cosine decay to 5 % of ``base``."""
     if step < warmup:
         lr = base * (step + 1) / warmup
@@ -368,7 +359,7 @@ def _ema_update(ema, model, decay: float) -> None:
         e.mul_(decay).add_(p.detach(), alpha=1 - decay)
 
 
-def _checkpoint(folder: Path, model, opt, step: int) -> None:
+def checkpoint(folder: Path, model, opt, step: int) -> None:
     atomic_write_tensors(folder / "weights.safetensors", {k: v.contiguous() for k, v in model.state_dict().items()})
     if opt is not None:
         atomic_write(folder / "optimizer.pt", lambda tmp: torch.save(opt.state_dict(), tmp))
@@ -381,12 +372,12 @@ def _checkpoint_and_log(name: str, folders: list[tuple[Path, Any, Any]], step: i
     if (step + 1) % cfg.checkpoint_every and step + 1 != total:
         return
     for folder, model, opt in folders:
-        _checkpoint(folder, model, opt, step + 1)
+        checkpoint(folder, model, opt, step + 1)
     rate = (step + 1 - done) * cfg.batch_size / (time.time() - started)
     log(f"{name}: step {step + 1}/{total}, loss {loss.item():.4f}, {rate:.0f} images/s")
 
 
-def _resume(folder: Path, model) -> int:
+def resume(folder: Path, model) -> int:
     """Load a checkpoint if there is one; returns its step (0 when none)."""
     from safetensors.torch import load_file
 
@@ -396,12 +387,12 @@ def _resume(folder: Path, model) -> int:
     return int(json.loads((folder / "step.json").read_text())["step"])
 
 
-def _resume_optimizer(folder: Path, opt) -> None:
+def resume_optimizer(folder: Path, opt) -> None:
     if (folder / "optimizer.pt").exists():
         opt.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
 
 
-def _save_npz(path: Path, **arrays) -> None:
+def save_npz(path: Path, **arrays) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a bare temp name
             np.savez(f, **arrays)

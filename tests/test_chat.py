@@ -4,6 +4,7 @@ LangGraph interrupts, threads resumed from SQLite, guards against bad calls and 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from langchain_core.language_models.chat_models import BaseChatModel
@@ -249,3 +250,15 @@ def test_find_weaknesses_ranks_edits_of_validation_images(workspace, tmp_path):
     assert result["split"] == "val" and 0 < len(edits) <= 5 and result["images_drawn"] > 0
     assert [e["delta_acc"] for e in edits] == sorted(e["delta_acc"] for e in edits)
     assert all(e["ci"][0] <= e["delta_acc"] <= e["ci"][1] and e["class"].startswith("Male=") for e in edits)
+
+
+def test_counterfactual_search_ranks_what_flips_the_model(workspace, tmp_path):
+    chat, _ = session(workspace, [("audit", {}), ("counterfactual_search", {"n": 8}), "gray hair"], tmp_path,
+                      thread="t10")
+    chat.agent.auto_approve = True
+    out = events(chat.send("which attribute changes flip the model?"))
+    result = json.loads(next(e["text"] for e in out if e["kind"] == "result" and e["name"] == "counterfactual_search"))
+    assert result["mode"] == "keep-label" and result["images"] == 8
+    assert 0 <= result["valid_flip_rate"] <= result["flip_rate"] <= 1
+    assert all(m["attribute"] != "Male" for m in result["moved_most"])   # the class is frozen
+    assert Path(result["report"]).is_file()

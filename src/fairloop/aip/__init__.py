@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fairloop.aip.search import METHODS, SearchConfig, check_method_names, exact_flips, run_method, summarize
+from fairloop.aip.search import METHODS, SearchConfig, check_method_names, decide, exact_flips, run_method, summarize
 from fairloop.errors import ConfigError
 
 #: Image pairs saved per method (original | reconstruction | counterfactual).
@@ -129,11 +129,6 @@ def per_image(ids: list[str], labels: np.ndarray, result, before: np.ndarray, na
     return rows
 
 
-def decide(classifier, images: torch.Tensor) -> np.ndarray:
-    return np.concatenate([(classifier(images[i:i + 256]).reshape(-1) > 0).long().cpu().numpy()
-                           for i in range(0, len(images), 256)])
-
-
 def save_pairs(folder: Path, ids: list[str], x: torch.Tensor, recon: torch.Tensor, counterfactual: torch.Tensor,
                before: np.ndarray, after: np.ndarray) -> list[dict[str, Any]]:
     """The first :data:`PAIRS_SAVED` flipped images as original | reconstruction | counterfactual PNGs."""
@@ -155,4 +150,4 @@ def save_png(image: torch.Tensor, path: Path) -> Path:
     return atomic_write(path, lambda tmp: pixels.save(tmp, format="PNG"))
 
 
-__all__ = ["METHODS", "PAIRS_SAVED", "counterfactual_search", "decide", "load_images", "query_images", "save_png"]
+__all__ = ["METHODS", "PAIRS_SAVED", "counterfactual_search", "load_images", "query_images", "save_png"]

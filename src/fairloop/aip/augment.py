@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fairloop.aip.search import SearchConfig, run_method
+from fairloop.aip.search import SearchConfig, decide, run_method
 
 
 def training_counterfactuals(classifier, dataset, target: str, *, protected: str, n: int, out_dir: Path,
@@ -25,7 +25,7 @@ def training_counterfactuals(classifier, dataset, target: str, *, protected: str
     """(counterfactuals, reconstructions) of ``n`` random training images, as tables with the columns
     fine-tuning reads (``path``, ``label``, ``protected``) plus ``source_id``. ``protected`` is what
     the oracle reads on each image."""
-    from fairloop.aip import decide, load_images, query_images
+    from fairloop.aip import load_images, query_images
     from fairloop.aip.generator import load_aip_generator
     from fairloop.tools.quality import AttributeOracle
 

@@ -76,6 +76,13 @@ class Counterfactuals:
     flips: Counter | None = None          # exact: per attribute, the images a change touching it flips
 
 
+@torch.no_grad()
+def decide(classifier, images: torch.Tensor) -> np.ndarray:
+    """The classifier's 0/1 decision on each image, in batches of 256."""
+    return np.concatenate([(classifier(images[i:i + 256]).reshape(-1) > 0).long().cpu().numpy()
+                           for i in range(0, len(images), 256)])
+
+
 def _want(decisions: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(1 - decisions).float().to(device)
 
@@ -208,10 +215,7 @@ def run_method(method: str, model, classifier, x: torch.Tensor, a0: torch.Tensor
         images.append(out.detach())
         queries.append(used.cpu().numpy())
     images = torch.cat(images)
-    with torch.no_grad():
-        decided = np.concatenate([(classifier(images[i:i + 256]).reshape(-1) > 0).long().cpu().numpy()
-                                  for i in range(0, len(images), 256)])
-    return Counterfactuals(method, images, decided, np.concatenate(queries), time.perf_counter() - started,
+    return Counterfactuals(method, images, decide(classifier, images), np.concatenate(queries), time.perf_counter() - started,
                            delta_a=np.concatenate(deltas) if deltas else None)
 
 
@@ -284,4 +288,4 @@ def check_method_names(methods: list[str], mode: str, synthfaces: bool) -> None:
 
 
 __all__ = ["FGSM_EPSILONS", "METHODS", "MODES", "Counterfactuals", "SearchConfig", "check_method_names",
-           "exact_flips", "fgsm", "latent_search", "run_method", "single_attribute_changes", "summarize"]
+           "decide", "exact_flips", "fgsm", "latent_search", "run_method", "single_attribute_changes", "summarize"]

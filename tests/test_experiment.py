@@ -93,7 +93,7 @@ def test_experiment_options_are_checked():
 
 
 ARMS = ("erm", "realft", "resampling", "reweighing", "groupdro", "dfr", "random", "manual-min", "rules", "scm-true",
-        "lance")
+        "lance", "aip")
 
 
 def tiny_experiment(root, **changes) -> ExperimentConfig:
@@ -102,7 +102,7 @@ def tiny_experiment(root, **changes) -> ExperimentConfig:
     return ExperimentConfig(**(values | changes))
 
 
-def test_a_whole_experiment_on_tiny_data_and_its_resume(synth_root, tmp_path, monkeypatch):
+def test_a_whole_experiment_on_tiny_data_and_its_resume(synth_root, synth_data, tmp_path, monkeypatch):
     import fairloop.experiments.jobs as jobs
 
     out = tmp_path / "exp"
@@ -129,6 +129,15 @@ def test_a_whole_experiment_on_tiny_data_and_its_resume(synth_root, tmp_path, mo
     # lance found the ERM model's weaknesses on validation images it drew itself, never told the protected attribute
     assert results["lance"]["discovery_images"] > 0 and results["lance"]["proposal"]["strategy"] == "lance"
     assert results["lance"]["proposal"]["diagnosis"].startswith(("Weakest edits on validation", "No edit costs"))
+    # aip searched as many training images as the other arms drew, against the ERM model, and kept those that
+    # flipped it while the oracle reads the true class, each labelled with its source's class
+    assert results["aip"]["n_made"] == 12 and results["aip"]["proposal"]["strategy"] == "aip"
+    aip = json.loads((out / "jobs" / "Male-Gray_Hair" / "aip" / "s0" / "manifests" / "fixed.json").read_text())
+    assert aip["generator"] == "aip" and aip["verification"]["checked"] == 12
+    assert len(aip["images"]) == aip["verification"]["passed"] == results["aip"]["n_generated"]
+    sources = synth_data.table
+    for row in aip["images"]:
+        assert row["label"] == sources.at[row["source_id"], "Male"] == row["attributes"]["Male"] and row["moved"]
     # one ERM model per seed, shared by every arm: each arm's starting model is the same file
     erm = json.loads((out / "erm" / "Male-Gray_Hair" / "s0" / "result.json").read_text())["model"]
     assert all((out / "jobs" / "Male-Gray_Hair" / arm / "s0" / erm).is_file() for arm in ARMS)

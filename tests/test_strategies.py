@@ -25,7 +25,7 @@ def prompts(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("name", ["rules", "manual", "manual-min", "random"])
+@pytest.mark.parametrize("name", ["rules", "manual", "manual-min", "random", "aip"])
 def test_each_strategy_proposes_within_the_budget_and_repeats_itself(name, prompts):
     strategy = make_strategy(name, prompts=prompts)
     ctx = make_ctx(max_images=301)
@@ -50,6 +50,9 @@ def test_fixed_strategies_split_the_budget_evenly(prompts):
     assert minimal.text_to_image and [p.description for p in minimal.decision.plans] == ["a photo of a man",
                                                                                         "a photo of a woman"]
     assert split_budget(7, 3) == [3, 2, 2] and split_budget(0, 2) == [0, 0]
+    aip = make_strategy("aip").propose(make_ctx(max_images=301), np.random.default_rng(0))
+    assert aip.search == "aip" and aip.as_dict()["search"] == "aip" and not aip.text_to_image
+    assert [(p.label, p.n_images) for p in aip.decision.plans] == [(1, 151), (0, 150)]
 
 
 def test_random_edits_never_the_target_and_differ_by_seed():
@@ -79,7 +82,8 @@ def test_manual_prompt_files_are_checked(tmp_path, text, problem):
 
 
 def test_strategy_options_are_checked_before_a_run():
-    assert set(STRATEGIES) == {"rules", "llm", "llm-raw", "manual", "manual-min", "random", "scm", "scm-true", "lance"}
+    assert set(STRATEGIES) == {"rules", "llm", "llm-raw", "manual", "manual-min", "random", "scm", "scm-true", "lance",
+                               "aip"}
     with pytest.raises(ConfigError, match="needs a language model"):
         check_strategy("llm", llm="rules")
     with pytest.raises(ConfigError, match="needs the descriptions"):

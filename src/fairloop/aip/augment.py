@@ -1,4 +1,4 @@
-"""AIP counterfactuals as training data (seed 002's Table 5).
+"""AIP counterfactuals as training data (seed 002's Table 5, and the ``aip`` strategy).
 
 Seed 002 adds 2k AIP counterfactuals to CelebA training and gains 1.5 points of age accuracy. Here
 the counterfactuals are the fairness kind: AIP in ``keep-label`` mode on *training* images, kept when
@@ -10,6 +10,7 @@ images rather than from what the search changed shows up as such.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +20,28 @@ import torch
 from fairloop.aip.search import SearchConfig, decide, run_method
 
 
-def training_counterfactuals(classifier, dataset, target: str, *, protected: str, n: int, out_dir: Path,
-                             generator=None, config: SearchConfig | None = None, seed: int = 0,
-                             device: str | torch.device = "cpu") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(counterfactuals, reconstructions) of ``n`` random training images, as tables with the columns
-    fine-tuning reads (``path``, ``label``, ``protected``) plus ``source_id``. ``protected`` is what
-    the oracle reads on each image."""
-    from fairloop.aip import load_images, query_images
+@dataclass
+class TrainingSearch:
+    """Keep-label AIP on some training images: what it made, and which of it is kept."""
+
+    ids: list[str]
+    labels: np.ndarray             # each source's true class
+    counterfactuals: torch.Tensor  # N×3×64×64, one per source, flipped or not
+    reconstructions: torch.Tensor  # the sources decoded with their own attributes
+    kept: np.ndarray               # indices: the decision flipped and the oracle reads the true class
+    shown: np.ndarray              # N×t: what the oracle reads on each counterfactual
+    shown_reconstructed: np.ndarray
+    delta_a: np.ndarray            # N×t: the attribute move the search made, over the generator's attributes
+    searched: list[str]            # the columns of delta_a
+    attributes: list[str]          # the columns of shown (the oracle's)
+
+
+def search_training_images(classifier, dataset, target: str, ids: list[str], *, generator=None,
+                           config: SearchConfig | None = None, seed: int = 0,
+                           device: str | torch.device = "cpu") -> TrainingSearch:
+    """Keep-label AIP on the training images ``ids`` against ``classifier`` (the target attribute
+    frozen), each result read by the packaged attribute oracle."""
+    from fairloop.aip import load_images
     from fairloop.aip.generator import load_aip_generator
     from fairloop.tools.quality import AttributeOracle
 
@@ -34,7 +50,6 @@ def training_counterfactuals(classifier, dataset, target: str, *, protected: str
     names = list(model.attributes)
     classifier = classifier.to(device).eval().requires_grad_(False)
     oracle = AttributeOracle.packaged(str(device))
-    ids = query_images(dataset, "train", n, seed)
     table = dataset.table.loc[ids]
     labels = table[target].to_numpy(int)
     x = load_images(table["path"].tolist()).to(device)
@@ -44,15 +59,31 @@ def training_counterfactuals(classifier, dataset, target: str, *, protected: str
     before = decide(classifier, recon)
     result = run_method("aip", model, classifier, x, a0, before, frozen=[names.index(target)],
                         config=config or SearchConfig(), seed=seed)
-    read = oracle.predict(result.images)
     columns = list(oracle.attributes)
-    keeps_class = (read[:, columns.index(target)] >= 0.5) == labels.astype(bool)
-    kept = np.flatnonzero((result.decisions != before) & keeps_class)
-    counterfactuals = _save(out_dir / "counterfactuals", [ids[i] for i in kept], result.images[kept], labels[kept],
-                            read[kept, columns.index(protected)] >= 0.5)
-    shown = oracle.predict(recon)
-    reconstructions = _save(out_dir / "reconstructions", [ids[i] for i in kept], recon[kept], labels[kept],
-                            shown[kept, columns.index(protected)] >= 0.5)
+    shown = oracle.predict(result.images)
+    keeps_class = (shown[:, columns.index(target)] >= 0.5) == labels.astype(bool)
+    return TrainingSearch(ids=list(ids), labels=labels, counterfactuals=result.images, reconstructions=recon,
+                          kept=np.flatnonzero((result.decisions != before) & keeps_class), shown=shown,
+                          shown_reconstructed=oracle.predict(recon), delta_a=result.delta_a, searched=names,
+                          attributes=columns)
+
+
+def training_counterfactuals(classifier, dataset, target: str, *, protected: str, n: int, out_dir: Path,
+                             generator=None, config: SearchConfig | None = None, seed: int = 0,
+                             device: str | torch.device = "cpu") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(counterfactuals, reconstructions) of ``n`` random training images, as tables with the columns
+    fine-tuning reads (``path``, ``label``, ``protected``) plus ``source_id``. ``protected`` is what
+    the oracle reads on each image."""
+    from fairloop.aip import query_images
+
+    found = search_training_images(classifier, dataset, target, query_images(dataset, "train", n, seed),
+                                   generator=generator, config=config, seed=seed, device=device)
+    column, kept = found.attributes.index(protected), found.kept
+    ids = [found.ids[i] for i in kept]
+    counterfactuals = _save(out_dir / "counterfactuals", ids, found.counterfactuals[kept], found.labels[kept],
+                            found.shown[kept, column] >= 0.5)
+    reconstructions = _save(out_dir / "reconstructions", ids, found.reconstructions[kept], found.labels[kept],
+                            found.shown_reconstructed[kept, column] >= 0.5)
     return counterfactuals, reconstructions
 
 
@@ -65,4 +96,4 @@ def _save(folder: Path, ids: list[str], images: torch.Tensor, labels: np.ndarray
     return pd.DataFrame(rows, columns=["path", "label", "protected", "source_id"])
 
 
-__all__ = ["training_counterfactuals"]
+__all__ = ["TrainingSearch", "search_training_images", "training_counterfactuals"]

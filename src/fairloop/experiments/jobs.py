@@ -172,7 +172,7 @@ def _fixed_arm(services, model: str, config: ExperimentConfig, seed: int) -> dic
         made = make_counterfactuals(services, plans, decision.negative_prompt, seed_key=(seed,),
                                     manifest=services.folder.path / "manifests" / "fixed.json",
                                     text_to_image=proposal.text_to_image, scm=proposal.scm,
-                                    match_proxy=proposal.match_proxy)
+                                    match_proxy=proposal.match_proxy, search=proposal.search, model=model)
     mix = config.mix_ratio or default_mix(config.images, len(services.dataset.split("train")))
     result: dict[str, Any] = {"n_asked": sum(p["n_images"] for p in asked), "n_made": made["made"],
                               "n_generated": made["n"], "mix_ratio": mix, "plans": plans,

@@ -192,7 +192,8 @@ class MitigationLoop:
                                     seed_key=(self.config.seed, state["iteration"]), manifest=manifest,
                                     text_to_image=state["analysis"].get("text_to_image", False),
                                     scm=state["analysis"].get("scm"),
-                                    match_proxy=state["analysis"].get("match_proxy", True) is not False)
+                                    match_proxy=state["analysis"].get("match_proxy", True) is not False,
+                                    search=state["analysis"].get("search"), model=state["model"])
         return {"generated": {"manifest": made["manifest"], "n": made["n"], "notes": made["notes"],
                               "verification": made["verification"], "iteration": state["iteration"]},
                 "images_used": state["images_used"] + made["made"]}

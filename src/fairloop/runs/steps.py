@@ -117,12 +117,14 @@ def compact_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def make_counterfactuals(services: RunServices, plans: list[dict[str, Any]], negative_prompt: str = "", *,
                          seed_key: tuple[int, ...], manifest, text_to_image: bool = False,
-                         scm: dict[str, Any] | None = None, match_proxy: bool = True) -> dict[str, Any]:
+                         scm: dict[str, Any] | None = None, match_proxy: bool = True, search: str | None = None,
+                         model: str | None = None) -> dict[str, Any]:
     """Generate the images of ``plans`` (label, description, n_images) as minimal edits of training
     images, matched to the group they fill on its strongest proxy (:mod:`fairloop.tools.sources`),
     or each made the counterfactual of its source under the causal model ``scm`` (a proposal's
     spec, see :func:`causal_model`), or from any source the edit changes (``match_proxy`` False),
-    or drawn as new faces with ``text_to_image``; keep those the
+    or drawn as new faces with ``text_to_image``, or searched against checkpoint ``model`` (``search``
+    "aip", see :func:`aip_counterfactuals`); keep those the
     attribute oracle confirms (when there is one), and write ``manifest``.
 
     Returns ``{"manifest": relative path, "n": images kept, "made": images generated, "notes",
@@ -130,6 +132,8 @@ def make_counterfactuals(services: RunServices, plans: list[dict[str, Any]], neg
     from fairloop.generators import GenerationRequest
     from fairloop.tools.sources import SourceBatch, plan_scm_sources, plan_sources
 
+    if search == "aip":  # run state is untrusted: any other value is no search
+        return aip_counterfactuals(services, plans, model=model, seed_key=seed_key, manifest=manifest)
     cfg = services.config
     train = services.dataset.split("train").table
     causal = causal_model(scm, list(services.dataset.attributes), train) if scm and not text_to_image else None
@@ -186,6 +190,59 @@ def make_counterfactuals(services: RunServices, plans: list[dict[str, Any]], neg
                                  "exact_oracle": services.generator.exact, "notes": notes, "proxies": proxies,
                                  "verification": verification, "images": rows, "rejected": rejected})
     return {"manifest": services.folder.relative(manifest), "n": len(rows), "made": made, "notes": notes,
+            "verification": verification}
+
+
+def aip_counterfactuals(services: RunServices, plans: list[dict[str, Any]], *, model: str | None,
+                        seed_key: tuple[int, ...], manifest) -> dict[str, Any]:
+    """Each plan's images as keep-label AIP searches (seed 002) against checkpoint ``model``, one per
+    random training image of the plan's class; kept where the model's decision flipped and the
+    attribute oracle still reads the true class, labelled with it (the ``protected`` value is what the
+    oracle reads). Drawn with the shipped AIP generator, whatever the run's ``--generator``. Returns
+    what :func:`make_counterfactuals` does; "verification" counts searches and kept images."""
+    from fairloop.aip import save_png
+    from fairloop.aip.augment import search_training_images
+    from fairloop.aip.generator import load_aip_generator
+    from fairloop.errors import ConfigError
+
+    cfg = services.config
+    generator = load_aip_generator()
+    missing = [a for a in generator.attributes if a not in services.dataset.attributes]
+    if missing:
+        raise ConfigError(f"the aip strategy's generator conditions on attributes this dataset lacks: "
+                          f"{', '.join(missing)}", "use the aip strategy on SynthFaces-format data, or another strategy")
+    if model is None:
+        raise ValueError("AIP searches against a model: pass the checkpoint")
+    net, _ = services.load_model(model)
+    train = services.dataset.split("train").table
+    rows, notes, searched = [], [], 0
+    for k, plan in enumerate(plans):
+        if plan["n_images"] <= 0:
+            continue
+        rng = np.random.default_rng([*seed_key, k])
+        ids = [str(i) for i in rng.permutation(train.index[train[cfg.target] == plan["label"]].to_numpy())[:plan["n_images"]]]
+        seed = int(rng.integers(2**31 - 1))
+        found = search_training_images(net, services.dataset, cfg.target, ids, generator=generator, seed=seed,
+                                       device=services.device)
+        searched += len(ids)
+        for i in found.kept:
+            shown = {a: int(found.shown[i, j] >= 0.5) for j, a in enumerate(found.attributes)}
+            top = np.argsort(-np.abs(found.delta_a[i]))[:3]
+            path = services.folder.path / "images" / "aip" / f"{ids[i].rsplit('.', 1)[0]}-{model_key(model)}-{seed}.png"
+            rows.append({"path": services.folder.relative(save_png(found.counterfactuals[i], path)),
+                         "prompt": plan["description"], "label": int(plan["label"]), "source_id": ids[i],
+                         "seed": seed, "backend": "aip", "attributes": shown, "protected": shown.get(cfg.protected, -1),
+                         "moved": {found.searched[j]: round(float(found.delta_a[i, j]), 3) for j in top}})
+        notes.append(f"{plan['description']}: {len(found.kept)} of {len(ids)} searches flipped the model while the "
+                     f"attribute oracle reads the true class")
+        services.log(f"  {notes[-1]}")
+        if services.progress:
+            services.progress("aip search", searched, sum(p["n_images"] for p in plans))
+    verification = {"checked": searched, "passed": len(rows), "pass_rate": round(len(rows) / searched, 4) if searched else None}
+    atomic_write_json(manifest, {"generator": "aip", "model_id": "fairloop-aip-generator", "exact_oracle": False,
+                                 "notes": notes, "proxies": [], "verification": verification, "images": rows,
+                                 "rejected": []})
+    return {"manifest": services.folder.relative(manifest), "n": len(rows), "made": searched, "notes": notes,
             "verification": verification}
 
 

@@ -14,6 +14,8 @@
 ``scm-true``   the same under SynthFaces' true causal model: the upper bound of ``scm``
 ``lance``      seed 001: the run finds its model's weaknesses on validation (every single-attribute
                edit, ΔAcc with CIs) and reinforces the worst with the same edits of training images
+``aip``        seed 002: keep-label AIP searches on training images against the current model; what
+               flips it while the oracle still reads the true class is kept (SynthFaces only)
 ========== ====================================================================================
 
 Add a strategy by writing a class with a ``name`` and ``propose(context, rng) -> Proposal``
@@ -27,7 +29,7 @@ from pathlib import Path
 from fairloop.errors import ConfigError
 from fairloop.strategies.base import Proposal, Strategy
 
-STRATEGIES = ("rules", "llm", "llm-raw", "manual", "manual-min", "random", "scm", "scm-true", "lance")
+STRATEGIES = ("rules", "llm", "llm-raw", "manual", "manual-min", "random", "scm", "scm-true", "lance", "aip")
 #: Strategies that need a language model (``--llm local`` or ``--llm openai``).
 LLM_STRATEGIES = ("llm", "llm-raw", "scm")
 
@@ -71,6 +73,10 @@ def make_strategy(name: str, *, llm: str = "rules", llm_model: str | None = None
         from fairloop.strategies.lance import LanceStrategy
 
         return LanceStrategy()
+    if name == "aip":
+        from fairloop.strategies.aip import AipStrategy
+
+        return AipStrategy()
     return RandomStrategy()
 
 

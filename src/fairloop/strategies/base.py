@@ -27,6 +27,7 @@ class Proposal:
     ``decision`` holds the plans (label, description, n_images), the negative prompt and the mix
     ratio. ``text_to_image`` asks for new faces drawn from the descriptions instead of edits of
     training images matched to the group they fill (by proxy, or through the causal model ``scm``).
+    ``search`` replaces the generator's prompts by a search against the classifier (``"aip"``).
     ``fell_back`` says the strategy's own answer
     was not used: the rules decided for an LLM, or nothing was proposed (``llm-raw``)."""
 
@@ -48,6 +49,9 @@ class Proposal:
     #: False: each image starts from any training image of its class that the edit changes (seed
     #: 001's reinforcement), without proxy matching
     match_proxy: bool = True
+    #: "aip": no prompts; each image is a keep-label AIP search against the current model (seed 002),
+    #: started from a training image of its plan's class
+    search: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe dict."""
@@ -66,6 +70,7 @@ class Proposal:
             "text_to_image": bool(self.text_to_image),
             "scm": self.scm,
             "match_proxy": bool(self.match_proxy),
+            "search": self.search,
         }
 
 

@@ -364,7 +364,7 @@ def test_resume_of_a_folder_that_is_no_run_is_a_clear_error(tmp_path, monkeypatc
     assert code == 2 and "not a fairloop run folder" in stderr
 
 
-@pytest.mark.parametrize("strategy", ["random", "scm-true", "lance"])
+@pytest.mark.parametrize("strategy", ["random", "scm-true", "lance", "aip"])
 def test_run_with_a_strategy_prints_it_and_its_progress_lines_whole(strategy, synth_root, biased_checkpoint, tmp_path,
                                                                      monkeypatch, capsys):
     checkpoint = biased_checkpoint
@@ -393,3 +393,7 @@ def test_run_with_a_strategy_prints_it_and_its_progress_lines_whole(strategy, sy
         assert "by abduction–action–prediction" in stderr
         report = (out / "report.html").read_text()
         assert "counterfactual under do(Gray_Hair=" in report and "SynthFaces&#39; true causal graph" in report
+    if strategy == "aip":  # searched against the run's model, whatever --generator says
+        manifest = json.loads((out / "manifests" / "it1.json").read_text())
+        assert manifest["generator"] == "aip" and manifest["verification"]["checked"] == 20
+        assert "searches flipped the model" in stderr and "aip search" in stderr

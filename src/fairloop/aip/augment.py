@@ -10,6 +10,7 @@ images rather than from what the search changed shows up as such.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,10 +38,10 @@ class TrainingSearch:
 
 
 def search_training_images(classifier, dataset, target: str, ids: list[str], *, generator=None,
-                           config: SearchConfig | None = None, seed: int = 0,
-                           device: str | torch.device = "cpu") -> TrainingSearch:
+                           config: SearchConfig | None = None, seed: int = 0, device: str | torch.device = "cpu",
+                           progress: Callable[[int, int], None] | None = None) -> TrainingSearch:
     """Keep-label AIP on the training images ``ids`` against ``classifier`` (the target attribute
-    frozen), each result read by the packaged attribute oracle."""
+    frozen), each result read by the packaged attribute oracle; ``progress(done, total)`` per batch."""
     from fairloop.aip import load_images
     from fairloop.aip.generator import load_aip_generator
     from fairloop.tools.quality import AttributeOracle
@@ -58,7 +59,7 @@ def search_training_images(classifier, dataset, target: str, ids: list[str], *, 
         recon = model.decode(model.encode(x), a0)
     before = decide(classifier, recon)
     result = run_method("aip", model, classifier, x, a0, before, frozen=[names.index(target)],
-                        config=config or SearchConfig(), seed=seed)
+                        config=config or SearchConfig(), seed=seed, progress=progress)
     columns = list(oracle.attributes)
     shown = oracle.predict(result.images)
     keeps_class = (shown[:, columns.index(target)] >= 0.5) == labels.astype(bool)

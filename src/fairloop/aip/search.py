@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -194,8 +195,9 @@ def exact_flips(classifier, rows: list[dict[str, int]], identities: list[int], t
 
 
 def run_method(method: str, model, classifier, x: torch.Tensor, a0: torch.Tensor, decisions: np.ndarray, *,
-               frozen: list[int], config: SearchConfig, seed: int = 0) -> Counterfactuals:
-    """One latent or pixel method over every query, in batches."""
+               frozen: list[int], config: SearchConfig, seed: int = 0,
+               progress: Callable[[int, int], None] | None = None) -> Counterfactuals:
+    """One latent or pixel method over every query, in batches; ``progress(done, total)`` after each."""
     started = time.perf_counter()
     images, queries, deltas = [], [], []
     for start in range(0, len(x), config.batch_size):
@@ -214,6 +216,8 @@ def run_method(method: str, model, classifier, x: torch.Tensor, a0: torch.Tensor
                 deltas.append((a - a0[part]).cpu().numpy())
         images.append(out.detach())
         queries.append(used.cpu().numpy())
+        if progress:
+            progress(min(start + config.batch_size, len(x)), len(x))
     images = torch.cat(images)
     return Counterfactuals(method, images, decide(classifier, images), np.concatenate(queries), time.perf_counter() - started,
                            delta_a=np.concatenate(deltas) if deltas else None)

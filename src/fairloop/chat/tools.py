@@ -127,7 +127,7 @@ class ExperimentArgs(BaseModel):
     arms: list[str] = Field(default_factory=lambda: ["erm", "resampling", "random", "rules"], min_length=2,
                             max_length=12, description="arms to compare: erm, realft, resampling, reweighing, "
                                                        "groupdro, dfr, rules, llm, llm-raw, manual-min, random, "
-                                                       "scm, scm-true")
+                                                       "scm, scm-true, lance, aip")
     seeds: int = Field(default=3, ge=2, le=5, description="paired seeds (each trains one ERM model)")
     images: int = Field(default=500, ge=10, le=5000, description="generated images per image arm and seed")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -216,19 +217,23 @@ def aip_counterfactuals(services: RunServices, plans: list[dict[str, Any]], *, m
     net, _ = services.load_model(model)
     train = services.dataset.split("train").table
     rows, notes, searched = [], [], 0
+    total = sum(max(0, p["n_images"]) for p in plans)
     for k, plan in enumerate(plans):
         if plan["n_images"] <= 0:
             continue
         rng = np.random.default_rng([*seed_key, k])
-        ids = [str(i) for i in rng.permutation(train.index[train[cfg.target] == plan["label"]].to_numpy())[:plan["n_images"]]]
+        pool = train.index[train[cfg.target] == plan["label"]].to_numpy()
+        ids = [str(i) for i in rng.permutation(pool)[:plan["n_images"]]]
         seed = int(rng.integers(2**31 - 1))
+        report = (lambda done, n, offset=searched: services.progress("aip search", offset + done, total)) \
+            if services.progress else None
         found = search_training_images(net, services.dataset, cfg.target, ids, generator=generator, seed=seed,
-                                       device=services.device)
+                                       device=services.device, progress=report)
         searched += len(ids)
         for i in found.kept:
             shown = {a: int(found.shown[i, j] >= 0.5) for j, a in enumerate(found.attributes)}
             top = np.argsort(-np.abs(found.delta_a[i]))[:3]
-            path = services.folder.path / "images" / "aip" / f"{ids[i].rsplit('.', 1)[0]}-{model_key(model)}-{seed}.png"
+            path = services.folder.path / "images" / "aip" / f"{Path(ids[i]).stem}-{model_key(model)}-{seed}.png"
             rows.append({"path": services.folder.relative(save_png(found.counterfactuals[i], path)),
                          "prompt": plan["description"], "label": int(plan["label"]), "source_id": ids[i],
                          "seed": seed, "backend": "aip", "attributes": shown, "protected": shown.get(cfg.protected, -1),
@@ -236,9 +241,9 @@ def aip_counterfactuals(services: RunServices, plans: list[dict[str, Any]], *, m
         notes.append(f"{plan['description']}: {len(found.kept)} of {len(ids)} searches flipped the model while the "
                      f"attribute oracle reads the true class")
         services.log(f"  {notes[-1]}")
-        if services.progress:
-            services.progress("aip search", searched, sum(p["n_images"] for p in plans))
-    verification = {"checked": searched, "passed": len(rows), "pass_rate": round(len(rows) / searched, 4) if searched else None}
+    verification = {"checked": searched, "passed": len(rows), "pass_rate": round(len(rows) / searched, 4),
+                    "rule": "an AIP search passes when the model's decision flipped and the oracle reads the true class",
+                    "named_shown": None, "others_kept": None} if searched else None
     atomic_write_json(manifest, {"generator": "aip", "model_id": "fairloop-aip-generator", "exact_oracle": False,
                                  "notes": notes, "proxies": [], "verification": verification, "images": rows,
                                  "rejected": []})

@@ -224,6 +224,8 @@ def aip_counterfactuals(services: RunServices, plans: list[dict[str, Any]], *, m
         rng = np.random.default_rng([*seed_key, k])
         pool = train.index[train[cfg.target] == plan["label"]].to_numpy()
         ids = [str(i) for i in rng.permutation(pool)[:plan["n_images"]]]
+        if not ids:  # a class with no training image (or a label run state made up)
+            continue
         seed = int(rng.integers(2**31 - 1))
         report = (lambda done, n, offset=searched: services.progress("aip search", offset + done, total)) \
             if services.progress else None

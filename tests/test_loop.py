@@ -200,7 +200,8 @@ def test_run_killed_in_its_second_iteration_resumes_without_redoing_the_first(sy
     env = {**os.environ, "FAIRLOOP_HOME": str(tmp_path / "home"), "COLUMNS": "200"}
     base = [sys.executable, "-m", "fairloop.cli", "run"]
     args = ["--root", str(synth_root), "--baseline", str(biased_checkpoint), "--max-iterations", "2",
-            "--max-images", "400", "--out", str(run), "--device", "cpu", "--fair-band", "0.999,1.001,0.0001", "--llm", "rules"]
+            "--max-images", "400", "--out", str(run), "--device", "cpu", "--fair-band", "0.999,1.001,0.0001", "--llm", "rules",
+            "--generator", "render"]  # what is tested is the resume, not the drawing: the embedded default took ~140 s
     errors = tmp_path / "stderr.txt"  # a file, not a pipe: progress lines must never fill a buffer and block the run
     with open(errors, "wb") as sink:
         proc = subprocess.Popen(base + args, env=env, stdout=subprocess.DEVNULL, stderr=sink, start_new_session=True)

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from fairloop.aip.search import METHODS, SearchConfig, check_method_names, decide, exact_flips, run_method, summarize
-from fairloop.errors import ConfigError
 
 #: Image pairs saved per method (original | reconstruction | counterfactual).
 PAIRS_SAVED = 12
@@ -34,7 +33,7 @@ def counterfactual_search(classifier, dataset, target: str, *, n: int = 200, mod
                           device: str | torch.device = "cpu", log=print) -> dict[str, Any]:
     """Every method of ``methods`` on the same ``n`` query images of ``split``; the report as a dict
     (the first method's scores at the top level, every method under ``methods``)."""
-    from fairloop.aip.generator import load_aip_generator
+    from fairloop.aip.generator import check_fits, load_aip_generator
     from fairloop.data.synthfaces import is_synthfaces, read_identities
     from fairloop.tools.quality import AttributeOracle
 
@@ -44,13 +43,7 @@ def counterfactual_search(classifier, dataset, target: str, *, n: int = 200, mod
     device = torch.device(device)
     model = (generator or load_aip_generator()).to(device)
     names = list(model.attributes)
-    missing = [a for a in names if a not in dataset.attributes]
-    if missing:
-        raise ConfigError(f"the AIP generator conditions on attributes this dataset lacks: {', '.join(missing)}",
-                          "use a SynthFaces-format folder, or train a generator on this dataset's attributes")
-    if target not in names:
-        raise ConfigError(f"the AIP generator has no attribute {target!r} to keep or flip",
-                          f"use a --target among {', '.join(names)}")
+    check_fits(model, dataset, target)
     classifier = classifier.to(device).eval().requires_grad_(False)
     oracle = AttributeOracle.packaged(str(device))
     ids = query_images(dataset, split, n, seed)

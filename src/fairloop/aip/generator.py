@@ -110,6 +110,18 @@ def load_aip_generator(folder: str | Path | None = None, device: str | torch.dev
     return model.to(device).eval()
 
 
+def check_fits(model: AttributeAutoencoder, dataset, target: str) -> None:
+    """A :class:`ConfigError` unless every attribute ``model`` conditions on is in ``dataset``, the
+    ``target`` among them (the search keeps or flips it)."""
+    missing = [a for a in model.attributes if a not in dataset.attributes]
+    if missing:
+        raise ConfigError(f"the AIP generator conditions on attributes this dataset lacks: {', '.join(missing)}",
+                          "use a SynthFaces-format folder, or train a generator on this dataset's attributes")
+    if target not in model.attributes:
+        raise ConfigError(f"the AIP generator has no attribute {target!r} to keep or flip",
+                          f"use a --target among {', '.join(model.attributes)}")
+
+
 # ------------------------------------------------------------------------------------------ training
 @dataclass(frozen=True)
 class AIPTrainConfig:
@@ -282,6 +294,7 @@ __all__ = [
     "PACKAGED_AIP",
     "AIPTrainConfig",
     "AttributeAutoencoder",
+    "check_fits",
     "load_aip_generator",
     "random_attributes",
     "save_aip_generator",

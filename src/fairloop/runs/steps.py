@@ -203,15 +203,11 @@ def aip_counterfactuals(services: RunServices, plans: list[dict[str, Any]], *, m
     what :func:`make_counterfactuals` does; "verification" counts searches and kept images."""
     from fairloop.aip import save_png
     from fairloop.aip.augment import search_training_images
-    from fairloop.aip.generator import load_aip_generator
-    from fairloop.errors import ConfigError
+    from fairloop.aip.generator import check_fits, load_aip_generator
 
     cfg = services.config
     generator = load_aip_generator()
-    missing = [a for a in generator.attributes if a not in services.dataset.attributes]
-    if missing:
-        raise ConfigError(f"the aip strategy's generator conditions on attributes this dataset lacks: "
-                          f"{', '.join(missing)}", "use the aip strategy on SynthFaces-format data, or another strategy")
+    check_fits(generator, services.dataset, cfg.target)
     if model is None:
         raise ValueError("AIP searches against a model: pass the checkpoint")
     net, _ = services.load_model(model)

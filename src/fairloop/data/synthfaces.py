@@ -58,6 +58,12 @@ DEPENDENCIES = {
 }
 
 IMAGE_SIZE = 64
+#: How attributes show in a render. ``salient``: every attribute but ``Male`` is plain to see (what the
+#: embedded generator and the attribute oracle learned). ``subtle``: the attributes in
+#: :data:`SUBTLE_TARGETS` show faintly, with individual variation, as ``Male`` always does, so a
+#: salient shortcut (hair colour, glasses, a hat, pale skin) bites when one of them is the target.
+CUES = ("salient", "subtle")
+SUBTLE_TARGETS = ("Young", "Smiling", "Wearing_Lipstick", "Chubby", "Mustache")
 _CANVAS = 128  # drawn at twice the size, then downsampled with antialiasing
 #: How renders are stored: CelebA's .jpg, without chroma subsampling, which blurs 1-pixel details.
 JPEG_SETTINGS = {"quality": 95, "subsampling": 0}
@@ -210,13 +216,17 @@ _PALE_SKIN = np.array([250, 228, 214])
 _LIGHT_SKIN, _DARK_SKIN = np.array([236, 192, 160]), np.array([112, 72, 46])
 
 
-def render_face(attributes: Mapping[str, int], identity: int, size: int = IMAGE_SIZE):
-    """Render one face as a ``size``×``size`` RGB ``PIL.Image``; pure in ``(attributes, identity)``.
+def render_face(attributes: Mapping[str, int], identity: int, size: int = IMAGE_SIZE, cues: str = "salient"):
+    """Render one face as a ``size``×``size`` RGB ``PIL.Image``; pure in ``(attributes, identity, cues)``.
 
     Every random draw happens in the same order whatever the attributes, so flipping one attribute
-    changes only what that attribute draws.
+    changes only what that attribute draws. ``cues`` is one of :data:`CUES`.
     """
     from PIL import Image, ImageDraw
+
+    if cues not in CUES:
+        raise ConfigError(f"unknown SynthFaces cue style {cues!r}", f"use one of {', '.join(CUES)}")
+    subtle = cues == "subtle"
 
     a = {name: bool(attributes.get(name, 0)) for name in ATTRIBUTES}
     r = np.random.default_rng(int(identity))
@@ -241,6 +251,12 @@ def render_face(attributes: Mapping[str, int], identity: int, size: int = IMAGE_
     earring = (235, 200, 60) if u() < 0.6 else (215, 215, 225)
     brightness = 0.9 + u() * 0.2
     pale_jitter = (u() - 0.5) * 12  # drawn for every face, so Pale_Skin shifts no other draw
+    # drawn after every draw above, so salient renders stay what they were: how strongly this person
+    # shows each subtle cue (the attribute's value plus individual variation, as the male cue has)
+    noise = r.normal(0, 0.35, 5)
+    age, smile = _cue_strength(not a["Young"], noise[0]), _cue_strength(a["Smiling"], noise[1])
+    lipstick_shade, chubbiness = _cue_strength(a["Wearing_Lipstick"], noise[2]), _cue_strength(a["Chubby"], noise[3])
+    stache_shade = _cue_strength(a["Mustache"], noise[4])
     skin = _PALE_SKIN + pale_jitter if a["Pale_Skin"] else _LIGHT_SKIN + (_DARK_SKIN - _LIGHT_SKIN) * tone
     skin = tuple(int(c) for c in np.clip(skin, 0, 255))
 
@@ -249,7 +265,7 @@ def render_face(attributes: Mapping[str, int], identity: int, size: int = IMAGE_
         hair_state = "Brown_Hair"  # a row with no hair state at all (a hand-made table): render brown
     hair = None if a["Bald"] and hair_state is None else tuple(int(np.clip(c + hair_shade, 0, 255)) for c in _HAIR_RGB[hair_state])
     masculinity = float(a["Male"])
-    w = 26 * scale * (1.12 if a["Chubby"] else 1.0)
+    w = 26 * scale * ((1 + 0.08 * chubbiness) if subtle else (1.12 if a["Chubby"] else 1.0))
     h = 34 * scale
     darker = tuple(int(c * 0.62) for c in skin)
 
@@ -271,17 +287,22 @@ def render_face(attributes: Mapping[str, int], identity: int, size: int = IMAGE_
     # face: upper half an ellipse, lower half a superellipse whose squareness is the male cue
     jaw_power = 2.0 + 1.1 * float(np.clip(masculinity + jaw_noise, -0.3, 1.6))
     d.polygon(_face_outline(cx, cy, w, h, jaw_power), fill=skin)
-    if a["Chubby"]:
+    if subtle:  # a faint blush on fuller cheeks
+        for side in (-1, 1):
+            d.ellipse([cx + side * w * 0.62 - 6, cy + 6, cx + side * w * 0.62 + 6, cy + 16],
+                      fill=_blend(skin, (230, 120, 120), 0.12 * max(chubbiness, 0.0)))
+    elif a["Chubby"]:
         d.arc([cx - w * 0.45, cy + h * 0.72, cx + w * 0.45, cy + h * 1.05], 20, 160, fill=darker, width=2)
         for side in (-1, 1):
             d.ellipse([cx + side * w * 0.62 - 6, cy + 6, cx + side * w * 0.62 + 6, cy + 16], fill=_blend(skin, (230, 120, 120), 0.25))
     # wrinkles: forehead lines and nasolabial folds
-    if not a["Young"]:
+    if subtle or not a["Young"]:
+        wrinkle = _blend(skin, darker, 0.5 * max(age, 0.0)) if subtle else darker
         for k in range(2):
             y = cy - h * 0.52 + k * 5
-            d.arc([cx - w * 0.5, y - 3, cx + w * 0.5, y + 5], 200, 340, fill=darker, width=2)
+            d.arc([cx - w * 0.5, y - 3, cx + w * 0.5, y + 5], 200, 340, fill=wrinkle, width=2)
         for side in (-1, 1):
-            d.line([(cx + side * 8, cy + 7), (cx + side * 13, cy + 19)], fill=darker, width=2)
+            d.line([(cx + side * 8, cy + 7), (cx + side * 13, cy + 19)], fill=wrinkle, width=2)
     # eyes and brows (brow thickness and height are part of the male cue)
     ey = cy - 4 + eye_y
     for side in (-1, 1):
@@ -296,14 +317,23 @@ def render_face(attributes: Mapping[str, int], identity: int, size: int = IMAGE_
     d.line([(cx, ey + 3), (cx - 2, ey + 3 + nose_len), (cx + 2, ey + 3 + nose_len)], fill=darker, width=2)
     # mouth
     my = cy + 17 * scale
-    lips = lipstick if a["Wearing_Lipstick"] else _blend(darker, (170, 80, 80), 0.35)
-    if a["Smiling"]:
+    lips = _blend(darker, (170, 80, 80), 0.35)
+    if subtle:  # closed lips, tinted by lipstick, whose corners rise with the smile
+        lips = _blend(lips, lipstick, 0.5 * max(lipstick_shade, 0.0))
+        lift = 4 * smile
+        d.line([(cx + t * mouth_w / 2, my + lift * (0.3 - t * t)) for t in np.linspace(-1, 1, 9)], fill=lips, width=3,
+               joint="curve")
+    elif a["Smiling"]:
+        lips = lipstick if a["Wearing_Lipstick"] else lips
         d.chord([cx - mouth_w / 2, my - 5, cx + mouth_w / 2, my + 7], 0, 180, fill=lips)
         d.chord([cx - mouth_w / 2 + 3, my - 3, cx + mouth_w / 2 - 3, my + 3], 0, 180, fill=(250, 250, 250))
     else:
+        lips = lipstick if a["Wearing_Lipstick"] else lips
         d.line([(cx - mouth_w / 2, my), (cx + mouth_w / 2, my)], fill=lips, width=4 if a["Wearing_Lipstick"] else 3)
-    if a["Mustache"]:
+    if subtle and stache_shade > 0 or not subtle and a["Mustache"]:
         stache = _blend(hair, (90, 90, 95), 0.3) if hair else (60, 45, 35)
+        if subtle:
+            stache = _blend(skin, stache, 0.55 * stache_shade)
         d.polygon([(cx - mouth_w / 2 - 2, my - 2), (cx - 3, my - 10), (cx + 3, my - 10), (cx + mouth_w / 2 + 2, my - 2),
                    (cx, my - 5)], fill=stache)
     # hair on top: a cap down to the temples, longer styles reach the ears; bangs cover the forehead
@@ -339,6 +369,12 @@ def render_face(attributes: Mapping[str, int], identity: int, size: int = IMAGE_
     return img.point(lambda v: min(255, int(v * brightness)))
 
 
+def _cue_strength(present: bool, noise: float) -> float:
+    """How strongly a subtle cue shows: 1 for the attribute, 0 without it, blurred by the person's own
+    ``noise`` (about 7 % of people on either side read as the other value from this cue alone)."""
+    return float(np.clip(float(present) + noise, -0.3, 1.4))
+
+
 def _face_outline(cx: float, cy: float, w: float, h: float, jaw_power: float, steps: int = 48) -> list[tuple[float, float]]:
     points = []
     for k in range(steps):
@@ -369,7 +405,8 @@ def _gradient(top, bottom):
 
 
 def write_synthfaces(out: str | Path, *, n: int = 12000, scenario: Scenario = Scenario(), seed: int = 0,
-                     force: bool = False, progress: Callable[[int, int], None] | None = None) -> Path:
+                     cues: str = "salient", force: bool = False,
+                     progress: Callable[[int, int], None] | None = None) -> Path:
     """Write SynthFaces to ``out`` in CelebA's on-disk format; return the folder.
 
     The folder is built beside ``out`` and moved into place at the end, so an interrupted run never
@@ -388,12 +425,12 @@ def write_synthfaces(out: str | Path, *, n: int = 12000, scenario: Scenario = Sc
         images.mkdir()
         attrs = table[list(ATTRIBUTES)]
         for i, (image_id, row) in enumerate(zip(table.index, attrs.to_dict("records"))):
-            render_face(row, int(table["identity"].iat[i])).save(images / image_id, **JPEG_SETTINGS)
+            render_face(row, int(table["identity"].iat[i]), cues=cues).save(images / image_id, **JPEG_SETTINGS)
             if progress:
                 progress(i + 1, len(table))
         _write_celeba_tables(tmp, table)
         meta = {"dataset": "SynthFaces", "version": 1, "n": n, "seed": seed, "scenario": asdict(scenario),
-                "image_size": IMAGE_SIZE, "dependencies": DEPENDENCIES,
+                "cues": cues, "image_size": IMAGE_SIZE, "dependencies": DEPENDENCIES,
                 "groups": _group_counts(table, scenario)}
         (tmp / "synthfaces.json").write_text(json.dumps(meta, indent=2))
         if out.exists():

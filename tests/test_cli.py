@@ -85,6 +85,14 @@ def test_data_synth_writes_the_celeba_layout(pipeline):
     assert not [name for name in os.listdir(data.parent) if name.startswith(".")]  # no temp folder left
 
 
+def test_data_synth_picks_the_cue_style_that_makes_the_target_subtle(tmp_path):
+    young = invoke("data", "synth", "--out", tmp_path / "y", "--n", "40", "--target", "Young", "--spurious", "Pale_Skin")
+    assert json.loads((tmp_path / "y" / "synthfaces.json").read_text())["cues"] == "subtle"
+    assert "subtle cues" in young.output
+    invoke("data", "synth", "--out", tmp_path / "s", "--n", "40", "--target", "Young", "--cues", "salient")
+    assert json.loads((tmp_path / "s" / "synthfaces.json").read_text())["cues"] == "salient"
+
+
 def test_train_writes_weights_and_sidecar(pipeline):
     model = pipeline["model"]
     weights, sidecar = model.with_name("M.safetensors"), model.with_name("M.json")
@@ -205,6 +213,7 @@ def bad_cases(synth_root, tiny_checkpoint, tmp_path_factory) -> dict[str, list]:
         "train_out_under_a_file": ["train", "--root", synth_root, "--target", "Male", "--out", a_file / "model",
                                    "--device", "cpu"],
         "synth_out_is_a_file": ["data", "synth", "--out", a_file, "--n", "200"],
+        "synth_unknown_cues": ["data", "synth", "--out", base / "s2", "--n", "40", "--cues", "faint"],
         "generate_out_under_a_file": ["generate", "a woman", "-n", "2", "--generator", "render",
                                       "--out", a_file / "g"],
         "run_out_is_a_file": ["run", "--root", synth_root, "--llm", "rules", "--out", a_file],
@@ -247,6 +256,7 @@ EXPECTED = {
     "audit_out_is_a_file": ["a_file is a file, not a folder"],
     "train_out_under_a_file": ["lies under", "a_file, which is a file"],
     "synth_out_is_a_file": ["a_file is a file, not a folder"],
+    "synth_unknown_cues": ["unknown SynthFaces cue style 'faint'", "salient, subtle"],
     "generate_out_under_a_file": ["lies under"],
     "run_out_is_a_file": ["a_file is a file, not a folder"],
     "experiment_out_is_a_file": ["a_file is a file, not a folder"],

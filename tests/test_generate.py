@@ -72,6 +72,23 @@ def test_render_edits_are_exact_counterfactuals_of_their_sources(synth_data, tmp
         assert row["backend"] == "render" and row["intended"] == {"Male": 0, "Gray_Hair": 1}
 
 
+def test_render_edits_of_a_subtle_folder_are_drawn_in_its_style(tmp_path):
+    from fairloop.data.datasets import load_dataset
+    from fairloop.data.synthfaces import Scenario, write_synthfaces
+
+    root = write_synthfaces(tmp_path / "young", n=40, scenario=Scenario("Young", "Pale_Skin"), cues="subtle")
+    data = load_dataset("celeba", root)
+    sources = tuple(data.table[data.table["Young"] == 1].index[:3])
+    request = GenerationRequest(prompt="an old person", n=3, label=0, target="Young", source_ids=sources, seed=1)
+    result = make_generator("render").generate(request, tmp_path / "out", sources=data)
+    identities = read_identities(root)
+    for row in result.rows:
+        image = np.asarray(Image.open(row["path"]).convert("RGB"))
+        style = {cues: np.array_equal(image, np.asarray(render_face(row["attributes"], int(identities[row["source_id"]]),
+                                                                    cues=cues))) for cues in ("subtle", "salient")}
+        assert style == {"subtle": True, "salient": False} and row["attributes"]["Young"] == 0
+
+
 def test_render_text_to_image_honours_the_prompt_and_the_class(tmp_path):
     gen = make_generator("render")
     request = GenerationRequest(prompt="a woman with eyeglasses", n=20, label=1, target="Male",

@@ -15,12 +15,16 @@ from fairloop.data import synthfaces
 from fairloop.data.datasets import load_dataset
 from fairloop.data.synthfaces import (
     ATTRIBUTES,
+    CUES,
     DEPENDENCIES,
     HAIR_COLORS,
     HAIR_STATES,
     JPEG_SETTINGS,
     IMAGE_SIZE,
+    SUBTLE_TARGETS,
     Scenario,
+    default_cues,
+    read_cues,
     read_identities,
     render_face,
     sample_attributes,
@@ -49,8 +53,8 @@ def with_hair(attrs: dict[str, int], state: str) -> dict[str, int]:
     return out
 
 
-def pixels(attrs, identity: int) -> np.ndarray:
-    return np.asarray(render_face(attrs, identity), dtype=np.int16)
+def pixels(attrs, identity: int, cues: str = "salient") -> np.ndarray:
+    return np.asarray(render_face(attrs, identity, cues=cues), dtype=np.int16)
 
 
 def flipped(attrs: dict[str, int], name: str) -> dict[str, int]:
@@ -155,8 +159,9 @@ def test_every_attribute_is_visible(name):
     assert strongest >= 10, f"{name} changes at most {strongest} pixels"
 
 
+@pytest.mark.parametrize("cues", CUES)
 @pytest.mark.parametrize("name", ATTRIBUTES)
-def test_flipping_an_attribute_keeps_the_rest_of_the_person(name):
+def test_flipping_an_attribute_keeps_the_rest_of_the_person(name, cues):
     """A counterfactual changes what the attribute draws and nothing else: the background (top
     corners) and the global brightness stay exactly the same for every attribute."""
     base = plain()
@@ -164,7 +169,7 @@ def test_flipping_an_attribute_keeps_the_rest_of_the_person(name):
     if changed == base:
         changed = with_hair(base, "Black_Hair")
     for identity in range(12):
-        diff = np.abs(pixels(base, identity) - pixels(changed, identity)).max(axis=2)
+        diff = np.abs(pixels(base, identity, cues) - pixels(changed, identity, cues)).max(axis=2)
         assert not diff[:6, :6].any() and not diff[:6, -6:].any(), (name, identity)
         assert (diff == 0).mean() > 0.5, (name, identity)
 
@@ -195,6 +200,70 @@ def test_missing_attributes_default_to_zero_and_missing_hair_renders_brown():
     no_hair = {name: 0 for name in ATTRIBUTES}
     assert np.array_equal(pixels(no_hair, 4), pixels(plain(), 4))
     assert np.array_equal(pixels({"Brown_Hair": 1}, 4), pixels(plain(), 4))
+
+
+# ------------------------------------------------------------------------------------ cue styles
+
+
+def cue_strength(name: str, identity: int, cues: str) -> float:
+    """Mean absolute pixel change when ``name`` is switched on for this person."""
+    return float(np.abs(pixels(plain(), identity, cues) - pixels(plain(**{name: 1}), identity, cues)).mean())
+
+
+@pytest.mark.parametrize("name", SUBTLE_TARGETS)
+def test_subtle_cues_are_fainter_and_vary_from_person_to_person(name):
+    base = plain(Young=1) if name != "Young" else plain()  # plain() is old: Young=0
+    def strength(identity, cues):
+        on = {**base, name: 1 - base[name]} if name != "Mustache" else {**base, "Male": 1, "Mustache": 1}
+        off = base if name != "Mustache" else {**base, "Male": 1}
+        return float(np.abs(pixels(off, identity, cues) - pixels(on, identity, cues)).mean())
+
+    salient = np.array([strength(i, "salient") for i in range(16)])
+    subtle = np.array([strength(i, "subtle") for i in range(16)])
+    assert (subtle > 0).mean() >= 0.75, subtle  # still drawn for most people ...
+    assert subtle.mean() < 0.75 * salient.mean(), (subtle.mean(), salient.mean())  # ... but fainter
+    assert subtle.std() > 0.1 * subtle.mean()  # and more for some people than for others
+
+
+@pytest.mark.parametrize("name", ["Eyeglasses", "Wearing_Hat", "Pale_Skin", "Male"])
+def test_shortcuts_and_the_male_cue_look_the_same_in_both_styles(name):
+    for identity in range(6):
+        changed = [np.abs(pixels(plain(), identity, cues) - pixels(plain(**{name: 1}), identity, cues)).max(axis=2) > 0
+                   for cues in CUES]
+        overlap = (changed[0] & changed[1]).sum() / max(changed[0].sum(), 1)
+        assert overlap > 0.85, (name, identity, overlap)  # the male jaw meets other strokes: not 1
+
+
+def test_default_cues_make_the_target_subtle_and_keep_male_salient():
+    assert default_cues("Male") == "salient" and default_cues("Eyeglasses") == "salient"
+    assert all(default_cues(name) == "subtle" for name in SUBTLE_TARGETS)
+    with pytest.raises(ConfigError) as info:
+        render_face(plain(), 0, cues="faint")
+    assert "faint" in info.value.problem and "subtle" in info.value.fix
+
+
+def test_written_folder_records_its_cues_and_renders_back_in_them(tmp_path):
+    out = write_synthfaces(tmp_path / "young", n=40, scenario=Scenario("Young", "Pale_Skin"), seed=3, cues="subtle")
+    assert json.loads((out / "synthfaces.json").read_text())["cues"] == read_cues(out) == "subtle"
+    ids, ds = read_identities(out), load_dataset("celeba", out)
+    image_id = ds.table.index[0]
+    attrs = ds.table.loc[image_id, list(ATTRIBUTES)].to_dict()
+    with Image.open(ds.table.loc[image_id, "path"]) as img:
+        on_disk = np.asarray(img.convert("RGB"), dtype=np.int16)
+    for cues, close in (("subtle", True), ("salient", False)):
+        error = np.abs(on_disk - pixels(attrs, int(ids[image_id]), cues)).mean()
+        assert (error < 3.0) == close, (cues, error)
+    with pytest.raises(ConfigError):
+        write_synthfaces(tmp_path / "bad", n=40, cues="faint")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_read_cues_of_older_and_broken_folders(tmp_path):
+    assert read_cues(tmp_path) == "salient"  # written before cue styles: no synthfaces.json entry
+    (tmp_path / "synthfaces.json").write_text("{not json")
+    with pytest.raises(DataError) as info:
+        read_cues(tmp_path)
+    assert "synthfaces.json" in info.value.problem and info.value.fix
 
 
 # -------------------------------------------------------------------------------------- sampling
@@ -510,11 +579,11 @@ def _failing_renderer(monkeypatch, fail_at: int = 10):
     calls = {"n": 0}
     real = synthfaces.render_face
 
-    def render(attributes, identity, size=IMAGE_SIZE):
+    def render(attributes, identity, size=IMAGE_SIZE, cues="salient"):
         calls["n"] += 1
         if calls["n"] == fail_at:
             raise RuntimeError("renderer exploded")
-        return real(attributes, identity, size)
+        return real(attributes, identity, size, cues)
 
     monkeypatch.setattr(synthfaces, "render_face", render)
     return calls

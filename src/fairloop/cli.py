@@ -20,7 +20,8 @@ from fairloop.errors import FairloopError
 from fairloop.io import check_destination
 
 app = typer.Typer(help="Debug and repair bias in image classifiers with counterfactual data.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+                  rich_markup_mode=None)  # None: docstring paragraphs are re-wrapped, not broken at each source line
 data_app = typer.Typer(help="Datasets: synthesize the embedded SynthFaces dataset.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 generator_app = typer.Typer(help="The embedded generator: train it (and its attribute oracle) from scratch.",
@@ -100,27 +101,33 @@ def data_synth(
     target: Annotated[str, typer.Option("--target", help="Target attribute of the scenario.")] = "Male",
     spurious: Annotated[str, typer.Option("--spurious", help="Attribute that shortcuts the target in the training split.")] = "Gray_Hair",
     correlation: Annotated[float, typer.Option("--correlation", help="P(spurious == target) in the training split; 0.5 is unbiased.")] = 0.95,
+    cues: Annotated[str, typer.Option("--cues", help="How attributes show: salient, subtle, or auto (subtle for the targets Young, Smiling, Wearing_Lipstick, Chubby and Mustache, else salient).")] = "auto",
     seed: SeedOpt = 0,
     force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
 ) -> None:
     """Write SynthFaces, the embedded face dataset, in CelebA's on-disk format.
 
     The training split carries the shortcut; validation and test are balanced over the four
-    target × spurious groups.
+    target × spurious groups. Male's own cue is always subtle (jaw and brows), so Male scenarios
+    bite in either cue style. With subtle cues, Young, Smiling, Wearing_Lipstick, Chubby and
+    Mustache show faintly too, and a salient shortcut costs ERM 0.2 or more worst-group accuracy
+    (README, "SynthFaces"); with salient cues they are learned without bias. The embedded
+    generator and the attribute oracle learned salient renders: on subtle data use --generator render.
     """
     from rich.table import Table
 
-    from fairloop.data.synthfaces import Scenario, write_synthfaces
+    from fairloop.data.synthfaces import Scenario, check_cues, default_cues, write_synthfaces
 
     scenario = Scenario(target, spurious, correlation).validate()
+    cues = default_cues(target) if cues == "auto" else check_cues(cues)
     check_destination(out, folder=True)
     with _progress() as progress:
-        folder = write_synthfaces(out, n=n, scenario=scenario, seed=seed, force=force,
+        folder = write_synthfaces(out, n=n, scenario=scenario, seed=seed, cues=cues, force=force,
                                   progress=lambda done, total: progress("render", done, total))
     import json
 
     groups = json.loads((folder / "synthfaces.json").read_text())["groups"]
-    table = Table(title=f"SynthFaces written to {folder}")
+    table = Table(title=f"SynthFaces ({cues} cues) written to {folder}")
     table.add_column("group")
     for split in groups:
         table.add_column(split, justify="right")
@@ -557,11 +564,15 @@ def run(
         data = _load(config.dataset, Path(config.root), csv)
         data.require_attribute(target, "target")
         data.require_attribute(protected, "protected")
-        from fairloop.data.synthfaces import is_synthfaces
+        from fairloop.data.synthfaces import SUBTLE_TARGETS, is_synthfaces, read_cues
 
         if config.generator == "embedded" and not is_synthfaces(config.root):
             console.print("warning: the embedded generator draws 64×64 SynthFaces-like faces, not photos like these; "
                           "for real photos use --generator sd --generator-model PATH_OR_ID on a GPU")
+        elif config.generator == "embedded" and read_cues(config.root) == "subtle":
+            console.print(f"warning: this SynthFaces folder has subtle cues, and the embedded generator learned salient "
+                          f"ones: its {', '.join(SUBTLE_TARGETS)} look plainer than this data's; "
+                          "--generator render draws them exactly")
         out = check_destination(out or Path("runs") / config.run_id(), folder=True)
         if (out / "config.json").exists():
             raise DataError(f"{out} already holds a run", f"continue it with --resume {out}, or choose another --out")

@@ -34,7 +34,7 @@ def counterfactual_search(classifier, dataset, target: str, *, n: int = 200, mod
     """Every method of ``methods`` on the same ``n`` query images of ``split``; the report as a dict
     (the first method's scores at the top level, every method under ``methods``)."""
     from fairloop.aip.generator import check_fits, load_aip_generator
-    from fairloop.data.synthfaces import is_synthfaces, read_identities
+    from fairloop.data.synthfaces import is_synthfaces, read_cues, read_identities
     from fairloop.tools.quality import AttributeOracle
 
     config = config or SearchConfig()
@@ -68,7 +68,8 @@ def counterfactual_search(classifier, dataset, target: str, *, n: int = 200, mod
         if method == "exact":
             rows = table[names].astype(int).to_dict("records")
             identities = read_identities(dataset.root).loc[ids].astype(int).tolist()
-            result = exact_flips(classifier, rows, identities, target, names, original_decisions)
+            result = exact_flips(classifier, rows, identities, target, names, original_decisions,
+                                 cues=read_cues(dataset.root))
             reference, reference_decisions = x, original_decisions
         else:
             latent = method != "fgsm"

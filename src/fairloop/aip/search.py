@@ -168,9 +168,9 @@ def single_attribute_changes(row: dict[str, int], target: str, names: list[str])
 
 
 def exact_flips(classifier, rows: list[dict[str, int]], identities: list[int], target: str, names: list[str],
-                decisions: np.ndarray) -> Counterfactuals:
-    """Re-render every single change of every query (SynthFaces' renderer); the first change (in
-    attribute order) that flips an image is its counterfactual. Also counts, per attribute, the
+                decisions: np.ndarray, cues: str = "salient") -> Counterfactuals:
+    """Re-render every single change of every query (SynthFaces' renderer, in the dataset's ``cues``
+    style); the first change (in attribute order) that flips an image is its counterfactual. Also counts, per attribute, the
     images that some change touching it flips (each image once per attribute)."""
     from fairloop.data.synthfaces import render_face
     from fairloop.tools.quality import as_image_tensor
@@ -181,7 +181,7 @@ def exact_flips(classifier, rows: list[dict[str, int]], identities: list[int], t
     with torch.no_grad():
         for row, identity, decision in zip(rows, identities, decisions):
             changes = single_attribute_changes(row, target, names)
-            batch = as_image_tensor([render_face(attrs, identity) for _, attrs in changes])
+            batch = as_image_tensor([render_face(attrs, identity, cues=cues) for _, attrs in changes])
             decided = (classifier(batch.to(device)).reshape(len(batch)) > 0).long().cpu().numpy()
             flipped = np.flatnonzero(decided != decision)
             flips.update({a for i in flipped for a in changes[i][0]})

@@ -13,6 +13,8 @@ and test are balanced over the four target × spurious groups.
 
 The target's true cue is deliberately subtle: men have a slightly squarer jaw and thicker, lower
 brows, each with individual variation, while the default shortcut (gray hair) colours a large area.
+With ``cues="subtle"`` (:data:`CUES`) age, smiles, lipstick, chubbiness and moustaches are drawn the
+same way, faint and varying from person to person, so those targets have a shortcut that bites too.
 """
 
 from __future__ import annotations
@@ -64,6 +66,18 @@ IMAGE_SIZE = 64
 #: salient shortcut (hair colour, glasses, a hat, pale skin) bites when one of them is the target.
 CUES = ("salient", "subtle")
 SUBTLE_TARGETS = ("Young", "Smiling", "Wearing_Lipstick", "Chubby", "Mustache")
+
+
+def default_cues(target: str) -> str:
+    """The cue style a scenario gets unless told: ``subtle`` when its target is one of
+    :data:`SUBTLE_TARGETS` (so its shortcut bites), else ``salient`` (what the embedded generator knows)."""
+    return "subtle" if target in SUBTLE_TARGETS else "salient"
+
+
+def check_cues(cues: str) -> str:
+    if cues not in CUES:
+        raise ConfigError(f"unknown SynthFaces cue style {cues!r}", f"use one of {', '.join(CUES)}")
+    return cues
 _CANVAS = 128  # drawn at twice the size, then downsampled with antialiasing
 #: How renders are stored: CelebA's .jpg, without chroma subsampling, which blurs 1-pixel details.
 JPEG_SETTINGS = {"quality": 95, "subsampling": 0}
@@ -224,9 +238,7 @@ def render_face(attributes: Mapping[str, int], identity: int, size: int = IMAGE_
     """
     from PIL import Image, ImageDraw
 
-    if cues not in CUES:
-        raise ConfigError(f"unknown SynthFaces cue style {cues!r}", f"use one of {', '.join(CUES)}")
-    subtle = cues == "subtle"
+    subtle = check_cues(cues) == "subtle"
 
     a = {name: bool(attributes.get(name, 0)) for name in ATTRIBUTES}
     r = np.random.default_rng(int(identity))
@@ -418,6 +430,7 @@ def write_synthfaces(out: str | Path, *, n: int = 12000, scenario: Scenario = Sc
         if not force:
             raise DataError(f"{out} already exists and is not empty",
                             "choose another --out, or pass --force to replace it")
+    check_cues(cues)
     table = scenario_table(n, scenario, seed)
     tmp = work_folder(out)
     try:
@@ -476,6 +489,19 @@ def render_pool(n: int, seed: int, progress: Callable[[int, int], None] | None =
 def is_synthfaces(root: str | Path) -> bool:
     """Whether ``root`` was written by ``fairloop data synth`` (the attribute oracle's domain)."""
     return (Path(root) / "list_identity_synthfaces.txt").is_file()
+
+
+def read_cues(root: str | Path) -> str:
+    """The cue style a SynthFaces folder was rendered with (folders from before styles existed: salient)."""
+    meta = Path(root) / "synthfaces.json"
+    if not meta.is_file():
+        return "salient"
+    try:
+        cues = json.loads(meta.read_text()).get("cues", "salient")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise DataError(f"{meta} cannot be read ({exc})",
+                        "re-create the folder with 'fairloop data synth', or restore synthfaces.json") from None
+    return check_cues(cues)
 
 
 def read_identities(root: str | Path) -> pd.Series:

@@ -53,13 +53,14 @@ def scenario_root(config: ExperimentConfig, scenario: ScenarioSpec, experiment: 
         data.require_attribute(scenario.target, "target")
         data.require_attribute(scenario.protected, "protected")
         return str(Path(config.root).absolute())
-    from fairloop.data.synthfaces import Scenario, write_synthfaces
+    from fairloop.data.synthfaces import Scenario, default_cues, write_synthfaces
 
     folder = experiment / "data" / f"{scenario.key}-n{config.n}-d{config.data_seed}"
     if not (folder / "list_attr_celeba.txt").exists():
         spec = Scenario(scenario.target, scenario.protected, scenario.correlation).validate()
         log(f"synthesizing {folder.name} …")
-        write_synthfaces(folder, n=config.n, scenario=spec, seed=config.data_seed, force=True)
+        write_synthfaces(folder, n=config.n, scenario=spec, seed=config.data_seed, cues=default_cues(spec.target),
+                         force=True)
     return str(folder.absolute())
 
 

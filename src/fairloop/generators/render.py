@@ -22,7 +22,7 @@ class RenderGenerator(Generator):
     exact = True
 
     def generate(self, request, out_dir, *, sources=None, progress=None) -> GenerationResult:
-        from fairloop.data.synthfaces import ATTRIBUTES, read_identities, render_face, sample_attributes
+        from fairloop.data.synthfaces import ATTRIBUTES, is_synthfaces, read_cues, read_identities, render_face, sample_attributes
 
         request.validate()
         out_dir = Path(out_dir)
@@ -30,6 +30,8 @@ class RenderGenerator(Generator):
         edits, negative, notes = request_edits(request, ATTRIBUTES)
         result = GenerationResult(notes=notes)
         rng = np.random.default_rng(request.seed)
+        # new faces and edits alike are drawn in the dataset's cue style, so they look like its images
+        cues = read_cues(sources.root) if sources is not None and is_synthfaces(sources.root) else "salient"
 
         identities = None
         if request.source_ids:
@@ -55,10 +57,11 @@ class RenderGenerator(Generator):
 
         for k, (source_id, base, seed) in enumerate(zip(ids, base_rows, seeds)):
             attributes = apply_edits(base, edits, rng, avoid=negative)
-            key = hashlib.sha256(f"{seed}:{sorted(attributes.items())}".encode()).hexdigest()[:16]
+            style = "" if cues == "salient" else f"{cues}:"  # salient keeps the names it always had
+            key = hashlib.sha256(f"{style}{seed}:{sorted(attributes.items())}".encode()).hexdigest()[:16]
             path = out_dir / f"{key}.png"
             if not finished_file(path):  # content-addressed: a resumed run does not redo finished images
-                image = render_face(attributes, seed)
+                image = render_face(attributes, seed, cues=cues)
                 atomic_write(path, lambda tmp, image=image: image.save(tmp, format="PNG"))
             result.rows.append({
                 "file": path.name, "path": str(path), "prompt": request.prompt,

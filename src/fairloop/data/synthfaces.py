@@ -60,6 +60,9 @@ DEPENDENCIES = {
 }
 
 IMAGE_SIZE = 64
+_CANVAS = 128  # drawn at twice the size, then downsampled with antialiasing
+#: How renders are stored: CelebA's .jpg, without chroma subsampling, which blurs 1-pixel details.
+JPEG_SETTINGS = {"quality": 95, "subsampling": 0}
 #: How attributes show in a render. ``salient``: every attribute but ``Male`` is plain to see (what the
 #: embedded generator and the attribute oracle learned). ``subtle``: the attributes in
 #: :data:`SUBTLE_TARGETS` show faintly, with individual variation, as ``Male`` always does, so a
@@ -75,12 +78,11 @@ def default_cues(target: str) -> str:
 
 
 def check_cues(cues: str) -> str:
+    """``cues`` itself when it names a style; a ConfigError naming the styles otherwise."""
     if cues not in CUES:
         raise ConfigError(f"unknown SynthFaces cue style {cues!r}", f"use one of {', '.join(CUES)}")
     return cues
-_CANVAS = 128  # drawn at twice the size, then downsampled with antialiasing
-#: How renders are stored: CelebA's .jpg, without chroma subsampling, which blurs 1-pixel details.
-JPEG_SETTINGS = {"quality": 95, "subsampling": 0}
+
 
 # --------------------------------------------------------------------------------------- sampling
 

@@ -61,15 +61,15 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['target']:<17} {r['shortcut']:<17} {r['seed']:>4} {r['training']:<8} {r['accuracy']:>6.3f} "
-              f"{r['wga']:>6.3f} {r['worst_group']:<30} {r['di']:>6.3f} {r['eod']:>7.3f} {r['rank']:>9} {r['seconds']:>8.0f}")
+        acc, wga, di, eod = (_num(r[key]) for key in ("accuracy", "wga", "di", "eod"))
+        print(f"{r['target']:<17} {r['shortcut']:<17} {r['seed']:>4} {r['training']:<8} {acc:>6} {wga:>6} "
+              f"{r['worst_group']!s:<30} {di:>6} {eod:>7} {r['rank']!s:>9} {r['seconds']:>8.0f}")
     print("\nWhat the shortcut costs ERM (oracle − ERM worst-group accuracy), mean ± 95 % CI over seeds")
     for target, shortcut in pairs:
-        def values(training, key):
-            return [r[key] for r in rows if (r["target"], r["shortcut"], r["training"]) == (target, shortcut, training)]
-        cost = t_interval(np.subtract(values("oracle", "wga"), values("erm", "wga")))
-        erm, oracle = t_interval(values("erm", "wga")), t_interval(values("oracle", "wga"))
-        print(f"{target:<17} {shortcut:<17} ERM WGA {_fmt(erm)}  oracle WGA {_fmt(oracle)}  cost {_fmt(cost)}")
+        erm, oracle = (_wga(rows, target, shortcut, training) for training in ("erm", "oracle"))
+        cost = t_interval(np.subtract(oracle, erm))
+        print(f"{target:<17} {shortcut:<17} ERM WGA {_fmt(t_interval(erm))}  oracle WGA {_fmt(t_interval(oracle))}  "
+              f"cost {_fmt(cost)}")
 
 
 def run_one(args, target: str, shortcut: str, correlation: float, seed: int) -> dict:
@@ -87,6 +87,16 @@ def run_one(args, target: str, shortcut: str, correlation: float, seed: int) -> 
             "accuracy": m["accuracy"], "wga": m["worst_group_accuracy"], "worst_group": result.metrics.worst_group,
             "di": m["disparate_impact"], "eod": m["equal_opportunity_difference"],
             "rank": result.explanation.rank_of(shortcut), "seconds": seconds}
+
+
+def _wga(rows: list[dict], target: str, shortcut: str, training: str) -> list[float]:
+    """Worst-group accuracies of one pair and training split, in seed order."""
+    return [r["wga"] for r in rows if (r["target"], r["shortcut"], r["training"]) == (target, shortcut, training)]
+
+
+def _num(value) -> str:
+    """A metric to 3 decimals; an undefined one (e.g. DI with no positive prediction) as "—"."""
+    return "—" if value is None else f"{value:.3f}"
 
 
 def _fmt(stat: dict) -> str:

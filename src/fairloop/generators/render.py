@@ -22,7 +22,14 @@ class RenderGenerator(Generator):
     exact = True
 
     def generate(self, request, out_dir, *, sources=None, progress=None) -> GenerationResult:
-        from fairloop.data.synthfaces import ATTRIBUTES, is_synthfaces, read_cues, read_identities, render_face, sample_attributes
+        from fairloop.data.synthfaces import (
+            ATTRIBUTES,
+            is_synthfaces,
+            read_cues,
+            read_identities,
+            render_face,
+            sample_attributes,
+        )
 
         request.validate()
         out_dir = Path(out_dir)

@@ -170,8 +170,8 @@ def single_attribute_changes(row: dict[str, int], target: str, names: list[str])
 def exact_flips(classifier, rows: list[dict[str, int]], identities: list[int], target: str, names: list[str],
                 decisions: np.ndarray, cues: str = "salient") -> Counterfactuals:
     """Re-render every single change of every query (SynthFaces' renderer, in the dataset's ``cues``
-    style); the first change (in attribute order) that flips an image is its counterfactual. Also counts, per attribute, the
-    images that some change touching it flips (each image once per attribute)."""
+    style); the first change (in attribute order) that flips an image is its counterfactual. Also
+    counts, per attribute, the images that some change touching it flips (each image once per attribute)."""
     from fairloop.data.synthfaces import render_face
     from fairloop.tools.quality import as_image_tensor
 

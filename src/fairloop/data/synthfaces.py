@@ -331,19 +331,19 @@ def render_face(attributes: Mapping[str, int], identity: int, size: int = IMAGE_
     d.line([(cx, ey + 3), (cx - 2, ey + 3 + nose_len), (cx + 2, ey + 3 + nose_len)], fill=darker, width=2)
     # mouth
     my = cy + 17 * scale
-    lips = _blend(darker, (170, 80, 80), 0.35)
+    natural_lips = _blend(darker, (170, 80, 80), 0.35)
     if subtle:  # closed lips, tinted by lipstick, whose corners rise with the smile
-        lips = _blend(lips, lipstick, 0.5 * max(lipstick_shade, 0.0))
+        lips = _blend(natural_lips, lipstick, 0.5 * max(lipstick_shade, 0.0))
         lift = 4 * smile
         d.line([(cx + t * mouth_w / 2, my + lift * (0.3 - t * t)) for t in np.linspace(-1, 1, 9)], fill=lips, width=3,
                joint="curve")
-    elif a["Smiling"]:
-        lips = lipstick if a["Wearing_Lipstick"] else lips
-        d.chord([cx - mouth_w / 2, my - 5, cx + mouth_w / 2, my + 7], 0, 180, fill=lips)
-        d.chord([cx - mouth_w / 2 + 3, my - 3, cx + mouth_w / 2 - 3, my + 3], 0, 180, fill=(250, 250, 250))
     else:
-        lips = lipstick if a["Wearing_Lipstick"] else lips
-        d.line([(cx - mouth_w / 2, my), (cx + mouth_w / 2, my)], fill=lips, width=4 if a["Wearing_Lipstick"] else 3)
+        lips = lipstick if a["Wearing_Lipstick"] else natural_lips
+        if a["Smiling"]:
+            d.chord([cx - mouth_w / 2, my - 5, cx + mouth_w / 2, my + 7], 0, 180, fill=lips)
+            d.chord([cx - mouth_w / 2 + 3, my - 3, cx + mouth_w / 2 - 3, my + 3], 0, 180, fill=(250, 250, 250))
+        else:
+            d.line([(cx - mouth_w / 2, my), (cx + mouth_w / 2, my)], fill=lips, width=4 if a["Wearing_Lipstick"] else 3)
     if subtle and stache_shade > 0 or not subtle and a["Mustache"]:
         stache = _blend(hair, (90, 90, 95), 0.3) if hair else (60, 45, 35)
         if subtle:

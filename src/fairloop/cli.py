@@ -113,8 +113,8 @@ def data_synth(
     Which targets are hard: Male's own cue is always subtle (jaw and brows), so a salient shortcut
     at 0.95 costs ERM about 0.4 worst-group accuracy in either cue style. With subtle cues (the
     auto choice for them) Young, Smiling, Wearing_Lipstick, Chubby and Mustache show faintly too,
-    and such a shortcut costs ERM 0.54-0.65 (Young), 0.88 (Smiling), 0.39 (Wearing_Lipstick), 0.80
-    (Chubby) and 0.69 (Mustache), measured on one seed (README, "SynthFaces"). With salient cues
+    and such a shortcut costs ERM 0.54-0.70 (Young), 0.88 (Smiling), 0.27-0.39 (Wearing_Lipstick),
+    0.80 (Chubby) and 0.69 (Mustache), measured on one to three seeds (README, "SynthFaces"). With salient cues
     ERM learned Young and Smiling without bias (worst-group accuracy 0.998 and 1.000). The
     embedded generator and the attribute oracle learned salient renders: on subtle data use
     --generator render.

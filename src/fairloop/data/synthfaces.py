@@ -344,7 +344,7 @@ def render_face(attributes: Mapping[str, int], identity: int, size: int = IMAGE_
             d.chord([cx - mouth_w / 2 + 3, my - 3, cx + mouth_w / 2 - 3, my + 3], 0, 180, fill=(250, 250, 250))
         else:
             d.line([(cx - mouth_w / 2, my), (cx + mouth_w / 2, my)], fill=lips, width=4 if a["Wearing_Lipstick"] else 3)
-    if subtle and stache_shade > 0 or not subtle and a["Mustache"]:
+    if (stache_shade > 0) if subtle else a["Mustache"]:
         stache = _blend(hair, (90, 90, 95), 0.3) if hair else (60, 45, 35)
         if subtle:
             stache = _blend(skin, stache, 0.55 * stache_shade)

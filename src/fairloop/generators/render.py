@@ -24,7 +24,6 @@ class RenderGenerator(Generator):
     def generate(self, request, out_dir, *, sources=None, progress=None) -> GenerationResult:
         from fairloop.data.synthfaces import (
             ATTRIBUTES,
-            is_synthfaces,
             read_cues,
             read_identities,
             render_face,
@@ -38,7 +37,8 @@ class RenderGenerator(Generator):
         result = GenerationResult(notes=notes)
         rng = np.random.default_rng(request.seed)
         # new faces and edits alike are drawn in the dataset's cue style, so they look like its images
-        cues = read_cues(sources.root) if sources is not None and is_synthfaces(sources.root) else "salient"
+        cues = read_cues(sources.root) if sources is not None else "salient"  # salient without synthfaces.json
+        style = "" if cues == "salient" else f"{cues}:"  # in the file name; salient keeps the names it always had
 
         identities = None
         if request.source_ids:
@@ -64,7 +64,6 @@ class RenderGenerator(Generator):
 
         for k, (source_id, base, seed) in enumerate(zip(ids, base_rows, seeds)):
             attributes = apply_edits(base, edits, rng, avoid=negative)
-            style = "" if cues == "salient" else f"{cues}:"  # salient keeps the names it always had
             key = hashlib.sha256(f"{style}{seed}:{sorted(attributes.items())}".encode()).hexdigest()[:16]
             path = out_dir / f"{key}.png"
             if not finished_file(path):  # content-addressed: a resumed run does not redo finished images

@@ -7,7 +7,8 @@ Without RUN, runs ``fairloop run --out <tmp>/run --memory <tmp>/memory`` as a su
 repository root on the embedded defaults (it synthesizes data/synthfaces first if that folder is
 absent) and times the whole command; options after ``--`` go to ``fairloop run`` (e.g.
 ``-- --max-iterations 1``). The memory folder is a fresh one, so recalls of earlier runs do not
-change what the analyzer sees. With RUN, reads that existing run folder instead.
+change what the analyzer sees, and the baseline is trained (``--fresh-baseline``), not taken from
+an earlier run. With RUN, reads that existing run folder instead.
 
 From RUN/trace.jsonl prints the seconds of each node kind (setup = baseline training or loading,
 measure, explain, recall, analyze, generate, finetune, evaluate, decide, report) summed over the
@@ -41,7 +42,7 @@ def run_fairloop(extra: list[str]) -> tuple[Path, float, int]:
     tmp = Path(tempfile.mkdtemp(prefix="fairloop-stages-", dir=REPO / "runs" if (REPO / "runs").is_dir() else None))
     script = Path(sys.executable).with_name("fairloop")
     command = [str(script)] if script.exists() else [sys.executable, "-c", "from fairloop.cli import main; main()"]
-    command += ["run", "--out", str(tmp / "run"), "--memory", str(tmp / "memory"), *extra]
+    command += ["run", "--out", str(tmp / "run"), "--memory", str(tmp / "memory"), "--fresh-baseline", *extra]
     print("$ " + " ".join(command), flush=True)
     t0 = time.perf_counter()
     rc = subprocess.run(command, cwd=REPO).returncode

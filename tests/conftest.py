@@ -15,6 +15,16 @@ TARGET = "Male"
 PROTECTED = "Gray_Hair"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fairloop_home(tmp_path_factory):
+    """A home of the test session's own ($FAIRLOOP_HOME): runs keep baselines and memory there, and
+    a test must never read what the user's runs left in ~/.fairloop, nor write into it."""
+    with pytest.MonkeyPatch.context() as patch:
+        home = tmp_path_factory.mktemp("fairloop-home")
+        patch.setenv("FAIRLOOP_HOME", str(home))
+        yield home
+
+
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory) -> Path:
     """A SynthFaces folder in CelebA layout: 160 images, 112 train / 24 val / 24 test."""

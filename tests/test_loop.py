@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -182,6 +183,44 @@ def test_a_non_exact_generator_gets_group_balanced_real_images_and_a_bolder_mix(
     # it was also fine-tuned at the bolder mix, and kept whichever validation ranked higher
     bolder = round(min(MAX_MIX, first["asked_mix_ratio"] * BOLDER_MIX), 4)
     assert mixes == [first["asked_mix_ratio"], bolder] and first["mix_ratio"] in mixes
+
+
+def test_a_second_run_takes_the_baseline_from_the_cache_only_for_the_same_data_and_settings(synth_root, tmp_path,
+                                                                                           monkeypatch):
+    from fairloop.runs import steps
+    from fairloop.vision import train
+
+    monkeypatch.setenv("FAIRLOOP_HOME", str(tmp_path / "home"))
+    config = RunConfig(root=str(synth_root), baseline_epochs=1, device="cpu", reuse_baseline=True)
+    messages: list[str] = []
+
+    def baseline(name, **changes):
+        return steps.train_baseline(RunServices(replace(config, **changes), RunFolder(tmp_path / name),
+                                                log=messages.append))
+
+    first = baseline("a")
+    assert len(list(steps.baseline_cache().glob("*.safetensors"))) == 1
+    trained = train.train_classifier
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(train, "train_classifier", no_training)
+    assert steps.model_key(baseline("b")) == steps.model_key(first)  # the same weights, untrained
+    assert any("an earlier run trained on this data" in m for m in messages)
+    with pytest.raises(AssertionError, match="trained again"):  # other settings: another baseline
+        baseline("c", baseline_epochs=2)
+    with pytest.raises(AssertionError, match="trained again"):  # asked not to reuse
+        baseline("d", reuse_baseline=False)
+
+    monkeypatch.setattr(train, "train_classifier", trained)
+    for cached in steps.baseline_cache().glob("*.safetensors"):
+        cached.write_bytes(b"not a checkpoint")
+    messages.clear()
+    # a damaged cache is reported and trained over; training again gives the very same weights
+    assert steps.model_key(baseline("e")) == steps.model_key(first)
+    assert any("ignoring a cached baseline" in m for m in messages)
+    assert steps.model_key(baseline("f")) == steps.model_key(first) and "earlier run" in messages[-1]
 
 
 def test_second_run_recalls_the_first(synth_root, tiny_checkpoint, tmp_path):

@@ -512,6 +512,7 @@ def run(
     stop_margin: Annotated[float, typer.Option("--stop-margin", help="The loop stops once inside the band by this share of its width (validation metrics are estimates); 0 stops at the edge.")] = 0.4,
     accuracy_budget: Annotated[float, typer.Option("--accuracy-budget", help="Max drop of validation accuracy (0.01 = 1 point).")] = 0.01,
     baseline: Annotated[Optional[Path], typer.Option("--baseline", help="Start from this checkpoint instead of training one.")] = None,
+    fresh_baseline: Annotated[bool, typer.Option("--fresh-baseline", help="Train the baseline even when an earlier run trained one on the same data with the same settings (kept in $FAIRLOOP_HOME/baselines and reused by default).")] = False,
     finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="Fine-tuning epochs per iteration (early-stopped on validation).")] = 2,
     memory: Annotated[Optional[Path], typer.Option("--memory", help="Memory folder (default: $FAIRLOOP_HOME/memory, ~/.fairloop/memory).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default: runs/<run id>).")] = None,
@@ -549,8 +550,9 @@ def run(
                            max_images=max_images, images_per_iteration=images_per_iteration,
                            accuracy_budget=accuracy_budget, stop_margin=stop_margin,
                            **_parse_band(fair_band),
-                           baseline=str(baseline) if baseline else None, finetune_epochs=finetune_epochs,
-                           memory=str(memory) if memory else None, seed=seed, device=device).validate()
+                           baseline=str(baseline) if baseline else None, reuse_baseline=not fresh_baseline,
+                           finetune_epochs=finetune_epochs, memory=str(memory) if memory else None, seed=seed,
+                           device=device).validate()
         from fairloop.generators import make_generator
 
         # bad input fails before a run folder exists (the generator checks its weights without loading them)

@@ -41,6 +41,7 @@ class RunConfig:
     arch: str = "smallcnn"
     baseline_epochs: int = 8
     baseline: str | None = None       # an existing checkpoint to start from
+    reuse_baseline: bool = False      # take a baseline trained before on the same data and settings (steps.train_baseline)
     finetune_epochs: int = 2
     finetune_mode: str = "full"
     seed: int = 0

@@ -47,15 +47,75 @@ def save_model(services: RunServices, model, meta: dict[str, Any]) -> str:
 
 
 def train_baseline(services: RunServices) -> str:
-    """Train the run's starting classifier (ERM on the training split) and save it; its relative path."""
+    """Train the run's starting classifier (ERM on the training split) and save it; its relative path.
+
+    With ``config.reuse_baseline`` a baseline that an earlier run trained on the same data with the
+    same settings is taken from :func:`baseline_cache` instead: training on the CPU is deterministic
+    for a given seed, thread count and torch, so it is the model this run would train (the key holds
+    all of them), and a second run on a scenario skips the few minutes of training."""
     from fairloop.vision.train import TrainConfig, train_classifier
 
     cfg = services.config
     train_cfg = TrainConfig(arch=cfg.arch, epochs=cfg.baseline_epochs, seed=cfg.seed, device=cfg.device)
+    data_hash = services.dataset.fingerprint()
+    cached = baseline_cache() / baseline_key(train_cfg, cfg.target, data_hash, services.device) \
+        if cfg.reuse_baseline else None
+    if cached is not None:
+        model, meta = _cached_baseline(services, cached, cfg.target, data_hash)
+        if model is not None:
+            services.log(f"setup: the baseline an earlier run trained on this data with these settings ({cached}); "
+                         "--fresh-baseline trains it again")
+            return save_model(services, model, meta)
     model, history = train_classifier(services.dataset, cfg.target, train_cfg, progress=services.progress)
     meta = {"arch": cfg.arch, "target": cfg.target, "image_size": train_cfg.image_size,
-            "data_hash": services.dataset.fingerprint(), "history": history, "role": "baseline"}
+            "data_hash": data_hash, "history": history, "role": "baseline"}
+    if cached is not None:
+        from fairloop.vision.models import save_checkpoint
+
+        try:
+            save_checkpoint(model, cached, meta)
+        except OSError as exc:  # a cache that cannot be written costs the next run time, not this run
+            services.log(f"warning: the baseline was not kept for later runs ({exc})")
     return save_model(services, model, meta)
+
+
+def baseline_cache() -> Path:
+    """``$FAIRLOOP_HOME/baselines``: baselines kept for later runs on the same data."""
+    from fairloop.io import fairloop_home
+
+    return fairloop_home() / "baselines"
+
+
+def baseline_key(train_cfg, target: str, data_hash: str, device) -> str:
+    """The cache key of a baseline: everything its weights depend on (the thread count and torch's
+    version change float rounding)."""
+    import torch
+
+    from fairloop import __version__
+
+    settings = {k: v for k, v in vars(train_cfg).items() if k not in ("device", "num_workers")}
+    key = {"train": settings, "target": target, "data": data_hash, "device": torch.device(device).type,
+           "threads": torch.get_num_threads(), "torch": torch.__version__, "fairloop": __version__}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _cached_baseline(services: RunServices, stem: Path, target: str, data_hash: str):
+    """(model, meta) of a cached baseline that matches this run, else (None, None); a damaged or
+    mismatched file is reported and trained over."""
+    from fairloop.errors import DataError
+    from fairloop.vision.models import checkpoint_paths, load_checkpoint
+
+    if not all(path.is_file() for path in checkpoint_paths(stem)):
+        return None, None
+    try:
+        model, meta = load_checkpoint(stem, services.device)
+    except DataError as exc:
+        services.log(f"warning: ignoring a cached baseline: {exc.problem}")
+        return None, None
+    if meta.get("target") != target or meta.get("data_hash") != data_hash or meta.get("role") != "baseline":
+        services.log(f"warning: ignoring the cached baseline {stem}: it was trained for other data or another target")
+        return None, None
+    return model, meta
 
 
 def evaluate_model(services: RunServices, relative: str) -> dict[str, Any]:

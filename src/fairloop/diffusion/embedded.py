@@ -72,7 +72,8 @@ SCHEDULE: dict[str, Any] = dict(num_train_timesteps=1000, beta_start=0.00085, be
                                 steps_offset=1)
 #: Samplers over that schedule: ``ddim`` (first order) and ``dpm`` (DPM-Solver++ 2M, Lu et al.
 #: 2022), the default: at 10 steps its images score as DDIM's at 20 on bench_generator (prompts
-#: shown, edits shown and kept, all within 0.02) at 1.7× the speed.
+#: shown, edits shown and kept, all within 0.02) at 1.7× the speed; at 8 steps (the default of
+#: :class:`SamplingConfig`) as at 10, 10–14 % faster again. At 7 gray hair showed 0.047 less often.
 SOLVERS = ("ddim", "dpm")
 
 
@@ -130,7 +131,7 @@ class SamplingConfig:
     (never a run's data). ``strength=None`` lets the critic choose it per edit from
     :data:`EDIT_LADDER`; ``tries`` is how many seeds a text-to-image draw may use."""
 
-    steps: int = 10
+    steps: int = 8
     guidance: float = 5.0
     strength: float | None = None  # image-to-image: how far the source is noised (0 = unchanged, 1 = new image)
     tries: int = 3

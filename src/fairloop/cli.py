@@ -973,6 +973,28 @@ def generator_train(
     train_generator(config, work, out, log=_plain(console))
 
 
+@generator_app.command("distil")
+def generator_distil(
+    model: Annotated[Optional[Path], typer.Option("--model", help="The generator folder to distil (default: the packaged one).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Where the generator with its distilled UNet goes (default: --model's folder, replaced atomically).")] = None,
+    work: Annotated[Path, typer.Option("--work", help="Work folder: data pool and checkpoints; run again to resume.")] = Path("fairloop-distil-work"),
+    n: Annotated[int, typer.Option("--n", help="Renders in the distillation pool.")] = 6000,
+    steps: Annotated[int, typer.Option("--steps", help="Distillation steps (batch 32).")] = 2000,
+    threads: Annotated[int, typer.Option("--threads", help="torch threads (1 is faster when the machine is busy).")] = 2,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the distillation pool.")] = 20261207,
+) -> None:
+    """Guidance-distil the embedded generator's UNet: one pass per sampling step instead of two (about 40 min on two CPU cores)."""
+    from fairloop.diffusion.training import ASSETS, DistilConfig, distil_guidance
+    from fairloop.errors import ConfigError
+
+    if n < 32 or steps < 1:
+        raise ConfigError(f"--n {n} / --steps {steps} leave nothing to distil on", "use --n 32 or more and --steps 1 or more")
+    check_destination(work, folder=True, option="--work")
+    check_destination(out or model or ASSETS, folder=True)
+    config = DistilConfig(n_images=n, steps=steps, threads=threads, data_seed=seed)
+    distil_guidance(config, model, work, out, log=_plain(_console()))
+
+
 @generator_app.command("train-oracle")
 def generator_train_oracle(
     out: Annotated[Optional[Path], typer.Option("--out", help="Folder for oracle.safetensors + oracle.json (default: the package's own).")] = None,

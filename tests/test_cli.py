@@ -229,6 +229,8 @@ def bad_cases(synth_root, tiny_checkpoint, tmp_path_factory) -> dict[str, list]:
         "aip_generator_missing": ["aip", "--root", synth_root, "--target", "Male", "--model", tiny_checkpoint,
                                   "--generator", base / "no_generator", "--out", base / "a3"],
         "aip_work_is_a_file": ["generator", "train-aip", "--work", a_file],
+        "distil_no_steps": ["generator", "distil", "--work", base / "dw", "--out", base / "dg", "--steps", "0"],
+        "distil_out_is_a_file": ["generator", "distil", "--work", base / "dw", "--out", a_file],
         "_corrupt_image": first_test,
     }
 
@@ -268,6 +270,8 @@ EXPECTED = {
     "aip_exact_in_flip_mode": ["keep-label baseline", "--mode keep-label"],
     "aip_generator_missing": ["no AIP generator in", "fairloop generator train-aip"],
     "aip_work_is_a_file": ["--work", "a_file is a file, not a folder"],
+    "distil_no_steps": ["--steps 0 leave nothing to distil on", "--steps 1 or more"],
+    "distil_out_is_a_file": ["a_file is a file, not a folder"],
 }
 #: Run through a real ``python -m fairloop.cli`` process as well; each costs a torch import, so the
 #: other cases run through the same ``main()`` in this process.

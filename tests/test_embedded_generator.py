@@ -7,6 +7,7 @@ captions, resume, manifests — not image quality, which ``bench/bench_generator
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -408,6 +409,92 @@ def test_training_runs_every_stage_resumes_and_writes_a_loadable_generator(tmp_p
                    for m in logs)
     assert [m for m in logs if m.startswith("unet: step")] == [m for m in logs if "step 3/3" in m]
     assert EmbeddedPipeline.load(out).text_to_image(["a man"], [0])[0].size == (64, 64)
+
+
+class _GuidedByTeacher(torch.nn.Module):
+    """A stand-in for a perfectly distilled UNet: guidance at ``scale`` computed from the teacher's
+    two passes, in one call with the caption alone."""
+
+    def __init__(self, teacher, empty: torch.Tensor, scale: float):
+        super().__init__()
+        self.teacher, self.empty, self.scale, self.calls = teacher, empty, scale, []
+
+    def forward(self, latents, t, encoder_hidden_states):
+        from types import SimpleNamespace
+
+        self.calls.append(latents.shape[0])
+        n = latents.shape[0]
+        both = self.teacher(torch.cat([latents, latents]), t,
+                            encoder_hidden_states=torch.cat([self.empty.expand(n, -1, -1), encoder_hidden_states]))
+        uncond, cond = both.sample.chunk(2)
+        return SimpleNamespace(sample=uncond + self.scale * (cond - uncond))
+
+
+def test_one_pass_sampling_with_a_guided_unet_draws_what_two_passes_draw(random_generator):
+    """The one-pass path feeds the guided UNet what the two-pass path feeds the teacher (latents,
+    timesteps, caption, the edit's mask): with a guided UNet that is exactly the teacher's guidance,
+    the images agree; the teacher runs only for what distillation does not cover."""
+    from PIL import Image
+
+    from fairloop.diffusion.embedded import EmbeddedPipeline, SamplingConfig
+
+    teacher = EmbeddedPipeline.load(random_generator)
+    guided = _GuidedByTeacher(teacher.unet, teacher.text_encoder([""]), 5.0)
+    pipe = EmbeddedPipeline(teacher.vae, teacher.unet, teacher.scaling_factor, text_encoder=teacher.text_encoder,
+                            manifest={**teacher.manifest, "guided_unet": {"guidance": 5.0}}, guided_unet=guided)
+    one, two = SamplingConfig(steps=3, strength=0.7), SamplingConfig(steps=3, strength=0.7, distilled=False)
+    assert pipe.one_pass(one, "") and not pipe.one_pass(two, "") and not pipe.one_pass(one, "blurry")
+    assert not pipe.one_pass(SamplingConfig(guidance=3.0), "") and not teacher.one_pass(one, "")
+
+    def close(a, b):
+        return all(np.abs(np.asarray(x, int) - np.asarray(y, int)).max() <= 1 for x, y in zip(a, b))
+
+    drawn = pipe.text_to_image(["a man", "a woman"], [1, 2], config=one)
+    assert guided.calls == [2, 2, 2]  # one call a step, the batch's rows once
+    assert close(drawn, pipe.text_to_image(["a man", "a woman"], [1, 2], config=two))
+    assert guided.calls == [2, 2, 2]  # two-pass sampling never touches the guided UNet
+
+    sources = [Image.fromarray(np.asarray(im)) for im in drawn]
+    edit = dict(prompts=["a man with gray hair", "a woman with gray hair"], seeds=[5, 6],
+                source_prompts=["a man", "a woman"])
+    assert close(pipe.image_to_image(sources, **edit, config=one), pipe.image_to_image(sources, **edit, config=two))
+    inverted = pipe.image_to_image(sources, **edit, config=replace(one, edit="invert", solver="ddim"))
+    assert len(guided.calls) == 3 + 2 and len(inverted) == 2  # the masked edit's 2 steps at 0.7; inversion: none
+
+
+def test_negative_prompts_the_generator_cannot_read_are_dropped(random_generator, tmp_path):
+    gen = make_generator("embedded", model=str(random_generator), device="cpu", steps=1, tries=1)
+
+    def drawn(negative):
+        request = GenerationRequest("a man with black hair", n=1, label=1, target="Male", negative_prompt=negative)
+        return gen.generate(request, tmp_path / "out").rows[0]["path"]
+
+    assert drawn("blurry, distorted, watermark") == drawn("")  # nothing it knows: the same image, drawn once
+    assert drawn("eyeglasses") != drawn("")
+
+
+def test_guidance_distillation_adds_a_one_pass_unet_learns_and_resumes(random_generator, tmp_path):
+    from safetensors.torch import load_file
+
+    from fairloop.diffusion.embedded import EmbeddedPipeline, SamplingConfig
+    from fairloop.diffusion.training import DistilConfig, distil_guidance
+
+    cfg = DistilConfig(n_images=16, steps=2, batch_size=4, lr=1e-3, checkpoint_every=1, threads=1)
+    out = distil_guidance(cfg, random_generator, tmp_path / "work", tmp_path / "out", log=lambda m: None)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["guided_unet"]["guidance"] == 5.0 and manifest["scaling_factor"] == 1.0
+    teacher_file = "unet/diffusion_pytorch_model.safetensors"
+    assert (out / teacher_file).read_bytes() == (random_generator / teacher_file).read_bytes()
+    pipe = EmbeddedPipeline.load(out)
+    assert pipe.one_pass(SamplingConfig(), "") and pipe.model_id != EmbeddedPipeline.load(random_generator).model_id
+    student = load_file(out / "unet-guided" / "diffusion_pytorch_model.safetensors")
+    teacher = load_file(random_generator / teacher_file)
+    assert any(not torch.equal(student[k], teacher[k]) for k in teacher)  # it trained
+
+    logs: list[str] = []  # more steps later: the pool is reused and training continues from step 2
+    distil_guidance(replace(cfg, steps=3), random_generator, tmp_path / "work", tmp_path / "out", log=logs.append)
+    assert [m for m in logs if m.startswith(("pool", "encode", "distil"))] == [m for m in logs if "step 3/3" in m]
+    assert json.loads((tmp_path / "work" / "guided" / "step.json").read_text())["step"] == 3
 
 
 # ------------------------------------------------------------------------------------------ CLI

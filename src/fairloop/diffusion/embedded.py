@@ -8,7 +8,9 @@ embeddings (last hidden state, 32 tokens × 384) of the packaged all-MiniLM-L6-v
 (``fairloop/assets/embedded-generator``; ``manifest.json`` says how they were made).
 
 Sampling is DPM-Solver++ (2M) or DDIM (:data:`SOLVERS`) with classifier-free guidance; the
-negative prompt takes the place of the empty caption. Every image has its own seed, so a batch's
+negative prompt takes the place of the empty caption. Weights with a guidance-distilled UNet
+(``unet-guided/``, ``fairloop generator distil``) draw with one network pass a step instead of two
+where it applies (:meth:`EmbeddedPipeline.one_pass`). Every image has its own seed, so a batch's
 images do not depend on the batch size.
 Image-to-image is SDEdit: the source is encoded, noised to ``strength`` and denoised with the
 new caption. When the source has a caption, the edit is **masked** (DiffEdit, Couairon et al.
@@ -138,6 +140,7 @@ class SamplingConfig:
     batch_size: int = 32
     edit: str = "masked"      # image-to-image with captioned sources: one of EDIT_MODES (see image_to_image)
     solver: str = "dpm"       # one of SOLVERS; edit="invert" inverts with DDIM, so pairs with "ddim"
+    distilled: bool = True    # one pass per step with the guidance-distilled UNet, where it applies (one_pass)
 
     def __post_init__(self):
         if self.edit not in EDIT_MODES:
@@ -262,10 +265,12 @@ class EmbeddedPipeline:
     """Autoencoder + UNet + text encoder + a sampler, with text-to-image and image-to-image."""
 
     def __init__(self, vae, unet, scaling_factor: float, *, text_encoder: TextEncoder | None = None,
-                 device: str = "cpu", manifest: dict[str, Any] | None = None, critic: Critic | None = None):
+                 device: str = "cpu", manifest: dict[str, Any] | None = None, critic: Critic | None = None,
+                 guided_unet=None):
         self.device = device
         self.vae = vae.eval().to(device)
         self.unet = unet.eval().to(device)
+        self.guided_unet = None if guided_unet is None else guided_unet.eval().to(device)
         self.scaling_factor = float(scaling_factor)
         self.text_encoder = text_encoder or TextEncoder(device)
         self.scheduler = make_scheduler("ddim")  # the training schedule's noising (add_noise) at any timestep
@@ -280,15 +285,27 @@ class EmbeddedPipeline:
 
         folder = Path(folder) if folder else ASSETS
         manifest = read_manifest(folder)
+
+        def load_unet(name: str):
+            return UNet2DConditionModel.from_pretrained(folder / name, torch_dtype=torch.float32, local_files_only=True)
+
         try:
             vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32, local_files_only=True)
-            unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32,
-                                                        local_files_only=True)
+            unet = load_unet("unet")
+            guided = load_unet("unet-guided") if has_guided_unet(folder) else None
         except (OSError, ValueError) as exc:
             raise ConfigError(f"the embedded generator at {folder} cannot be loaded: {exc}",
                               "retrain it with `fairloop generator train`, or reinstall fairloop") from exc
         return cls(vae, unet, manifest["scaling_factor"], device=device, manifest=manifest,
-                   critic=Critic.load(folder, device))
+                   critic=Critic.load(folder, device), guided_unet=guided)
+
+    def one_pass(self, config: SamplingConfig, negative_prompt: str) -> bool:
+        """Whether sampling runs the guidance-distilled UNet, one pass a step: it learnt guidance at
+        one scale against the empty caption, so only that scale with no negative prompt qualifies
+        (inversion, edit masks and other settings run the two-pass teacher)."""
+        guided = self.manifest.get("guided_unet") or {}
+        return (config.distilled and self.guided_unet is not None and not negative_prompt
+                and config.guidance == guided.get("guidance"))
 
     @property
     def model_id(self) -> str:
@@ -420,11 +437,13 @@ class EmbeddedPipeline:
         n = len(prompts)
         cond = self.text_encoder(prompts)
         source_cond = None if source_prompts is None or config.edit == "sdedit" else self.text_encoder(source_prompts)
-        if config.edit == "invert" and source_cond is not None:
+        inverting = config.edit == "invert" and source_cond is not None
+        if inverting:
             uncond = source_cond
         else:
             uncond = self.text_encoder([negative_prompt]).expand(n, -1, -1)
         context = torch.cat([uncond, cond])
+        one_pass = not inverting and self.one_pass(config, negative_prompt)
         noise = self._noise(seeds, ())
         sampler = make_scheduler(config.solver)
         sampler.set_timesteps(config.steps)
@@ -447,9 +466,12 @@ class EmbeddedPipeline:
             if config.edit == "masked" and source_cond is not None:
                 mask = self.edit_mask(clean, cond, source_cond, seeds) if masks is None else masks.to(self.device)
         for k, t in enumerate(timesteps):
-            both = self.unet(torch.cat([latents, latents]), t, encoder_hidden_states=context).sample
-            eps_uncond, eps_cond = both.chunk(2)
-            eps = eps_uncond + config.guidance * (eps_cond - eps_uncond)
+            if one_pass:
+                eps = self.guided_unet(latents, t, encoder_hidden_states=cond).sample
+            else:
+                both = self.unet(torch.cat([latents, latents]), t, encoder_hidden_states=context).sample
+                eps_uncond, eps_cond = both.chunk(2)
+                eps = eps_uncond + config.guidance * (eps_cond - eps_uncond)
             latents = sampler.step(eps, t, latents).prev_sample
             if mask is not None:  # outside the mask, the source as noisy as the next step expects
                 last = k + 1 == len(timesteps)
@@ -515,11 +537,11 @@ class EmbeddedGenerator(Generator):
     def __init__(self, folder: str | Path | None = None, *, device: str = "auto", steps: int | None = None,
                  guidance: float | None = None, strength: float | None = None, batch_size: int | None = None,
                  edit: str | None = None, tries: int | None = None, solver: str | None = None,
-                 cancel: threading.Event | None = None):
+                 distilled: bool | None = None, cancel: threading.Event | None = None):
         self.folder = Path(folder) if folder else ASSETS
         self.device = str(resolve_device(device))
         chosen = {"steps": steps, "guidance": guidance, "strength": strength, "batch_size": batch_size, "edit": edit,
-                  "tries": tries, "solver": solver}
+                  "tries": tries, "solver": solver, "distilled": distilled}
         if batch_size is None and torch.device(self.device).type == "cuda":  # the weights are a few MB
             chosen["batch_size"] = cuda_batch_size(torch.cuda.mem_get_info(torch.device(self.device))[0])
         self.sampling = SamplingConfig(**{k: v for k, v in chosen.items() if v is not None})
@@ -527,6 +549,7 @@ class EmbeddedGenerator(Generator):
         self._pipeline: EmbeddedPipeline | None = None
         self.model_id = model_id_of(read_manifest(self.folder))  # checks the weights exist, without loading them
         self.has_critic = Critic.saved_in(self.folder)
+        self.has_guided_unet = has_guided_unet(self.folder)
 
     @property
     def pipeline(self) -> EmbeddedPipeline:
@@ -542,6 +565,9 @@ class EmbeddedGenerator(Generator):
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         edits, avoid, notes = request_edits(request, ATTRIBUTES)
+        # the captions say every attribute, the avoided ones switched off; other words ("blurry,
+        # watermark") are nothing the generator learnt, and dropping them lets the one-pass UNet draw
+        negative = request.negative_prompt if avoid else ""
         result = GenerationResult(notes=notes)
         rng = np.random.default_rng(request.seed)
         seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=request.n)]
@@ -571,7 +597,7 @@ class EmbeddedGenerator(Generator):
 
         edit = None if not request.source_ids else (cfg.edit if source_prompts else "sdedit")
         fixed_strength = (cfg.strength or DEFAULT_STRENGTH) if request.source_ids and not checked else None
-        names = [self._file_name(p, request.negative_prompt, s, i, fixed_strength, edit, checked)
+        names = [self._file_name(p, negative, s, i, fixed_strength, edit, checked)
                  for p, s, i in zip(prompts, seeds, ids)]
         todo = [k for k, name in enumerate(names) if not finished_file(out_dir / name)]
         done = request.n - len(todo)
@@ -589,7 +615,7 @@ class EmbeddedGenerator(Generator):
                                       "run the same command again: finished images are kept and skipped")
                 chunk = part[start:start + cfg.batch_size]
                 images, details = self._draw(chunk, prompts, seeds, wanted, ids, sources, source_prompts,
-                                             request.negative_prompt, checked, ladder)
+                                             negative, checked, ladder)
                 for k, image, detail in zip(chunk, images, details):
                     info = PngInfo()
                     info.add_text(_PNG_KEY, json.dumps(detail))
@@ -650,6 +676,8 @@ class EmbeddedGenerator(Generator):
         key = [self.model_id, prompt, negative, seed, source_id, strength, edit, cfg.steps, cfg.guidance]
         if cfg.solver != "ddim":  # images drawn before solvers existed keep their names
             key.append(cfg.solver)
+        if self.has_guided_unet and not cfg.distilled:
+            key.append("two-pass")
         if checked:
             key.append([EDIT_LADDER, SKIP_RUNG_BELOW, RUNG_SAMPLE, UNCHANGED_BELOW, CHANGED_ABOVE]
                        if source_id is not None else cfg.tries)
@@ -684,6 +712,11 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         raise ConfigError(f"no embedded generator at {folder} (manifest.json is missing)",
                           "train it with `fairloop generator train`, or reinstall fairloop to get the packaged weights")
     return json.loads(path.read_text())
+
+
+def has_guided_unet(folder: Path) -> bool:
+    """Whether the weights in ``folder`` carry a guidance-distilled UNet (``fairloop generator distil``)."""
+    return (folder / "unet-guided" / "config.json").is_file()
 
 
 def retry_seed(seed: int, attempt: int) -> int:

@@ -417,6 +417,7 @@ def distil_guidance(cfg: DistilConfig, folder: str | Path | None, work: str | Pa
         "guidance": cfg.guidance, "config": asdict(cfg), "final_loss": round(loss.item(), 5),
         "seconds": round(time.time() - started_all, 1)}}
     tmp = work_folder(out)
+    tmp.chmod(0o755)
     shutil.copytree(folder, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("unet-guided", ".*"))
     copy.deepcopy(student).eval().half().save_pretrained(tmp / "unet-guided", safe_serialization=True)
     atomic_write_json(tmp / "manifest.json", manifest)

@@ -494,6 +494,7 @@ def test_guidance_distillation_adds_a_one_pass_unet_learns_and_resumes(random_ge
     logs: list[str] = []  # more steps later: the pool is reused and training continues from step 2
     distil_guidance(replace(cfg, steps=3), random_generator, tmp_path / "work", tmp_path / "out", log=logs.append)
     assert [m for m in logs if m.startswith(("pool", "encode", "distil"))] == [m for m in logs if "step 3/3" in m]
+    assert logs[0].endswith("eta 0:00")  # every step report says how long is left
     assert json.loads((tmp_path / "work" / "guided" / "step.json").read_text())["step"] == 3
 
 

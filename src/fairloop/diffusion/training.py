@@ -388,7 +388,7 @@ def distil_guidance(cfg: DistilConfig, folder: str | Path | None, work: str | Pa
     student = copy.deepcopy(teacher).train().requires_grad_(True)
     done = resume(work / "guided", student)
     num_steps = teacher_pipe.scheduler.config.num_train_timesteps
-    loss = torch.tensor(float("nan"))
+    final_loss = None  # none when a finished distillation is only written out again
     if done < cfg.steps:
         opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.0)
         resume_optimizer(work / "guided", opt)
@@ -413,8 +413,9 @@ def distil_guidance(cfg: DistilConfig, folder: str | Path | None, work: str | Pa
             opt.step()
             _checkpoint_and_log("distil", [(work / "guided", student, opt)], step, cfg.steps, done, started, loss,
                                 cfg, log)
+        final_loss = round(loss.item(), 5)
     manifest = {**teacher_pipe.manifest, "guided_unet": {
-        "guidance": cfg.guidance, "config": asdict(cfg), "final_loss": round(loss.item(), 5),
+        "guidance": cfg.guidance, "config": asdict(cfg), "final_loss": final_loss,
         "seconds": round(time.time() - started_all, 1)}}
     tmp = work_folder(out)
     tmp.chmod(0o755)
@@ -458,8 +459,11 @@ def _checkpoint_and_log(name: str, folders: list[tuple[Path, Any, Any]], step: i
         return
     for folder, model, opt in folders:
         checkpoint(folder, model, opt, step + 1)
+    from fairloop.progress import clock_text
+
     rate = (step + 1 - done) * cfg.batch_size / (time.time() - started)
-    log(f"{name}: step {step + 1}/{total}, loss {loss.item():.4f}, {rate:.0f} images/s")
+    eta = clock_text((total - step - 1) * cfg.batch_size / rate)
+    log(f"{name}: step {step + 1}/{total}, loss {loss.item():.4f}, {rate:.0f} images/s, eta {eta}")
 
 
 def resume(folder: Path, model) -> int:

@@ -983,7 +983,7 @@ def generator_distil(
     threads: Annotated[int, typer.Option("--threads", help="torch threads (1 is faster when the machine is busy).")] = 2,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the distillation pool.")] = 20261207,
 ) -> None:
-    """Guidance-distil the embedded generator's UNet: one pass per sampling step instead of two (about 40 min on two CPU cores)."""
+    """Guidance-distil the embedded generator's UNet: one pass per sampling step instead of two (about an hour on two CPU cores)."""
     from fairloop.diffusion.training import ASSETS, DistilConfig, distil_guidance
     from fairloop.errors import ConfigError
 

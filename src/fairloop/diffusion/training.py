@@ -453,7 +453,7 @@ def checkpoint(folder: Path, model, opt, step: int) -> None:
 
 
 def _checkpoint_and_log(name: str, folders: list[tuple[Path, Any, Any]], step: int, total: int, done: int,
-                        started: float, loss: torch.Tensor, cfg: GeneratorTrainConfig, log: Log) -> None:
+                        started: float, loss: torch.Tensor, cfg: GeneratorTrainConfig | DistilConfig, log: Log) -> None:
     """Every ``checkpoint_every`` steps and at the end: save ``(folder, model, optimizer)`` and report."""
     if (step + 1) % cfg.checkpoint_every and step + 1 != total:
         return

@@ -12,7 +12,8 @@ from dataclasses import replace
 
 import pytest
 
-from fairloop.graphs.loop import run_loop
+from fairloop.errors import ConfigError
+from fairloop.graphs.loop import MIN_BATCH, run_loop, size_batch
 from fairloop.runs import RunConfig, RunFolder, RunServices
 from fairloop.runs.steps import BOLDER_MIX, MAX_MIX
 from fairloop.tools.metrics import FairBand
@@ -60,6 +61,40 @@ def test_overshoot_and_band_distance():
     assert band.distance({**inside, "disparate_impact": None}) == 1.0
 
 
+def _sized(n_asked: int, before: float, after: float, *, accepted: bool = True, crossed: bool = False) -> dict:
+    """An iteration entry as decide writes it, with DI alone outside the band (distance = 0.8 − DI)."""
+    def metrics(distance: float) -> dict:
+        return {"disparate_impact": 0.8 - distance, "statistical_parity_difference": 0.0,
+                "equal_opportunity_difference": 0.0, "average_odds_difference": 0.0}
+    return {"iteration": 1, "n_generated": n_asked - 10, "accepted": accepted, "crossed": crossed,
+            "val_before": metrics(before), "val_metrics": metrics(after),
+            "analysis": {"decision": {"plans": [{"n_images": n_asked // 2}, {"n_images": n_asked - n_asked // 2}]}}}
+
+
+def test_batches_are_sized_from_what_the_last_one_bought():
+    band = FairBand()
+    assert size_batch([], band, 1000) == (1000, "first batch")
+    n, why = size_batch([_sized(1000, 0.4, 0.1)], band, 1000)  # 0.3 closed per 1,000: 0.1 left takes 334
+    assert n == 334 and "0.100 is left" in why
+    assert size_batch([_sized(1000, 0.4, 0.38)], band, 1000)[0] == 19000  # the caller caps it by the budgets
+    assert size_batch([_sized(1000, 0.4, 0.39)], band, 1000)[0] == 39000
+    assert size_batch([_sized(1000, 0.4, 0.0, crossed=True, accepted=False)], band, 1000)[0] == 500
+    assert size_batch([_sized(1000, 0.4, 0.3, accepted=False)], band, 1000)[0] == 2000  # rolled back: twice
+    assert size_batch([_sized(1000, 0.4, 0.3995)], band, 1000)[0] == 2000  # too little to extrapolate from
+    assert size_batch([_sized(1000, 0.4, 0.001)], band, 1000)[0] == MIN_BATCH
+    # the latest iteration that drew images counts; one that drew none (or an older run's entry) is skipped
+    skipped = [_sized(1000, 0.4, 0.1), {"iteration": 2, "n_generated": 0, "accepted": False}]
+    assert size_batch(skipped, band, 1000)[0] == 334
+
+
+def test_first_batch_is_checked_and_older_runs_keep_the_analyzers_counts():
+    assert RunConfig().first_batch == 1000
+    assert RunConfig.from_dict({"llm": "rules"}).first_batch == 0  # saved before the loop sized batches
+    assert RunConfig.from_dict({"first_batch": 300}).first_batch == 300
+    with pytest.raises(ConfigError, match="--first-batch -1"):
+        RunConfig(first_batch=-1).validate()
+
+
 def test_run_end_to_end_writes_summary_report_trace_and_memory(synth_root, tiny_checkpoint, tmp_path, monkeypatch):
     from fairloop.tools import sources
 
@@ -79,6 +114,10 @@ def test_run_end_to_end_writes_summary_report_trace_and_memory(synth_root, tiny_
     assert summary["generator"]["exact_oracle"] is True
     assert summary["iterations"][0]["real_sampling"] == "uniform"  # exact renders: no rebalancing, no bolder mix
     assert summary["iterations"][0]["mix_ratio"] == summary["iterations"][0]["asked_mix_ratio"]
+    # the loop, not the analyzer, sets how many: the first batch, capped here by --images-per-iteration
+    analysis = summary["iterations"][0]["analysis"]
+    assert analysis["budget"] == 40 and sum(p["n_images"] for p in analysis["decision"]["plans"]) == 40
+    assert analysis["sizing"].startswith("first batch")
     assert summary["status"] == state["status"] != "running"
     # the final model is the last accepted candidate, or the baseline when none was accepted
     accepted = [it["model"] for it in summary["iterations"] if it["accepted"]]
@@ -240,7 +279,7 @@ def test_run_killed_in_its_second_iteration_resumes_without_redoing_the_first(sy
     base = [sys.executable, "-m", "fairloop.cli", "run"]
     args = ["--root", str(synth_root), "--baseline", str(biased_checkpoint), "--max-iterations", "2",
             "--max-images", "400", "--out", str(run), "--device", "cpu", "--fair-band", "0.999,1.001,0.0001", "--llm", "rules",
-            "--generator", "render"]  # what is tested is the resume, not the drawing: the embedded default took ~140 s
+            "--generator", "render", "--first-batch", "100"]  # what is tested is the resume, not the drawing: the embedded default took ~140 s
     errors = tmp_path / "stderr.txt"  # a file, not a pipe: progress lines must never fill a buffer and block the run
     with open(errors, "wb") as sink:
         proc = subprocess.Popen(base + args, env=env, stdout=subprocess.DEVNULL, stderr=sink, start_new_session=True)
@@ -290,7 +329,7 @@ def test_run_with_an_openai_compatible_endpoint_reports_the_answer_verbatim(synt
         "negative_prompt": "blurry", "mix_ratio": 0.3})
     with Stub([answer]) as stub:
         config = tiny_config(synth_root, tiny_checkpoint, tmp_path / "memory", max_iterations=1, llm="openai",
-                             llm_model="stub-model", llm_base_url=stub.url)
+                             llm_model="stub-model", llm_base_url=stub.url, first_batch=0)  # its counts, as asked
         folder = RunFolder(tmp_path / "run")
         folder.save_config(config)
         run_loop(RunServices(config, folder, log=lambda m: None))

@@ -138,15 +138,6 @@ def _finetune_arm(services, model: str, arm: str, seed: int) -> dict[str, Any]:
             "alpha": ft.alpha, "finetune": {k: ft.config[k] for k in ("mode", "objective", "real_sampling", "epochs")}}
 
 
-def scale_plans(plans: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
-    """The plans with their counts scaled to exactly ``n`` images in the same proportions (largest
-    remainders), so every arm makes the same number of images; no plans stay no plans."""
-    from fairloop.strategies.base import proportional_counts
-
-    counts = proportional_counts(n, [p["n_images"] for p in plans])
-    return [p | {"n_images": c} for p, c in zip(plans, counts) if c > 0]
-
-
 def _fixed_arm(services, model: str, config: ExperimentConfig, seed: int) -> dict[str, Any]:
     """One round: the strategy's proposal scaled to ``config.images`` images, generated, checked,
     and fine-tuned in at the experiment's mix ratio (the same for every arm)."""
@@ -159,6 +150,7 @@ def _fixed_arm(services, model: str, config: ExperimentConfig, seed: int) -> dic
         make_counterfactuals,
         train_groups,
     )
+    from fairloop.strategies.base import scale_plans
 
     metrics, explanation = evaluate_model(services, model), explain_model(services, model)
     context = analyzer_context(services, metrics["val"], explanation, train_groups=train_groups(services, []),
@@ -237,4 +229,4 @@ def _examples(services, manifest: str) -> list[dict[str, Any]]:
     return [{"path": r["path"], "prompt": r.get("prompt", ""), "label": r.get("label")} for r in rows]
 
 
-__all__ = ["Job", "fell_back", "read_result", "run_job", "scale_plans"]
+__all__ = ["Job", "fell_back", "read_result", "run_job"]

@@ -31,6 +31,7 @@ from fairloop.runs.steps import (
     train_baseline,
     train_groups,
 )
+from fairloop.strategies.base import scale_plans
 
 
 class Generated(TypedDict):
@@ -63,7 +64,7 @@ class LoopState(TypedDict, total=False):
     explanation: dict[str, Any]    # AttributeExplanation.as_dict() of the accepted model on val
     initial_explanation: dict[str, Any]
     recalled: list[str]
-    analysis: dict[str, Any]       # Proposal.as_dict() of this iteration's strategy, plus its "budget"
+    analysis: dict[str, Any]       # Proposal.as_dict() of this iteration's strategy, plus its "budget" (and "sizing")
     generated: Generated
     candidate: Candidate
     iterations: list[dict[str, Any]]
@@ -73,6 +74,35 @@ class LoopState(TypedDict, total=False):
     no_gain: int
     status: str
     report: dict[str, str]         # relative paths of summary.json and report.html
+
+
+# ----------------------------------------------------------------------------------------- sizing
+#: The fewest images a sized batch asks for: below this, one fine-tune learns little from them.
+MIN_BATCH = 200
+
+
+def size_batch(iterations: list[dict[str, Any]], band, first_batch: int) -> tuple[int, str]:
+    """How many images this iteration draws, from what the last batch bought on validation.
+
+    The analyzers' counts are unreliable (the packaged LLM asked for 200 and for 6,000 in the same
+    state), so the loop starts with ``first_batch`` and extrapolates: a batch that closed a share of
+    the distance to ``band`` and was accepted is followed by as many images as the rest takes at the
+    same rate; one that overshot by half as many; one that bought nothing (rolled back) by twice as
+    many. Never fewer than :data:`MIN_BATCH`; the caller caps the count by the budgets."""
+    last = next((it for it in reversed(iterations) if it.get("n_generated") and "val_before" in it), None)
+    if last is None:
+        return first_batch, "first batch"
+    asked = sum(int(p["n_images"]) for p in last["analysis"]["decision"]["plans"]) or first_batch
+    before, after = band.distance(last["val_before"]), band.distance(last["val_metrics"])
+    if last.get("crossed"):
+        n, why = asked / 2, f"half of iteration {last['iteration']}'s {asked}: it overshot the band"
+    elif last["accepted"] and before - after > 1e-3:
+        n = asked * after / (before - after)
+        why = (f"iteration {last['iteration']}'s {asked} images closed {before - after:.3f} of the distance to "
+               f"the band; {after:.3f} is left")
+    else:
+        n, why = asked * 2, f"twice iteration {last['iteration']}'s {asked}: they bought no accepted gain"
+    return max(MIN_BATCH, int(np.ceil(n))), why
 
 
 # ----------------------------------------------------------------------------------------- nodes
@@ -159,6 +189,10 @@ class MitigationLoop:
         cfg = self.config
         remaining = max(0, cfg.max_images - state["images_used"])
         budget = int(min(cfg.images_per_iteration * state.get("image_scale", 1.0), remaining))
+        sizing = None
+        if cfg.first_batch:
+            wanted, sizing = size_batch(state.get("iterations", []), cfg.target_band, cfg.first_batch)
+            budget = min(budget, wanted)
         context = analyzer_context(self.services, state["current"]["val"], state["explanation"],
                                    train_groups=train_groups(self.services, state.get("kept_manifests", [])), max_images=budget,
                                    iteration=state["iteration"], recalled=state.get("recalled", []),
@@ -173,7 +207,14 @@ class MitigationLoop:
         result = self.services.strategy.propose(context, np.random.default_rng([cfg.seed, state["iteration"]]))
         for error in result.errors:
             self.services.log(f"  analyzer answer rejected: {error}")
-        return {"analysis": result.as_dict() | {"budget": budget}}
+        analysis = result.as_dict() | {"budget": budget}
+        plans = analysis["decision"]["plans"]
+        if sizing and plans and analysis["decision"]["counterfactuals_needed"]:
+            # the strategy says what to draw and in which proportions; the loop says how many
+            analysis["decision"]["plans"] = scale_plans(plans, budget)
+            analysis["sizing"] = f"{sizing}: {sum(p['n_images'] for p in plans)} asked, {budget} drawn"
+            self.services.log(f"  image count: {analysis['sizing']}")
+        return {"analysis": analysis}
 
     def after_analyze(self, state: LoopState) -> str:
         decision = state["analysis"]["decision"]
@@ -247,8 +288,8 @@ class MitigationLoop:
                           f"{cand['worst_group_accuracy']:.3f}, DI {current['disparate_impact']:.3f} → "
                           f"{cand['disparate_impact']:.3f}")
             entry = {
-                "iteration": iteration, "accepted": accepted, "reason": reason,
-                "metrics": state["candidate"]["eval"]["test"], "val_metrics": cand,
+                "iteration": iteration, "accepted": accepted, "reason": reason, "crossed": bool(crossed),
+                "metrics": state["candidate"]["eval"]["test"], "val_metrics": cand, "val_before": current,
                 "n_generated": state["generated"]["n"], "asked_mix_ratio": decision["mix_ratio"],
                 "mix_ratio": state["candidate"].get("mix_ratio", decision["mix_ratio"]),
                 "alpha": state["candidate"]["alpha"], "model": state["candidate"]["model"],

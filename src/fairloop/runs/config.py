@@ -32,7 +32,8 @@ class RunConfig:
     llm_base_url: str | None = None
     max_iterations: int = 4
     max_images: int = 12000           # over the whole run
-    images_per_iteration: int = 6000  # 2,000 left the demo outside the band (README, "The main job in minutes")
+    images_per_iteration: int = 6000  # the most one iteration may ask for
+    first_batch: int = 1000           # images of the first iteration; later ones sized from what it bought (0: the analyzer's counts)
     accuracy_budget: float = 0.01     # max drop of validation accuracy vs the starting model
     di_low: float = 0.8
     di_high: float = 1.25
@@ -57,6 +58,9 @@ class RunConfig:
         if self.max_iterations < 1 or self.max_images < 0 or self.images_per_iteration < 1:
             raise ConfigError("--max-iterations, --max-images and --images-per-iteration must be positive",
                               "use e.g. --max-iterations 3 --max-images 12000")
+        if self.first_batch < 0:
+            raise ConfigError(f"--first-batch {self.first_batch} is not a number of images",
+                              "use e.g. --first-batch 1000, or 0 to take the analyzer's counts as asked")
         if self.finetune_epochs < 1:
             raise ConfigError(f"--finetune-epochs {self.finetune_epochs} trains nothing", "use e.g. --finetune-epochs 2")
         if not 0 <= self.stop_margin < 1:
@@ -103,6 +107,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         known = {f.name for f in fields(cls)}
+        data = {"first_batch": 0} | data  # a run made before the loop sized batches keeps the analyzer's counts
         return cls(**{k: v for k, v in data.items() if k in known})  # no strategy (an older run): from its llm
 
     def run_id(self) -> str:

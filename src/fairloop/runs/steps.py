@@ -87,15 +87,16 @@ def baseline_cache() -> Path:
 
 
 def baseline_key(train_cfg, target: str, data_hash: str, device) -> str:
-    """The cache key of a baseline: everything its weights depend on (the thread count and torch's
-    version change float rounding)."""
+    """The cache key of a baseline: everything its weights depend on (the thread count, torch's
+    version and the weights' memory layout change float rounding)."""
     import torch
 
     from fairloop import __version__
 
     settings = {k: v for k, v in vars(train_cfg).items() if k not in ("device", "num_workers")}
     key = {"train": settings, "target": target, "data": data_hash, "device": torch.device(device).type,
-           "threads": torch.get_num_threads(), "torch": torch.__version__, "fairloop": __version__}
+           "threads": torch.get_num_threads(), "torch": torch.__version__, "fairloop": __version__,
+           "layout": "channels_last"}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
 

@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from fairloop.errors import ConfigError
@@ -61,29 +62,34 @@ def test_overshoot_and_band_distance():
     assert band.distance({**inside, "disparate_impact": None}) == 1.0
 
 
-def _sized(n_asked: int, before: float, after: float, *, accepted: bool = True, crossed: bool = False) -> dict:
+def _sized(iteration: int, n_asked: int, before: float, after: float, *, accepted: bool = True,
+           crossed: bool = False) -> dict:
     """An iteration entry as decide writes it, with DI alone outside the band (distance = 0.8 − DI)."""
     def metrics(distance: float) -> dict:
         return {"disparate_impact": 0.8 - distance, "statistical_parity_difference": 0.0,
                 "equal_opportunity_difference": 0.0, "average_odds_difference": 0.0}
-    return {"iteration": 1, "n_generated": n_asked - 10, "accepted": accepted, "crossed": crossed,
+    return {"iteration": iteration, "n_generated": n_asked - 10, "accepted": accepted, "crossed": crossed,
             "val_before": metrics(before), "val_metrics": metrics(after),
             "analysis": {"decision": {"plans": [{"n_images": n_asked // 2}, {"n_images": n_asked - n_asked // 2}]}}}
 
 
-def test_batches_are_sized_from_what_the_last_one_bought():
+def test_batches_are_sized_from_what_the_runs_images_bought():
     band = FairBand()
     assert size_batch([], band, 1000) == (1000, "first batch")
-    n, why = size_batch([_sized(1000, 0.4, 0.1)], band, 1000)  # 0.3 closed per 1,000: 0.1 left takes 334, doubled
+    n, why = size_batch([_sized(1, 1000, 0.4, 0.1)], band, 1000)  # 0.3 closed per 1,000: 0.1 left takes 334, doubled
     assert n == 667 and "0.100 is left" in why
-    assert size_batch([_sized(1000, 0.4, 0.38)], band, 1000)[0] == 38000  # the caller caps it by the budgets
-    assert size_batch([_sized(1000, 0.4, 0.0, crossed=True, accepted=False)], band, 1000)[0] == 500
-    assert size_batch([_sized(1000, 0.4, 0.3, accepted=False)], band, 1000)[0] == 2000  # rolled back: twice
-    assert size_batch([_sized(1000, 0.4, 0.3995)], band, 1000)[0] == 2000  # too little to extrapolate from
-    assert size_batch([_sized(1000, 0.4, 0.01)], band, 1000)[0] == MIN_BATCH
-    # the latest iteration that drew images counts; one that drew none (or an older run's entry) is skipped
-    skipped = [_sized(1000, 0.4, 0.1), {"iteration": 2, "n_generated": 0, "accepted": False}]
-    assert size_batch(skipped, band, 1000)[0] == 667
+    assert size_batch([_sized(1, 1000, 0.4, 0.38)], band, 1000)[0] == 38000  # the caller caps it by the budgets
+    # the run's rate, not the last batch's: 200 more that closed 0.005 do not ask for 2 × 200 × 0.095 / 0.005
+    run = [_sized(1, 1000, 0.4, 0.1), _sized(2, 200, 0.1, 0.095)]
+    assert size_batch(run, band, 1000)[0] == int(np.ceil(2 * 1200 * 0.095 / 0.305))
+    assert size_batch(run + [_sized(3, 400, 0.095, 0.0, crossed=True, accepted=False)], band, 1000)[0] == MIN_BATCH
+    assert size_batch(run + [_sized(3, 600, 0.095, 0.0, crossed=True, accepted=False)], band, 1000)[0] == 300
+    assert size_batch(run + [_sized(3, 400, 0.095, 0.09, accepted=False)], band, 1000)[0] == 800  # rolled back: twice
+    assert size_batch([_sized(1, 1000, 0.4, 0.3995)], band, 1000)[0] == 2000  # too little to extrapolate from
+    assert size_batch([_sized(1, 1000, 0.4, 0.01)], band, 1000)[0] == MIN_BATCH
+    # an iteration that drew nothing (or an older run's entry, without val_before) is skipped
+    assert size_batch([_sized(1, 1000, 0.4, 0.1), {"iteration": 2, "n_generated": 0, "accepted": False}],
+                      band, 1000)[0] == 667
 
 
 def test_first_batch_is_checked_and_older_runs_keep_the_analyzers_counts():

@@ -38,7 +38,7 @@ class RunConfig:
     di_low: float = 0.8
     di_high: float = 1.25
     max_abs_diff: float = 0.05
-    stop_margin: float = 0.4          # the loop aims inside the band by this share of its width
+    stop_margin: float = 0.7          # the loop aims inside the band by this share of its width (see target_band)
     arch: str = "smallcnn"
     baseline_epochs: int = 8
     baseline: str | None = None       # an existing checkpoint to start from
@@ -64,7 +64,7 @@ class RunConfig:
         if self.finetune_epochs < 1:
             raise ConfigError(f"--finetune-epochs {self.finetune_epochs} trains nothing", "use e.g. --finetune-epochs 2")
         if not 0 <= self.stop_margin < 1:
-            raise ConfigError(f"--stop-margin {self.stop_margin} is not a fraction", "use e.g. 0.4 (0 stops at the band's edge)")
+            raise ConfigError(f"--stop-margin {self.stop_margin} is not a fraction", "use e.g. 0.7 (0 stops at the band's edge)")
         if not 0 <= self.accuracy_budget < 1:
             raise ConfigError(f"--accuracy-budget {self.accuracy_budget} is not a fraction", "use e.g. 0.01 (1 point)")
         from fairloop.generators import GENERATORS
@@ -96,9 +96,13 @@ class RunConfig:
         """What the loop aims for: the band less ``stop_margin`` of its width on each side.
 
         Validation metrics carry sampling error (one standard error of EOD is about 0.02 with 1,800
-        balanced images, 0.4 of the band's half-width), so a model that stops right at the band's
-        edge on validation lands outside it on fresh data about half the time. The fair band itself
-        still decides what counts as overshooting."""
+        balanced images), so a model that stops right at the band's edge on validation lands outside
+        it on fresh data about half the time. What matters is the validation − test difference, two
+        independent estimates: about 0.028. Stopping at the target's edge should still land inside
+        on test 9 times in 10, so the margin is 1.28 × 0.028 ≈ 0.036 of the 0.05 half-width: 0.7.
+        (0.4 was one standard error of validation alone; the demo's seed 0 then stopped at
+        validation EOD −0.024 and ended at test EOD −0.067.) The fair band itself still decides
+        what counts as overshooting."""
         return self.band.shrunk(self.stop_margin)
 
     def as_dict(self) -> dict[str, Any]:

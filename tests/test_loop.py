@@ -92,6 +92,30 @@ def test_batches_are_sized_from_what_the_runs_images_bought():
                       band, 1000)[0] == 667
 
 
+@pytest.mark.parametrize(("first_batch", "counterfactuals", "extra"), [
+    (1000, ["manifests/it1.json", "manifests/it2.json"], []),   # sized batches: every accepted one mixed in again
+    (0, ["manifests/it2.json"], ["manifests/it1.json"]),        # the analyzer's counts: kept ones join the real images
+])
+def test_finetune_reuses_accepted_counterfactuals_when_batches_are_sized(monkeypatch, first_batch, counterfactuals,
+                                                                          extra):
+    from types import SimpleNamespace
+
+    from fairloop.graphs import loop
+
+    calls = []
+
+    def fake_finetune(services, model, manifests, kept_manifests, **kwargs):
+        calls.append((manifests, kept_manifests))
+        return "models/candidate", SimpleNamespace(alpha=0.5, as_dict=dict, config={"mix_ratio": kwargs["mix_ratio"]})
+
+    monkeypatch.setattr(loop, "finetune_model", fake_finetune)
+    services = SimpleNamespace(config=RunConfig(first_batch=first_batch))
+    state = {"model": "models/current", "iteration": 2, "kept_manifests": ["manifests/it1.json"],
+             "generated": {"manifest": "manifests/it2.json"}, "analysis": {"decision": {"mix_ratio": 0.5}}}
+    loop.MitigationLoop.finetune.__wrapped__(loop.MitigationLoop(services), state)  # the node, untraced
+    assert calls == [(counterfactuals, extra)]
+
+
 def test_first_batch_is_checked_and_older_runs_keep_the_analyzers_counts():
     assert RunConfig().first_batch == 1000
     assert RunConfig.from_dict({"llm": "rules"}).first_batch == 0  # saved before the loop sized batches

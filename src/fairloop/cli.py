@@ -508,7 +508,7 @@ def run(
     max_iterations: Annotated[int, typer.Option("--max-iterations")] = 4,
     max_images: Annotated[int, typer.Option("--max-images", help="Counterfactual images over the whole run.")] = 12000,
     images_per_iteration: Annotated[int, typer.Option("--images-per-iteration", help="Counterfactual images one iteration may draw at most.")] = 6000,
-    first_batch: Annotated[int, typer.Option("--first-batch", help="Images the first iteration draws; each later iteration draws what the last one's measured effect on validation says the rest of the way takes. 0: as many as the analyzer asks.")] = 1000,
+    first_batch: Annotated[int, typer.Option("--first-batch", help="Images the first iteration draws; each later one draws what the run's images so far bought on validation says the rest of the way takes. 0: as many as the analyzer asks.")] = 1000,
     fair_band: Annotated[str, typer.Option("--fair-band", help="DI_LOW,DI_HIGH,MAX_ABS_DIFF: the run stops inside it.")] = "0.8,1.25,0.05",
     stop_margin: Annotated[float, typer.Option("--stop-margin", help="The loop stops once inside the band by this share of its width (validation metrics are estimates; 0.7 lands inside on test about 9 times in 10); 0 stops at the edge.")] = 0.7,
     accuracy_budget: Annotated[float, typer.Option("--accuracy-budget", help="Max drop of validation accuracy (0.01 = 1 point).")] = 0.01,

@@ -255,8 +255,12 @@ class MitigationLoop:
     # finetune / evaluate -------------------------------------------------------------------
     @traced("finetune")
     def finetune(self, state: LoopState) -> dict[str, Any]:
-        relative, result = finetune_model(self.services, state["model"], [state["generated"]["manifest"]],
-                                          state.get("kept_manifests", []),
+        new, kept = [state["generated"]["manifest"]], state.get("kept_manifests", [])
+        if self.config.first_batch:
+            # sized batches are small (200 images make a fine-tune of a few steps), so every accepted
+            # counterfactual is mixed in again with the new ones, not only kept among the real images
+            new, kept = kept + new, []
+        relative, result = finetune_model(self.services, state["model"], new, kept,
                                           mix_ratio=state["analysis"]["decision"]["mix_ratio"],
                                           seed=self.config.seed + state["iteration"],
                                           role=f"iteration {state['iteration']} candidate", bolder=True)

@@ -33,7 +33,7 @@ class RunConfig:
     max_iterations: int = 4
     max_images: int = 12000           # over the whole run
     images_per_iteration: int = 6000  # the most one iteration may ask for
-    first_batch: int = 1000           # images of the first iteration; later ones sized from what it bought (0: the analyzer's counts)
+    first_batch: int = 1000           # images of the first iteration; later ones sized from what the run's bought (0: the analyzer's counts)
     accuracy_budget: float = 0.01     # max drop of validation accuracy vs the starting model
     di_low: float = 0.8
     di_high: float = 1.25

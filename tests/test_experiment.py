@@ -13,8 +13,8 @@ import torch
 
 from fairloop.errors import ConfigError
 from fairloop.experiments import ExperimentConfig, ScenarioSpec, open_experiment, run_experiment
-from fairloop.strategies.base import scale_plans
 from fairloop.experiments.stats import paired, t_interval, unfairness
+from fairloop.strategies.base import scale_plans
 from fairloop.tools.finetune import reweighing_weights
 from fairloop.vision.train import GroupDRO
 

@@ -471,6 +471,7 @@ def test_negative_prompts_the_generator_cannot_read_are_dropped(random_generator
 
     assert drawn("blurry, distorted, watermark") == drawn("")  # nothing it knows: the same image, drawn once
     assert drawn("eyeglasses") != drawn("")
+    assert drawn("a woman with black hair, eyeglasses") == drawn("")  # contradicts the prompt: not read at all
 
 
 def test_guidance_distillation_adds_a_one_pass_unet_learns_and_resumes(random_generator, tmp_path):

@@ -566,8 +566,10 @@ class EmbeddedGenerator(Generator):
         out_dir.mkdir(parents=True, exist_ok=True)
         edits, avoid, notes = request_edits(request, ATTRIBUTES)
         # the captions say every attribute, the avoided ones switched off; other words ("blurry,
-        # watermark") are nothing the generator learnt, and dropping them lets the one-pass UNet draw
-        negative = request.negative_prompt if avoid else ""
+        # watermark") are nothing the generator learnt, and dropping them lets the one-pass UNet draw.
+        # A negative that names what the prompt asks for (an LLM wrote "a man with gray hair" for
+        # "a woman with gray hair": 548 of 1,000 passed the oracle, against 873) is dropped too.
+        negative = request.negative_prompt if avoid and not avoid & set(edits) else ""
         result = GenerationResult(notes=notes)
         rng = np.random.default_rng(request.seed)
         seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=request.n)]

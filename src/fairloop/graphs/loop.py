@@ -104,20 +104,17 @@ def size_batch(iterations: list[dict[str, Any]], band, first_batch: int) -> tupl
     drawn = [it for it in iterations if it.get("n_generated") and "val_before" in it]
     if not drawn:
         return first_batch, "first batch"
-    last = drawn[-1]
-    if last.get("crossed"):
-        return max(MIN_BATCH, _asked(last) // 2), f"half of iteration {last['iteration']}'s {_asked(last)}: it overshot the band"
-    if not last["accepted"]:
-        return max(MIN_BATCH, 2 * _asked(last)), (f"twice iteration {last['iteration']}'s {_asked(last)}: they bought "
-                                                  "no accepted gain")
-    accepted = [it for it in drawn if it["accepted"]]
-    images = sum(_asked(it) for it in accepted)
+    last, asked = drawn[-1], _asked(drawn[-1])
     start, now = band.distance(drawn[0]["val_before"]), band.distance(last["val_metrics"])
-    if start - now <= 1e-3:
-        return max(MIN_BATCH, 2 * _asked(last)), f"twice iteration {last['iteration']}'s {_asked(last)}: too little gain to measure"
-    n = RETURNS_DIMINISH * images * now / (start - now)
-    return max(MIN_BATCH, int(np.ceil(n))), (f"{images} accepted images closed {start - now:.3f} of the distance to the "
-                                             f"band; {now:.3f} is left")
+    if last.get("crossed"):
+        n, why = asked // 2, f"half of iteration {last['iteration']}'s {asked}: it overshot the band"
+    elif not last["accepted"] or start - now <= 1e-3:
+        n, why = 2 * asked, f"twice iteration {last['iteration']}'s {asked}: they bought no measurable accepted gain"
+    else:
+        images = sum(_asked(it) for it in drawn if it["accepted"])
+        n = int(np.ceil(RETURNS_DIMINISH * images * now / (start - now)))
+        why = f"{images} accepted images closed {start - now:.3f} of the distance to the band; {now:.3f} is left"
+    return max(MIN_BATCH, n), why
 
 
 # ----------------------------------------------------------------------------------------- nodes

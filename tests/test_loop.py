@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from fairloop.errors import ConfigError
-from fairloop.graphs.loop import MIN_BATCH, run_loop, size_batch
+from fairloop.graphs.loop import MIN_BATCH, plan_needs, run_loop, size_batch
 from fairloop.runs import RunConfig, RunFolder, RunServices
 from fairloop.runs.steps import BOLDER_MIX, MAX_MIX
 from fairloop.tools.metrics import FairBand
@@ -90,6 +90,29 @@ def test_batches_are_sized_from_what_the_runs_images_bought():
     # an iteration that drew nothing (or an older run's entry, without val_before) is skipped
     assert size_batch([_sized(1, 1000, 0.4, 0.1), {"iteration": 2, "n_generated": 0, "accepted": False}],
                       band, 1000)[0] == 667
+
+
+def test_each_plan_gets_images_for_what_its_group_lacks_on_validation():
+    """The demo's seed 0 after its first repair: the men without gray hair trail the men with it by
+    0.064; the women with gray hair lead the women without by 0.031, so they get no more images."""
+    def group(target, protected, accuracy):
+        return {"target": target, "protected": protected, "accuracy": accuracy}
+    val = {"groups": [group(0, 0, 0.853), group(0, 1, 0.884), group(1, 0, 0.858), group(1, 1, 0.922)]}
+    plans = [{"label": 1, "description": "a man without gray hair", "n_images": 100},
+             {"label": 0, "description": "a woman with gray hair", "n_images": 100}]
+    vocabulary = ["Gray_Hair", "Eyeglasses"]
+    needs, why = plan_needs(plans, val, "Male", "Gray_Hair", vocabulary)
+    assert needs == pytest.approx([0.064, 0.0]) and "+0.064" in why and "-0.031" in why
+    # before the repair both lag (the initial model): both get images, in proportion to their gaps
+    biased = {"groups": [group(0, 0, 0.996), group(0, 1, 0.609), group(1, 0, 0.553), group(1, 1, 0.989)]}
+    assert plan_needs(plans, biased, "Male", "Gray_Hair", vocabulary)[0] == pytest.approx([0.436, 0.387])
+    # a plan that does not name the protected attribute, or no lagging group: the strategy's proportions
+    other = [plans[0], {"label": 0, "description": "a woman wearing eyeglasses", "n_images": 100}]
+    assert plan_needs(other, val, "Male", "Gray_Hair", vocabulary)[0] is None
+    fair = {"groups": [group(0, 0, 0.9), group(0, 1, 0.9), group(1, 0, 0.9), group(1, 1, 0.9)]}
+    assert plan_needs(plans, fair, "Male", "Gray_Hair", vocabulary) == (
+        None, "kept the strategy's proportions: no plan's group lags its sibling "
+              "('a man without gray hair' +0.000, 'a woman with gray hair' +0.000)")
 
 
 @pytest.mark.parametrize(("first_batch", "counterfactuals", "extra"), [

@@ -76,6 +76,12 @@ class LoopState(TypedDict, total=False):
     report: dict[str, str]         # relative paths of summary.json and report.html
 
 
+# ----------------------------------------------------------------------------------------- decide
+#: A candidate is accepted when its validation score (FairBand.score) beats the current model's by more
+#: than this: smaller moves are well inside the noise of 450-image groups.
+MIN_SCORE_GAIN = 0.005
+
+
 # ----------------------------------------------------------------------------------------- sizing
 #: The fewest images a sized batch asks for: below this, one fine-tune learns little from them.
 MIN_BATCH = 200
@@ -115,6 +121,32 @@ def size_batch(iterations: list[dict[str, Any]], band, first_batch: int) -> tupl
         n = int(np.ceil(RETURNS_DIMINISH * images * now / (start - now)))
         why = f"{images} accepted images closed {start - now:.3f} of the distance to the band; {now:.3f} is left"
     return max(MIN_BATCH, n), why
+
+
+def plan_needs(plans: list[dict[str, Any]], metrics: dict[str, Any], target: str, protected: str,
+               vocabulary: list[str]) -> tuple[list[float] | None, str]:
+    """Each plan's share of the batch, from what validation says the group it fills lacks.
+
+    A plan of class y whose description shows ``protected`` = a fills group (y, a); it needs
+    images while that group's accuracy is below its sibling's (y, 1 − a), by the gap. After a first
+    repair the two plans rarely lag alike: in every demo run the women with gray hair had caught up
+    (accuracy 0.009–0.031 above the women without) while the men without gray hair still trailed by
+    0.064–0.073, so an even split kept pushing the women's side past parity. None (keep the
+    strategy's proportions) when a plan's group cannot be read or no plan's group lags."""
+    from fairloop.tools.prompt_parser import parse_prompt
+
+    accuracy = {(g["target"], g["protected"]): g["accuracy"] for g in metrics.get("groups") or []}
+    gaps = []
+    for plan in plans:
+        shown = parse_prompt(plan["description"], [*vocabulary, target]).edits.get(protected)
+        mine, sibling = accuracy.get((plan["label"], shown)), accuracy.get((plan["label"], 1 - (shown or 0)))
+        if shown is None or mine is None or sibling is None:
+            return None, f"kept the strategy's proportions: no {protected} group for '{plan['description']}'"
+        gaps.append(sibling - mine)
+    why = ", ".join(f"'{p['description']}' {gap:+.3f}" for p, gap in zip(plans, gaps))
+    if max(gaps) <= 0:
+        return None, f"kept the strategy's proportions: no plan's group lags its sibling ({why})"
+    return [max(gap, 0.0) for gap in gaps], f"split by each group's accuracy gap to its sibling ({why})"
 
 
 # ----------------------------------------------------------------------------------------- nodes
@@ -218,11 +250,12 @@ class MitigationLoop:
         analysis = result.as_dict() | {"budget": budget}
         plans = analysis["decision"]["plans"]
         if cfg.first_batch and plans and analysis["decision"]["counterfactuals_needed"]:
-            # the strategy says what to draw and in which proportions; the loop says how many
+            # the strategy says what to draw; the loop says how many, and for which group, from validation
             wanted, why = size_batch(state.get("iterations", []), cfg.target_band, cfg.first_batch)
             n = min(wanted, budget)
-            analysis["decision"]["plans"] = scale_plans(plans, n)
-            analysis["sizing"] = f"{why}: {sum(p['n_images'] for p in plans)} asked, {n} drawn"
+            needs, split = plan_needs(plans, state["current"]["val"], cfg.target, cfg.protected, context.attributes)
+            analysis["decision"]["plans"] = scale_plans(plans, n, needs)
+            analysis["sizing"] = f"{why}: {sum(p['n_images'] for p in plans)} asked, {n} drawn; {split}"
             self.services.log(f"  image count: {analysis['sizing']}")
         return {"analysis": analysis}
 
@@ -283,12 +316,8 @@ class MitigationLoop:
             accuracy_ok = cand["accuracy"] >= initial["accuracy"] - cfg.accuracy_budget
             wga_gain = (cand["worst_group_accuracy"] or 0) - (current["worst_group_accuracy"] or 0)
             closer = band.distance(current) - band.distance(cand)
-            # reaching the band is worth a little worst-group accuracy; otherwise the candidate must be
-            # better on one count (worst-group accuracy, distance to the band) and not worse on the other
-            reaches_band = band.check(cand).inside and not band.check(current).inside
-            accepted = accuracy_ok and not crossed and (
-                (reaches_band and wga_gain > -0.02)
-                or (wga_gain > -0.01 and closer > -0.005 and (wga_gain > 0.005 or closer > 0.005)))
+            # the α scan's own measure (FairBand.score): worst-group accuracy less the distance to the band
+            accepted = accuracy_ok and not crossed and band.score(cand) - band.score(current) > MIN_SCORE_GAIN
             if crossed:
                 reason = "rolled back: overshot the fair band (" + "; ".join(crossed) + ")"
             elif not accuracy_ok:
@@ -296,7 +325,7 @@ class MitigationLoop:
                           f"({initial['accuracy']:.3f} − {cfg.accuracy_budget})")
             elif not accepted:
                 reason = (f"rolled back: no gain (worst-group accuracy {wga_gain:+.3f}, "
-                          f"distance to the fair band {-closer:+.3f})")
+                          f"distance to the target band {-closer:+.3f})")
             else:
                 reason = (f"accepted: worst-group accuracy {current['worst_group_accuracy']:.3f} → "
                           f"{cand['worst_group_accuracy']:.3f}, DI {current['disparate_impact']:.3f} → "

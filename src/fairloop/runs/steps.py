@@ -424,7 +424,8 @@ def finetune_model(services: RunServices, model: str, manifests: list[str], kept
     counterfactuals, kept = counterfactual_table(services, manifests), counterfactual_table(services, kept_manifests)
     results = [finetune(base, services.dataset, counterfactuals, target=cfg.target, protected=cfg.protected,
                         privileged_value=cfg.privileged_value, config=replace(ft_cfg, mix_ratio=mix),
-                        band=cfg.target_band, extra_training=kept, progress=services.progress)
+                        band=cfg.target_band, overshoot_band=cfg.band, extra_training=kept,
+                        progress=services.progress)
                for mix in mixes]
     chosen = select_alpha([r.chosen for r in results], base_accuracy=results[0].base.accuracy,
                           accuracy_budget=cfg.accuracy_budget)

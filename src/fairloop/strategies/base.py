@@ -96,8 +96,8 @@ def proportional_counts(n: int, weights: list[float]) -> list[int]:
     return counts
 
 
-def scale_plans(plans: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
-    """The plans with their counts scaled to exactly ``n`` images in the same proportions (largest
-    remainders); a plan whose share rounds to nothing is dropped."""
-    counts = proportional_counts(n, [p["n_images"] for p in plans])
+def scale_plans(plans: list[dict[str, Any]], n: int, weights: list[float] | None = None) -> list[dict[str, Any]]:
+    """The plans with their counts scaled to exactly ``n`` images in proportion to ``weights``
+    (default: their own counts; largest remainders); a plan whose share rounds to nothing is dropped."""
+    counts = proportional_counts(n, weights or [p["n_images"] for p in plans])
     return [p | {"n_images": c} for p, c in zip(plans, counts) if c > 0]

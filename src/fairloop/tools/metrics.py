@@ -288,6 +288,13 @@ class FairBand:
             total += 1.0 if value is None else max(0.0, low - value) + max(0.0, value - high)
         return total
 
+    def score(self, metrics: Mapping[str, Any]) -> float:
+        """What the loop maximises on validation, in one number: worst-group accuracy less
+        :meth:`distance`. A point of distance to the band costs as much as a point of worst-group
+        accuracy, so a repair that moves towards the band's centre may spend a little worst-group
+        accuracy, and one that buys a lot of it may stay a little further out."""
+        return (_finite(metrics.get("worst_group_accuracy")) or 0.0) - self.distance(metrics)
+
     def crossed(self, before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
         """Metrics that crossed the band to its other side (seed 000's DI 0.27 → 1.355)."""
         crossed = []

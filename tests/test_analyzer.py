@@ -128,6 +128,33 @@ def test_rules_protected_third_is_chosen_and_tiny_budget_holds():
     assert validate_decision(d, ctx.attributes, ctx.target, ctx.max_images) == []
 
 
+def _groups(women_without, women_with, men_without, men_with):
+    return [{"target": t, "protected": a, "accuracy": acc} for (t, a), acc in
+            zip([(0, 0), (0, 1), (1, 0), (1, 1)], [women_without, women_with, men_without, men_with])]
+
+
+def test_each_class_gets_the_value_of_its_trailing_group_after_a_first_repair():
+    """Demo seed 0 after its first repair: validation EOD −0.03 (men without gray hair trail) but SPD
+    +0.02 (women without gray hair trail too). One sign for the whole model (SPD's) asked for men
+    *with* gray hair; each class's trailing group asks for men and women without it."""
+    metrics = copy.deepcopy(BIASED) | {"disparate_impact": 1.047, "statistical_parity_difference": 0.02,
+                                       "equal_opportunity_difference": -0.03, "average_odds_difference": 0.02,
+                                       "groups": _groups(0.858, 0.922, 0.870, 0.900)}
+    ctx = make_ctx(metrics=metrics)
+    d = RulesAnalyzer().analyze(ctx).decision
+    assert "man without gray hair" in plan(d, 1).description and "woman without gray hair" in plan(d, 0).description
+    assert "less accurate on faces without gray hair" in d.diagnosis
+    assert check_decision(d, ctx) == []
+    # the LLM's plan for the women's side that shows gray hair is sent back, with the value to show
+    wrong = d.model_copy(update={"plans": [plan(d, 1), ClassPlan(label=0, description="a woman with gray hair",
+                                                                    n_images=100)]})
+    assert any("must show Gray_Hair=0" in p for p in check_decision(wrong, ctx))
+    # before any repair the groups say what the sign says: men without, women with gray hair
+    start = make_ctx(metrics=copy.deepcopy(BIASED) | {"groups": _groups(0.996, 0.609, 0.553, 0.989)})
+    first = RulesAnalyzer().analyze(start).decision
+    assert "man without gray hair" in plan(first, 1).description and "woman with gray hair" in plan(first, 0).description
+
+
 def test_rules_deterministic():
     first = RulesAnalyzer().analyze(make_ctx()).decision.model_dump()
     assert all(RulesAnalyzer().analyze(make_ctx()).decision.model_dump() == first for _ in range(3))

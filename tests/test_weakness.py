@@ -13,7 +13,7 @@ import pytest
 
 from fairloop.data.synthfaces import ATTRIBUTES
 from fairloop.weakness import check_edit, perturb_all, split_sources
-from fairloop.weakness.find import paired_bootstrap
+from fairloop.weakness.find import Weakness, WeaknessReport, paired_bootstrap
 from fairloop.weakness.perturb import Edit, LLMPerturber, caption_of
 
 VOCAB = list(ATTRIBUTES)
@@ -160,7 +160,32 @@ def test_weaknesses_are_found_on_validation_only_and_ranked(report, synth_data):
     data = report.as_dict()
     entry = data["weaknesses"][0]
     assert {"factor", "attribute", "direction", "delta_acc", "flip_rate", "n", "ci"} <= set(entry)
-    assert data["attributes"][0]["worst_delta_acc"] == round(report.weaknesses[0].delta_acc, 4)
+    worst = {}
+    for w in report.weaknesses:
+        worst.setdefault(w.attribute, round(w.delta_acc, 4))
+    assert {a["attribute"]: a["worst_delta_acc"] for a in data["attributes"]} == worst
+
+
+def _weakness(attribute, value, label, delta, ci_high):
+    return Weakness(attribute, value, label, n=40, acc_original=0.9, acc_counterfactual=0.9 + delta,
+                    delta_acc=delta, flip_rate=-delta, ci={"delta_acc": [delta - 0.15, ci_high]}, drawn=40)
+
+
+def test_attributes_rank_the_shortcut_that_cuts_both_ways_first():
+    """The default scenario's shape: adding blond hair to men costs the most of any single edit,
+    but only gray hair costs both ways (removed from men, added to women)."""
+    rows = [_weakness("Blond_Hair", 1, 1, -0.78, -0.6), _weakness("Gray_Hair", 0, 1, -0.70, -0.55),
+            _weakness("Gray_Hair", 1, 0, -0.43, -0.3), _weakness("Blond_Hair", 0, 0, -0.02, 0.05),
+            _weakness("Eyeglasses", 1, 1, -0.30, -0.1), _weakness("Eyeglasses", 0, 0, -0.05, 0.04),
+            _weakness("Smiling", 1, 0, -0.01, 0.1)]
+    report = WeaknessReport("Male", "val", sorted(rows, key=lambda w: w.delta_acc), None, "render", False, [], 0.0)
+    ranked = report.attributes()
+    assert [a["attribute"] for a in ranked] == ["Gray_Hair", "Blond_Hair", "Eyeglasses", "Smiling"]
+    gray, blond = ranked[0], ranked[1]
+    assert gray["both_ways"] == -0.43 and gray["both_ways_significant"]
+    assert gray["both_ways_edits"] == ["Male=1 remove", "Male=0 add"]
+    assert blond["both_ways"] == -0.02 and not blond["both_ways_significant"] and blond["worst_delta_acc"] == -0.78
+    assert ranked[3]["both_ways"] == 0.0 and ranked[3]["both_ways_edits"] == []
 
 
 def test_lance_reinforces_the_significant_weaknesses_from_training_sources(report, synth_data):

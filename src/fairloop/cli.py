@@ -371,14 +371,21 @@ def weaknesses(
         say(f"{k:>3}  {target}={w['label']:<{9 - len(target)}} {w['edit']:<30} {w['n']:>4}  {w['delta_acc']:+.3f}  "
             f"[{lo:+.3f}, {hi:+.3f}] {w['flip_rate']:>5.2f}" + ("  *" if w["significant"] else ""))
     if result["attributes"]:
-        say("attributes by their worst edit: " + ", ".join(
-            f"{a['attribute']} {a['worst_delta_acc']:+.3f}" for a in result["attributes"][:5]))
+        say("attributes, those that cost accuracy both ways first: " + ", ".join(_attribute_line(a)
+                                                                               for a in result["attributes"][:5]))
     say("* ΔAcc's 95 % interval lies below 0")
     say("wrote " + ", ".join(str(p) for p in paths.values()))
     if reinforce:
         _reinforce(report, net, data, backend, oracle, target=target, protected=protected,
                    n_images=reinforce, out=out, image_size=meta.get("image_size", 64), seed=seed,
                    device=str(resolve_device(device)), say=say)
+
+
+def _attribute_line(a: dict) -> str:
+    """One attribute of a weakness report: its both-ways ΔAcc where it has one beyond the noise, else its worst edit's."""
+    if a["both_ways_significant"]:
+        return f"{a['attribute']} {a['both_ways']:+.3f} both ways ({', '.join(a['both_ways_edits'])})"
+    return f"{a['attribute']} {a['worst_delta_acc']:+.3f} one way ({a['worst_edit']})"
 
 
 def _reinforce(report, net, data, backend, oracle, *, target, protected, n_images, out, image_size, seed, device, say):
@@ -626,9 +633,8 @@ def _discover_protected(dataset, root, csv, target, generator, generator_model, 
         raise FairloopError(f"no edit costs the baseline accuracy beyond the noise ({paths['html']})",
                             "there is nothing to repair; or name the attribute with --protected")
     top = weak[0]
-    console.print(f"--discover: {top['attribute']} is the worst weakness (ΔAcc {top['worst_delta_acc']:+.3f} for "
-                  f"{target}={top['worst_label']}, {top['worst_direction']}); repairing it as the protected attribute. "
-                  f"Report: {paths['html']}", markup=False)
+    console.print(f"--discover: {top['attribute']} is the worst weakness ({_attribute_line(top)}); repairing it as "
+                  f"the protected attribute. Report: {paths['html']}", markup=False)
     return top["attribute"], baseline.absolute()
 
 

@@ -127,11 +127,27 @@ def check_decision(decision: AnalyzerDecision, ctx: AnalyzerContext) -> list[str
     return problems + _direction_problems(decision, ctx)
 
 
+def _trailing_gap(ctx: AnalyzerContext, label: int) -> tuple[int, float] | None:
+    """The protected value whose group of class ``label`` the model gets wrong more often on
+    validation, and by how much; None when the groups are not reported or tie."""
+    accuracy = {(g.get("target"), g.get("protected")): g.get("accuracy") for g in (ctx.metrics or {}).get("groups") or []}
+    without, with_ = accuracy.get((label, 0)), accuracy.get((label, 1))
+    if not isinstance(without, (int, float)) or not isinstance(with_, (int, float)) or without == with_:
+        return None
+    return (0, with_ - without) if without < with_ else (1, without - with_)
+
+
 def _aligned_value(attribute: str, label: int, ctx: AnalyzerContext) -> int | None:
     """The value of ``attribute`` that the model pairs with class ``label`` (so a counterfactual of
-    that class must show the other value): for the protected attribute the group metrics say it,
-    as they do for the rules analyzer; for others the LIME sign. None when nothing says."""
+    that class must show the other value). For the protected attribute, the value of the class's
+    better-served group on validation: after a first repair the two classes can lag on the same
+    side (men *and* women without gray hair), which one sign for the whole model cannot say; the
+    sign of the bias metrics where the groups are not reported. For others the LIME sign. None when
+    nothing says."""
     if attribute == ctx.protected:
+        trailing = _trailing_gap(ctx, label)
+        if trailing is not None:
+            return 1 - trailing[0]
         sign = RulesAnalyzer._sign_from_metrics(ctx)
     else:
         score = dict(ctx.importances).get(attribute)
@@ -249,10 +265,18 @@ class RulesAnalyzer:
         # for the protected attribute the group metrics give the direction; LIME gives it otherwise
         sign = self._sign_from_metrics(ctx) if shortcut == ctx.protected or not score else score
         present_pushes_one = sign >= 0
-        # Class 1 needs images whose shortcut value argues for class 0, and the reverse.
+        # Each class needs images with the shortcut value the model does not pair with it: by default
+        # the value that argues for the other class; for the protected attribute, the value of the
+        # class's trailing group on validation (_aligned_value)
         wanted = {1: not present_pushes_one, 0: present_pushes_one}   # label → shortcut present?
+        for label in wanted:
+            aligned = _aligned_value(shortcut, label, ctx) if shortcut == ctx.protected else None
+            if aligned is not None:
+                wanted[label] = not aligned
         counts, n_train = _group_counts(ctx.train_groups or {}, ctx.target, shortcut)
-        sizes, sizing = self._sizes(ctx, counts, wanted)
+        lags = {label: gap[1] for label in wanted
+                if shortcut == ctx.protected and (gap := _trailing_gap(ctx, label)) is not None}
+        sizes, sizing = self._sizes(ctx, counts, wanted, lags)
         plans = [ClassPlan(label=label, description=describe(ctx.target, label, shortcut, wanted[label]),
                            n_images=sizes[label]) for label in (1, 0) if sizes[label] > 0]
         total = sum(sizes.values())
@@ -263,13 +287,18 @@ class RulesAnalyzer:
                 counterfactuals_needed=False, shortcut_attributes=[shortcut], mix_ratio=0.0,
                 negative_prompt=NEGATIVE_PROMPT)
         mix = default_mix(total, n_train)
-        towards = target_noun(ctx.target, 1 if present_pushes_one else 0)
+        towards = target_noun(ctx.target, 0 if wanted[1] else 1)   # class 1's images lack what pushes towards it
+        if wanted[1] == wanted[0]:   # both classes lag on the same side of the attribute
+            direction = (f"within each class the model is less accurate on faces "
+                         f"{attribute_phrase(shortcut, wanted[1])} (validation group accuracies).")
+        else:
+            direction = f"{attribute_words(shortcut)} pushes the prediction towards {towards}."
         diagnosis = " ".join([
             self._bias_sentence(ctx),
             f"{shortcut} is the shortcut: its LIME importance is {score:+.3f} (rank {rank} of {n_ranked}), "
-            f"so {attribute_words(shortcut)} pushes the prediction towards {towards}."
-            if rank else f"{shortcut} is taken as the shortcut: it has no LIME score, and the sign of the "
-                         f"bias metrics says it pushes the prediction towards {towards}.",
+            f"so {direction}"
+            if rank else f"{shortcut} is taken as the shortcut: it has no LIME score, and the bias metrics "
+                         f"say {direction}",
             "Counterfactuals: " + "; ".join(
                 f"{p.n_images} x {p.description.removeprefix('a realistic portrait photo of ')}" for p in plans)
             + f" ({sizing}), mixed in at ratio {mix:.2f}.",
@@ -347,9 +376,11 @@ class RulesAnalyzer:
         return 1.0 if unprivileged_less == (ctx.privileged_value == 1) else -1.0
 
     @staticmethod
-    def _sizes(ctx: AnalyzerContext, counts: dict[tuple[int, int], int],
-               wanted: dict[int, bool]) -> tuple[dict[int, int], str]:
-        """Images per class, and how they were sized (for the diagnosis)."""
+    def _sizes(ctx: AnalyzerContext, counts: dict[tuple[int, int], int], wanted: dict[int, bool],
+               lags: dict[int, float]) -> tuple[dict[int, int], str]:
+        """Images per class, and how they were sized (for the diagnosis). ``lags``: how far each class's
+        trailing group trails on validation; a class the counts give nothing but whose group trails
+        is sized from that gap, as the worst-group gap sizes both classes without counts."""
         budget = max(int(ctx.max_images), 0)
         if budget == 0:
             return {1: 0, 0: 0}, "no budget"
@@ -362,6 +393,12 @@ class RulesAnalyzer:
                 if gap > 0:
                     need[label] = max(1, need[label])
             sizing = "closing each class's with/without gap in the training data, up to the budget"
+            if sum(need.values()):
+                for label, gap in lags.items():
+                    if need[label] == 0 and gap > 0:
+                        need[label] = max(1, round(budget * min(1.0, 2 * gap)))
+                        sizing += (f"; {ctx.target}={label} from its trailing group's accuracy gap on "
+                                   f"validation ({gap:.3f})")
         if not have_counts or sum(need.values()) == 0:
             gap = _worst_group_gap(ctx.metrics or {})
             share = 0.5 if gap is None else min(1.0, max(0.0, 2 * gap))

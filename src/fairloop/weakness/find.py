@@ -83,16 +83,36 @@ class WeaknessReport:
         return [w for w in self.weaknesses if w.significant or not significant][:k]
 
     def attributes(self) -> list[dict[str, Any]]:
-        """Attributes ranked by their worst edit's ΔAcc (any class, either direction), with the mean
-        flip rate over all their edits: which attribute the decision leans on."""
+        """Attributes ranked by how much the model leans on them **both ways**, then by their worst edit.
+
+        A shortcut is read as evidence for one class and its absence as evidence for the other, so
+        it costs accuracy in two mirrored edits: removing it from the class it is paired with, adding
+        it to the other (the planted gray hair: men − gray hair and women + gray hair). ``both_ways``
+        is the smaller of those two drops (0 when an attribute has no such pair); attributes whose two
+        drops are both beyond the noise come first. A one-sided drop is weaker evidence of a shortcut:
+        on the default scenario adding blond hair to men costs the most of any single edit, yet
+        removing it from women costs little — blond is one of the colours that are not gray.
+        ``significant``: the worst edit's interval lies below 0."""
         by_name: dict[str, list[Weakness]] = {}
         for w in self.weaknesses:
             by_name.setdefault(w.attribute, []).append(w)
-        out = [{"attribute": name, "worst_delta_acc": round(rows[0].delta_acc, 4), "worst_label": rows[0].label,
-                "worst_direction": direction(rows[0].value), "significant": rows[0].significant,
-                "mean_flip_rate": round(float(np.mean([w.flip_rate for w in rows])), 4)}
-               for name, rows in by_name.items()]   # rows keep the ranking's order: rows[0] is the worst
-        return sorted(out, key=lambda a: (a["worst_delta_acc"], -a["mean_flip_rate"]))
+        out = []
+        for name, rows in by_name.items():   # rows keep the ranking's order: rows[0] is the worst
+            cell = {(w.label, w.value): w for w in rows}
+            mirrored = [(cell[(1, v)], cell[(0, 1 - v)]) for v in (0, 1) if (1, v) in cell and (0, 1 - v) in cell]
+            pair = min(mirrored, key=lambda p: max(p[0].delta_acc, p[1].delta_acc), default=None)
+            both = max(pair[0].delta_acc, pair[1].delta_acc) if pair else 0.0
+            out.append({"attribute": name, "both_ways": round(min(both, 0.0), 4),
+                        "both_ways_edits": [f"{self.target}={w.label} {direction(w.value)}" for w in pair] if pair else [],
+                        "both_ways_significant": bool(pair) and all(w.significant for w in pair),
+                        "worst_delta_acc": round(rows[0].delta_acc, 4), "worst_label": rows[0].label,
+                        "worst_edit": f"{self.target}={rows[0].label} {direction(rows[0].value)}",
+                        "worst_direction": direction(rows[0].value), "significant": rows[0].significant,
+                        "mean_flip_rate": round(float(np.mean([w.flip_rate for w in rows])), 4)})
+        # shortcuts beyond the noise (both mirrored intervals below 0) first, by both_ways; then the rest by worst edit
+        return sorted(out, key=lambda a: (not a["both_ways_significant"],
+                                          a["both_ways"] if a["both_ways_significant"] else a["worst_delta_acc"],
+                                          a["worst_delta_acc"], -a["mean_flip_rate"]))
 
     def as_dict(self, pairs: int = 6) -> dict[str, Any]:
         p = self.perturbation

@@ -167,8 +167,11 @@ def test_select_alpha_falls_back_to_the_start_when_nothing_keeps_the_accuracy():
 def test_finetune_returns_a_model_chosen_on_the_alpha_grid(result, start, synth_data):
     model, theta0 = start
     config = FinetuneConfig(**FAST)
-    assert [c.alpha for c in result.candidates] == list(config.alphas)
-    assert result.alpha in config.alphas
+    # coarse to fine: every other α of the grid, then the chosen one's neighbours
+    grid, scored = list(config.alphas), [c.alpha for c in result.candidates]
+    assert scored == sorted(scored) and set(grid[::2]) <= set(scored) <= set(grid) and len(scored) <= 13
+    at = grid.index(result.alpha)
+    assert set(grid[max(0, at - 1):at + 2]) <= set(scored)
     assert result.chosen.within_budget
     assert result.n_counterfactual == N_CF
     assert result.n_real == round(N_CF * 0.7 / 0.3) == 37
@@ -184,7 +187,7 @@ def test_finetune_returns_a_model_chosen_on_the_alpha_grid(result, start, synth_
     assert _same(_state(model), theta0)
     assert not _same(result.finetuned_state, theta0)
     summary = json.loads(json.dumps(result.as_dict(), allow_nan=False))
-    assert summary["alpha"] == result.alpha and len(summary["candidates"]) == len(config.alphas)
+    assert summary["alpha"] == result.alpha and len(summary["candidates"]) == len(result.candidates)
     assert "model" not in summary and summary["n_counterfactual"] == N_CF
 
 
@@ -222,6 +225,24 @@ def test_early_stopping_keeps_the_best_epoch(start, synth_data, counterfactuals,
                    config=FinetuneConfig(**{**FAST, "epochs": 4}, patience=1, alphas=(0.0, 1.0)))
     assert [h["epoch"] for h in out.history] == [1, 2] and out.best_epoch == 1
     assert [h["improved"] for h in out.history] == [True, False]
+
+
+def test_the_alpha_scan_goes_coarse_to_fine(start, synth_data, counterfactuals, monkeypatch):
+    """A score with one peak along the path (at α = 0.64): 11 coarse αs (best: 0.6) and its two
+    neighbours find the grid's best, 0.65, where the whole grid takes 21 forward passes."""
+    real_score = finetune_module._Validation.score
+
+    def peaked(self, model, alpha, base_accuracy, budget):
+        candidate = real_score(self, model, alpha, base_accuracy, budget)
+        candidate.score = -abs(alpha - 0.64) if base_accuracy is not None else -1.0
+        candidate.accuracy, candidate.within_budget, candidate.crossed = 1.0, True, False
+        return candidate
+
+    monkeypatch.setattr(finetune_module._Validation, "score", peaked)
+    out = finetune(start[0], synth_data, counterfactuals, target=TARGET, protected=PROTECTED,
+                   config=FinetuneConfig(**FAST))
+    assert out.alpha == 0.65
+    assert [c.alpha for c in out.candidates] == sorted([k / 10 for k in range(11)] + [0.55, 0.65])
 
 
 def test_uniform_real_rows_are_a_sample_without_repeats_and_the_whole_pool_when_it_is_asked_for():

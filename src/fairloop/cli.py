@@ -512,7 +512,7 @@ def run(
     llm: Annotated[str, typer.Option("--llm", help="Language model of the llm strategies: auto (openai when --llm-model/$FAIRLOOP_LLM_MODEL is set, else local when installed, else rules), rules (none: the deterministic analyzer), local (the packaged LLM, offline) or openai (any OpenAI-compatible endpoint: OPENAI_BASE_URL, OPENAI_API_KEY).")] = "auto",
     llm_model: Annotated[Optional[str], typer.Option("--llm-model", help="Model name for --llm openai.")] = None,
     llm_base_url: Annotated[Optional[str], typer.Option("--llm-base-url", help="Endpoint (default: $OPENAI_BASE_URL).")] = None,
-    max_iterations: Annotated[int, typer.Option("--max-iterations")] = 4,
+    max_iterations: Annotated[int, typer.Option("--max-iterations")] = 3,
     max_images: Annotated[int, typer.Option("--max-images", help="Counterfactual images over the whole run.")] = 12000,
     images_per_iteration: Annotated[int, typer.Option("--images-per-iteration", help="Counterfactual images one iteration may draw at most.")] = 6000,
     first_batch: Annotated[int, typer.Option("--first-batch", help="Images the first iteration draws; each later one draws what the run's images so far bought on validation says the rest of the way takes. 0: as many as the analyzer asks.")] = 1000,

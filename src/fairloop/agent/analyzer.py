@@ -531,7 +531,8 @@ def system_prompt(band: FairBand | None = None) -> str:
         "How to answer: (1) if the metrics are inside the band, counterfactuals_needed is false and plans is []. "
         "(2) Otherwise the shortcut is the protected attribute, or another attribute with a large score that the "
         "classes share unevenly; name one or two, not more. (3) Each plan describes an image of its own class that "
-        "shows the shortcut's opposite value: the class noun plus the changed attribute and nothing else.\n"
+        "shows the shortcut's opposite value (for the protected attribute: the value of that class's group with "
+        "the lower accuracy): the class noun plus the changed attribute and nothing else.\n"
         "Example: target Male, protected Gray_Hair, score Gray_Hair:+0.5, most men in training have gray hair -> "
         'shortcut_attributes ["Gray_Hair"]; plans {"label": 1, "description": "a man without gray hair"} and '
         '{"label": 0, "description": "a woman with gray hair"}.\n'

@@ -500,19 +500,28 @@ def finetune(model: FaceClassifier, dataset: FaceDataset, counterfactuals: pd.Da
             if stale >= config.patience:
                 break
 
-    # ---- WiSE-FT: one model copy, one forward pass over the decoded val images per α
+    # ---- WiSE-FT: one model copy, one forward pass over the decoded val images per α scored
     work.eval()
-    alphas = sorted({float(a) for a in config.alphas} | {0.0})  # α = 0 is the base, always scored
-    candidates = []
-    for alpha in alphas:
-        if alpha == 0.0:
-            candidates.append(base)
-        else:
-            work.load_state_dict(interpolate(theta0, best_state, alpha))
-            candidates.append(val.score(work, alpha, base.accuracy, config.accuracy_budget))
-        if progress:
-            progress("choose alpha", len(candidates), len(alphas))
-    chosen = select_alpha(candidates, base_accuracy=base.accuracy, accuracy_budget=config.accuracy_budget)
+    grid = sorted({float(a) for a in config.alphas} | {0.0})  # α = 0 is the base, always scored
+    scored: dict[float, AlphaCandidate] = {0.0: base}
+
+    def score(alphas: list[float]) -> AlphaCandidate:
+        for alpha in alphas:
+            if alpha not in scored:
+                work.load_state_dict(interpolate(theta0, best_state, alpha))
+                scored[alpha] = val.score(work, alpha, base.accuracy, config.accuracy_budget)
+            if progress:
+                progress("choose alpha", len(scored), len(coarse) + 2)
+        return select_alpha(list(scored.values()), base_accuracy=base.accuracy, accuracy_budget=config.accuracy_budget)
+
+    # coarse to fine: every other α of the grid (and its end), then the best one's two neighbours;
+    # 13 forward passes instead of 21 for the default grid, the same choice wherever the score has
+    # one peak along the path
+    coarse = grid[::2] + grid[-1:] * (len(grid) % 2 == 0)
+    best = score(coarse)
+    at = grid.index(best.alpha)
+    chosen = score(grid[max(0, at - 1):at + 2])
+    candidates = [scored[alpha] for alpha in sorted(scored)]
     work.load_state_dict(interpolate(theta0, best_state, chosen.alpha))
     for p, flag in zip(work.parameters(), requires_grad):
         p.requires_grad_(flag)

@@ -16,7 +16,7 @@ import pytest
 from fairloop.errors import ConfigError
 from fairloop.graphs.loop import MIN_BATCH, plan_needs, run_loop, size_batch
 from fairloop.runs import RunConfig, RunFolder, RunServices
-from fairloop.runs.steps import BOLDER_MIX, MAX_MIX
+from fairloop.runs.steps import MAX_MIX, second_mix
 from fairloop.tools.metrics import FairBand
 
 METRIC_KEYS = ("accuracy", "balanced_accuracy", "disparate_impact", "statistical_parity_difference",
@@ -249,6 +249,11 @@ def test_generated_images_are_verified_and_rejects_are_not_trained_on(synth_root
     assert "Attribute-oracle check" in (folder.path / "report.html").read_text()
 
 
+def test_the_second_mix_is_bolder_below_the_cap_and_gentler_at_it():
+    assert second_mix(0.4) == 0.6 and second_mix(0.7) == MAX_MIX == 0.9
+    assert second_mix(MAX_MIX) == 0.6
+
+
 def test_a_non_exact_generator_gets_group_balanced_real_images_and_a_bolder_mix(synth_root, tiny_checkpoint,
                                                                                 tmp_path, monkeypatch):
     """Renders passed off as a non-exact generator's images: they are verified by the shipped oracle,
@@ -272,8 +277,7 @@ def test_a_non_exact_generator_gets_group_balanced_real_images_and_a_bolder_mix(
     assert first["real_sampling"] == "balanced"
     assert "real images drawn equally from each group" in (folder.path / "report.html").read_text()
     # it was also fine-tuned at the bolder mix, and kept whichever validation ranked higher
-    bolder = round(min(MAX_MIX, first["asked_mix_ratio"] * BOLDER_MIX), 4)
-    assert mixes == [first["asked_mix_ratio"], bolder] and first["mix_ratio"] in mixes
+    assert mixes == [first["asked_mix_ratio"], second_mix(first["asked_mix_ratio"])] and first["mix_ratio"] in mixes
 
 
 def test_a_second_run_takes_the_baseline_from_the_cache_only_for_the_same_data_and_settings(synth_root, tmp_path,

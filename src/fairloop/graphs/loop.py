@@ -324,8 +324,9 @@ class MitigationLoop:
                 reason = (f"rolled back: validation accuracy {cand['accuracy']:.3f} is below the budget "
                           f"({initial['accuracy']:.3f} − {cfg.accuracy_budget})")
             elif not accepted:
-                reason = (f"rolled back: no gain (worst-group accuracy {wga_gain:+.3f}, "
-                          f"distance to the target band {-closer:+.3f})")
+                reason = (f"rolled back: no gain (score {band.score(cand) - band.score(current):+.3f} ≤ "
+                          f"{MIN_SCORE_GAIN}: worst-group accuracy {wga_gain:+.3f}, distance to the target band "
+                          f"{-closer:+.3f})")
             else:
                 reason = (f"accepted: worst-group accuracy {current['worst_group_accuracy']:.3f} → "
                           f"{cand['worst_group_accuracy']:.3f}, DI {current['disparate_impact']:.3f} → "

@@ -79,7 +79,7 @@ def main() -> None:
                                                else f"{ci['mean']:.3f} ± {ci['half_width']:.3f}")
 
     table = {arm: {m: [r["arms"][arm][m] for r in results if arm in r["arms"]] for m in METRICS} for arm in ARMS}
-    print(f"\n{len(results)} seeds; {args.protected} rank among attributes by worst edit: {ranks}")
+    print(f"\n{len(results)} seeds; {args.protected} rank among attributes (WeaknessReport.attributes: both ways first): {ranks}")
     print("| model | accuracy | worst-group acc. | EOD | counterfactual acc. |")
     print("|---|---:|---:|---:|---:|")
     for arm in ARMS:

@@ -100,8 +100,9 @@ def test_interpolate_refuses_different_architectures():
 
 
 def _candidate(alpha: float, accuracy: float, wga: float, di: float = 1.0, gap: float = 0.0,
-               band: FairBand = FairBand(), start: dict | None = None, eod: float | None = None) -> AlphaCandidate:
+               band: FairBand | None = None, start: dict | None = None, eod: float | None = None) -> AlphaCandidate:
     """A scored candidate as finetune makes one; ``start``: the α = 0 metrics, for the overshoot check."""
+    band = band or FairBand()
     metrics = {"accuracy": accuracy, "worst_group_accuracy": wga, "disparate_impact": di,
                "statistical_parity_difference": gap, "equal_opportunity_difference": gap if eod is None else eod,
                "average_odds_difference": gap, "undefined": {}}

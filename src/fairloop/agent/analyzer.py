@@ -38,7 +38,7 @@ from fairloop.errors import ConfigError
 from fairloop.llm import content_text, grammar_schema
 from fairloop.prompts import load_prompt
 from fairloop.strategies.base import Proposal
-from fairloop.tools.metrics import METRIC_LABELS, METRIC_NAMES, FairBand
+from fairloop.tools.metrics import METRIC_LABELS, METRIC_NAMES, FairBand, sibling_gap
 from fairloop.tools.prompt_parser import attribute_phrase, attribute_words
 
 log = logging.getLogger(__name__)
@@ -130,11 +130,10 @@ def check_decision(decision: AnalyzerDecision, ctx: AnalyzerContext) -> list[str
 def _trailing_gap(ctx: AnalyzerContext, label: int) -> tuple[int, float] | None:
     """The protected value whose group of class ``label`` the model gets wrong more often on
     validation, and by how much; None when the groups are not reported or tie."""
-    accuracy = {(g.get("target"), g.get("protected")): g.get("accuracy") for g in (ctx.metrics or {}).get("groups") or []}
-    without, with_ = accuracy.get((label, 0)), accuracy.get((label, 1))
-    if not isinstance(without, (int, float)) or not isinstance(with_, (int, float)) or without == with_:
+    gap = sibling_gap(ctx.metrics or {}, label, 0)
+    if not gap:
         return None
-    return (0, with_ - without) if without < with_ else (1, without - with_)
+    return (0, gap) if gap > 0 else (1, -gap)
 
 
 def _aligned_value(attribute: str, label: int, ctx: AnalyzerContext) -> int | None:

@@ -32,6 +32,7 @@ from fairloop.runs.steps import (
     train_groups,
 )
 from fairloop.strategies.base import scale_plans
+from fairloop.tools.metrics import sibling_gap
 
 
 class Generated(TypedDict):
@@ -135,14 +136,13 @@ def plan_needs(plans: list[dict[str, Any]], metrics: dict[str, Any], target: str
     strategy's proportions) when a plan's group cannot be read or no plan's group lags."""
     from fairloop.tools.prompt_parser import parse_prompt
 
-    accuracy = {(g["target"], g["protected"]): g["accuracy"] for g in metrics.get("groups") or []}
     gaps = []
     for plan in plans:
         shown = parse_prompt(plan["description"], [*vocabulary, target]).edits.get(protected)
-        mine, sibling = accuracy.get((plan["label"], shown)), accuracy.get((plan["label"], 1 - (shown or 0)))
-        if shown is None or mine is None or sibling is None:
+        gap = None if shown is None else sibling_gap(metrics, plan["label"], shown)
+        if gap is None:
             return None, f"kept the strategy's proportions: no {protected} group for '{plan['description']}'"
-        gaps.append(sibling - mine)
+        gaps.append(gap)
     why = ", ".join(f"'{p['description']}' {gap:+.3f}" for p, gap in zip(plans, gaps))
     if max(gaps) <= 0:
         return None, f"kept the strategy's proportions: no plan's group lags its sibling ({why})"
@@ -317,14 +317,15 @@ class MitigationLoop:
             wga_gain = (cand["worst_group_accuracy"] or 0) - (current["worst_group_accuracy"] or 0)
             closer = band.distance(current) - band.distance(cand)
             # the α scan's own measure (FairBand.score): worst-group accuracy less the distance to the band
-            accepted = accuracy_ok and not crossed and band.score(cand) - band.score(current) > MIN_SCORE_GAIN
+            gain = band.score(cand) - band.score(current)
+            accepted = accuracy_ok and not crossed and gain > MIN_SCORE_GAIN
             if crossed:
                 reason = "rolled back: overshot the fair band (" + "; ".join(crossed) + ")"
             elif not accuracy_ok:
                 reason = (f"rolled back: validation accuracy {cand['accuracy']:.3f} is below the budget "
                           f"({initial['accuracy']:.3f} − {cfg.accuracy_budget})")
             elif not accepted:
-                reason = (f"rolled back: no gain (score {band.score(cand) - band.score(current):+.3f} ≤ "
+                reason = (f"rolled back: no gain (score {gain:+.3f} ≤ "
                           f"{MIN_SCORE_GAIN}: worst-group accuracy {wga_gain:+.3f}, distance to the target band "
                           f"{-closer:+.3f})")
             else:

@@ -314,6 +314,14 @@ class FairBand:
             for name in ("statistical_parity_difference", "equal_opportunity_difference", "average_odds_difference")}
 
 
+def sibling_gap(metrics: Mapping[str, Any], label: int, value: int) -> float | None:
+    """How far group (``label``, protected = ``value``) trails its sibling (``label``, 1 − ``value``)
+    in accuracy, from a report's ``groups``: positive when it trails; None when either is missing."""
+    accuracy = {(g.get("target"), g.get("protected")): _finite(g.get("accuracy")) for g in metrics.get("groups") or []}
+    mine, sibling = accuracy.get((label, value)), accuracy.get((label, 1 - value))
+    return None if mine is None or sibling is None else sibling - mine
+
+
 def _finite(value: Any) -> float | None:
     """A metric value as a float, or None when it is undefined, missing or not a finite number."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):

@@ -149,6 +149,11 @@ def test_each_class_gets_the_value_of_its_trailing_group_after_a_first_repair():
     wrong = d.model_copy(update={"plans": [plan(d, 1), ClassPlan(label=0, description="a woman with gray hair",
                                                                     n_images=100)]})
     assert any("must show Gray_Hair=0" in p for p in check_decision(wrong, ctx))
+    # the LLM's prompt states each class's trailing group in a plan's words, as the check holds it to
+    text = render_prompt(ctx)
+    assert "- Male=1: Gray_Hair=0 trails by 0.030: a man without gray hair" in text
+    assert "- Male=0: Gray_Hair=0 trails by 0.064: a woman without gray hair" in text
+    assert "trails by" not in render_prompt(make_ctx(metrics=copy.deepcopy(FAIR) | {"groups": metrics["groups"]}))
     # before any repair the groups say what the sign says: men without, women with gray hair
     start = make_ctx(metrics=copy.deepcopy(BIASED) | {"groups": _groups(0.996, 0.609, 0.553, 0.989)})
     first = RulesAnalyzer().analyze(start).decision

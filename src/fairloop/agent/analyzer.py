@@ -473,6 +473,24 @@ def _balancing_gaps(ctx: AnalyzerContext) -> dict[int, int]:
             if (label, 0) in cells or (label, 1) in cells}
 
 
+def _trailing_lines(ctx: AnalyzerContext) -> list[str]:
+    """One line per class whose protected groups differ on validation, in the words a plan uses
+    ("- Male=1: Gray_Hair=0 trails by 0.436: a man without gray hair"). The answer check holds each
+    plan to this direction (:func:`_aligned_value`), which the 1.5B model rarely works out from the
+    group lines: replaying the later iterations of three demo runs, its first answer passed the check
+    in 3 of 6 with these lines and in 0 of 6 without (each rejection costs a retry of ~25 s)."""
+    if is_fair(ctx.metrics, ctx.band):
+        return []
+    lines = []
+    for label in (1, 0):
+        trailing = _trailing_gap(ctx, label)
+        if trailing is not None:
+            value, gap = trailing
+            lines.append(f"- {ctx.target}={label}: {ctx.protected}={value} trails by {gap:.3f}: "
+                         f"{target_noun(ctx.target, label)} {attribute_phrase(ctx.protected, bool(value))}")
+    return lines
+
+
 def render_prompt(ctx: AnalyzerContext) -> str:
     """Seed 000's Appendix A prompt P, then the preset queries Q, the counts, budget, memory and
     the answer format."""
@@ -490,6 +508,10 @@ def render_prompt(ctx: AnalyzerContext) -> str:
             sections.append(f"Balancing {ctx.protected} within each class of the training split would take "
                             + " and ".join(f"{n} images of {ctx.target}={label}" for label, n in gaps.items())
                             + " (more than the budget is scaled down to it).")
+    trailing = _trailing_lines(ctx)
+    if trailing:
+        sections.append(f"Within each class, the {ctx.protected} group the model gets wrong more often on validation "
+                        "(counterfactuals of the class show its value):\n" + "\n".join(trailing))
     sections.append(f"Iteration {ctx.iteration}. Image budget of this iteration: at most {ctx.max_images} "
                     "counterfactual images in total over both classes.")
     if ctx.history:

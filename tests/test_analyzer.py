@@ -149,7 +149,7 @@ def test_each_class_gets_the_value_of_its_trailing_group_after_a_first_repair():
     wrong = d.model_copy(update={"plans": [plan(d, 1), ClassPlan(label=0, description="a woman with gray hair",
                                                                     n_images=100)]})
     assert any("must show Gray_Hair=0" in p for p in check_decision(wrong, ctx))
-    # the LLM's prompt states each class's trailing group in a plan's words, as the check holds it to
+    # both classes trail on the same side: the LLM's prompt says so in a plan's words
     text = render_prompt(ctx)
     assert "- Male=1: Gray_Hair=0 trails by 0.030: a man without gray hair" in text
     assert "- Male=0: Gray_Hair=0 trails by 0.064: a woman without gray hair" in text
@@ -157,6 +157,7 @@ def test_each_class_gets_the_value_of_its_trailing_group_after_a_first_repair():
     # before any repair the groups say what the sign says: men without, women with gray hair
     start = make_ctx(metrics=copy.deepcopy(BIASED) | {"groups": _groups(0.996, 0.609, 0.553, 0.989)})
     first = RulesAnalyzer().analyze(start).decision
+    assert "trails by" not in render_prompt(start)  # the usual pairing: the counts already say it
     assert "man without gray hair" in plan(first, 1).description and "woman with gray hair" in plan(first, 0).description
 
 

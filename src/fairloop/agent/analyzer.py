@@ -474,21 +474,23 @@ def _balancing_gaps(ctx: AnalyzerContext) -> dict[int, int]:
 
 
 def _trailing_lines(ctx: AnalyzerContext) -> list[str]:
-    """One line per class whose protected groups differ on validation, in the words a plan uses
-    ("- Male=1: Gray_Hair=0 trails by 0.436: a man without gray hair"). The answer check holds each
-    plan to this direction (:func:`_aligned_value`), which the 1.5B model rarely works out from the
-    group lines: replaying the later iterations of three demo runs, its first answer passed the check
-    in 3 of 6 with these lines and in 0 of 6 without (each rejection costs a retry of ~25 s)."""
+    """When both classes trail on the same side of the protected attribute (after a first repair:
+    men *and* women without gray hair), one line per class in the words a plan uses ("- Male=0:
+    Gray_Hair=0 trails by 0.058: a woman without gray hair"); else none. The answer check holds each
+    plan to this direction (:func:`_aligned_value`), which the 1.5B model does not work out from the
+    group lines when it departs from the shortcut's usual pairing: replaying the later iterations of
+    three demo runs, its first answer passed the check in 3 of 6 with these lines and in 0 of 6
+    without (each rejection costs a retry of ~25 s). Shown before a first repair too, where the
+    groups say what the counts say, they cost the demo's seed 0 its first answer (two rejected, then
+    the rules)."""
     if is_fair(ctx.metrics, ctx.band):
         return []
-    lines = []
-    for label in (1, 0):
-        trailing = _trailing_gap(ctx, label)
-        if trailing is not None:
-            value, gap = trailing
-            lines.append(f"- {ctx.target}={label}: {ctx.protected}={value} trails by {gap:.3f}: "
-                         f"{target_noun(ctx.target, label)} {attribute_phrase(ctx.protected, bool(value))}")
-    return lines
+    trailing = {label: _trailing_gap(ctx, label) for label in (1, 0)}
+    if None in trailing.values() or trailing[1][0] != trailing[0][0]:
+        return []
+    return [f"- {ctx.target}={label}: {ctx.protected}={value} trails by {gap:.3f}: "
+            f"{target_noun(ctx.target, label)} {attribute_phrase(ctx.protected, bool(value))}"
+            for label, (value, gap) in trailing.items()]
 
 
 def render_prompt(ctx: AnalyzerContext) -> str:

@@ -408,11 +408,22 @@ def second_mix(mix_ratio: float) -> float:
 def finetune_model(services: RunServices, model: str, manifests: list[str], kept_manifests: list[str], *,
                    mix_ratio: float, seed: int, role: str, epochs: int | None = None, bolder: bool = False,
                    **overrides: Any):
+    """:func:`finetune_checkpoint`, then save the result; returns its relative path and the
+    :class:`~fairloop.tools.finetune.FinetuneResult`."""
+    result, meta = finetune_checkpoint(services, model, manifests, kept_manifests, mix_ratio=mix_ratio, seed=seed,
+                                       epochs=epochs, bolder=bolder, **overrides)
+    relative = save_model(services, result.model, {**meta, "role": role, "parent": model, "alpha": result.alpha})
+    return relative, result
+
+
+def finetune_checkpoint(services: RunServices, model: str, manifests: list[str], kept_manifests: list[str], *,
+                        mix_ratio: float, seed: int, epochs: int | None = None, bolder: bool = False,
+                        **overrides: Any):
     """Fine-tune checkpoint ``model`` on the images of ``manifests`` mixed in at ``mix_ratio`` (with
-    the images of ``kept_manifests`` as extra training data) and save the result; returns its
-    relative path and the :class:`~fairloop.tools.finetune.FinetuneResult`. ``overrides`` replace
-    fields of the :class:`~fairloop.tools.finetune.FinetuneConfig` (an experiment's baselines set
-    ``objective``, ``real_sampling`` and ``mode``).
+    the images of ``kept_manifests`` as extra training data); returns the chosen
+    :class:`~fairloop.tools.finetune.FinetuneResult` and the checkpoint's metadata. ``overrides``
+    replace fields of the :class:`~fairloop.tools.finetune.FinetuneConfig` (an experiment's
+    baselines set ``objective``, ``real_sampling`` and ``mode``).
 
     With ``bolder`` and a generator that is not exact, it also fine-tunes at :func:`second_mix` of the
     mix ratio and keeps the result validation ranks higher (:func:`select_alpha`'s order; a tie
@@ -440,6 +451,4 @@ def finetune_model(services: RunServices, model: str, manifests: list[str], kept
                for mix in mixes]
     chosen = select_alpha([r.chosen for r in results], base_accuracy=results[0].base.accuracy,
                           accuracy_budget=cfg.accuracy_budget)
-    result = next(r for r in results if r.chosen is chosen)
-    relative = save_model(services, result.model, {**meta, "role": role, "parent": model, "alpha": result.alpha})
-    return relative, result
+    return next(r for r in results if r.chosen is chosen), meta

@@ -1,0 +1,85 @@
+"""Do validation and test agree along a fine-tune's path? Re-runs one iteration's fine-tune of a
+finished run and prints, for every α the scan scored, the validation metrics the loop decided on
+beside the test metrics it never saw.
+
+Usage: python bench/bench_val_test.py RUN [--iteration N] [--root DATASET]
+
+The fine-tune is rebuilt from RUN's files as the loop ran it: the model the iteration started
+from, its counterfactuals with every accepted iteration's before it (``--first-batch`` > 0) or
+those kept as extra training rows, the analyzer's mix ratio, the seed. On the machine and thread
+count that made RUN it is the same fine-tune (same α chosen, same validation figures: the first
+column checks it). Nothing is written into RUN. Test metrics here are for reading only: no
+decision of fairloop's uses the test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="a folder that 'fairloop run --out' wrote")
+    parser.add_argument("--iteration", type=int, default=1, help="which iteration's fine-tune (default 1)")
+    parser.add_argument("--root", type=Path, help="the dataset's folder, if it is no longer where RUN was made")
+    args = parser.parse_args()
+
+    from fairloop.runs.config import RunConfig
+    from fairloop.runs.folder import RunFolder
+    from fairloop.runs.services import RunServices
+    from fairloop.runs.steps import finetune_checkpoint
+    from fairloop.tools.finetune import interpolate
+    from fairloop.tools.metrics import fairness_report
+    from fairloop.vision.train import predict_proba
+
+    summary = json.loads((args.run / "summary.json").read_text())
+    config = RunConfig.from_dict(json.loads((args.run / "config.json").read_text()))
+    if args.root:
+        config = replace(config, root=str(args.root))
+    iterations = summary["iterations"]
+    if not 1 <= args.iteration <= len(iterations):
+        raise SystemExit(f"{args.run} has iterations 1–{len(iterations)}; pass one of them with --iteration")
+    entry = iterations[args.iteration - 1]
+    earlier = [it for it in iterations[:args.iteration - 1] if it.get("accepted")]
+    start = earlier[-1]["model"] if earlier else summary["initial_model"]
+    kept = [it["manifest"] for it in earlier]
+    new, kept = (kept + [entry["manifest"]], []) if config.first_batch else ([entry["manifest"]], kept)
+    services = RunServices(config, RunFolder(args.run), log=lambda *_: None)
+
+    result, meta = finetune_checkpoint(services, start, new, kept, mix_ratio=entry["analysis"]["decision"]["mix_ratio"],
+                                       seed=config.seed + args.iteration, bolder=True)
+    test = services.dataset.split("test")
+    images, labels, protected = test.images(meta.get("image_size", 64)), test.labels(config.target), test.labels(config.protected)
+    base, _ = services.load_model(start)
+    theta0 = copy.deepcopy(base.state_dict())
+    band = config.band
+    print(f"{args.run} iteration {args.iteration}: mix {result.config['mix_ratio']}, chosen α {result.alpha} "
+          f"(the run chose {entry.get('alpha')}, mix {entry.get('mix_ratio')})")
+    print(f"{'α':>5} {'val EOD':>8} {'val SPD':>8} {'val WGA':>8} {'score':>7} | {'test EOD':>8} {'test SPD':>8} "
+          f"{'test WGA':>8} {'in band':>7} | {'EOD test − val':>14}")
+    offsets = []
+    for candidate in result.candidates:
+        base.load_state_dict(interpolate(theta0, result.finetuned_state, candidate.alpha))
+        probs = predict_proba(base.eval(), images, device=services.device)
+        report = fairness_report(y_true=labels, y_pred=(probs >= 0.5).astype(int), protected=protected,
+                                 privileged_value=config.privileged_value, target_name=config.target,
+                                 protected_name=config.protected, n_bootstrap=0, seed=config.seed).as_dict()
+        val = candidate.metrics
+        offset = report["equal_opportunity_difference"] - val["equal_opportunity_difference"]
+        offsets.append(offset)
+        mark = "*" if candidate.alpha == result.alpha else " "
+        print(f"{candidate.alpha:>4.2f}{mark} {val['equal_opportunity_difference']:>+8.3f} "
+              f"{val['statistical_parity_difference']:>+8.3f} {candidate.worst_group_accuracy:>8.3f} {candidate.score:>7.3f} | "
+              f"{report['equal_opportunity_difference']:>+8.3f} {report['statistical_parity_difference']:>+8.3f} "
+              f"{report['worst_group_accuracy']:>8.3f} {'yes' if band.check(report).inside else 'no':>7} | {offset:>+14.3f}")
+    print(f"EOD test − validation over the path: mean {np.mean(offsets):+.3f}, from {min(offsets):+.3f} to {max(offsets):+.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--root", type=Path, help="the dataset's folder, if it is no longer where RUN was made")
     args = parser.parse_args()
 
+    from fairloop.graphs.loop import finetune_manifests
     from fairloop.runs.config import RunConfig
     from fairloop.runs.folder import RunFolder
     from fairloop.runs.services import RunServices
@@ -48,8 +49,7 @@ def main() -> None:
     entry = iterations[args.iteration - 1]
     earlier = [it for it in iterations[:args.iteration - 1] if it.get("accepted")]
     start = earlier[-1]["model"] if earlier else summary["initial_model"]
-    kept = [it["manifest"] for it in earlier]
-    new, kept = (kept + [entry["manifest"]], []) if config.first_batch else ([entry["manifest"]], kept)
+    new, kept = finetune_manifests(config, entry["manifest"], [it["manifest"] for it in earlier])
     services = RunServices(config, RunFolder(args.run), log=lambda *_: None)
 
     result, meta = finetune_checkpoint(services, start, new, kept, mix_ratio=entry["analysis"]["decision"]["mix_ratio"],

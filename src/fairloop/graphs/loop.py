@@ -20,6 +20,7 @@ import numpy as np
 
 from fairloop.errors import DataError
 from fairloop.runs import RunServices
+from fairloop.runs.config import RunConfig
 from fairloop.runs.steps import (
     analyzer_context,
     compact_metrics,
@@ -122,6 +123,14 @@ def size_batch(iterations: list[dict[str, Any]], band, first_batch: int) -> tupl
         n = int(np.ceil(RETURNS_DIMINISH * images * now / (start - now)))
         why = f"{images} accepted images closed {start - now:.3f} of the distance to the band; {now:.3f} is left"
     return max(MIN_BATCH, n), why
+
+
+def finetune_manifests(config: RunConfig, manifest: str, kept: list[str]) -> tuple[list[str], list[str]]:
+    """(mixed in at the mix ratio, kept among the real training rows) for the fine-tune of an
+    iteration that drew ``manifest`` after the accepted ``kept``. Sized batches are small (200 images
+    make a fine-tune of a few steps), so with ``first_batch`` every accepted counterfactual is mixed
+    in again with the new ones; without it they stay among the real rows (seed 000's D ← D + D̂)."""
+    return (kept + [manifest], []) if config.first_batch else ([manifest], list(kept))
 
 
 def plan_needs(plans: list[dict[str, Any]], metrics: dict[str, Any], target: str, protected: str,
@@ -285,11 +294,7 @@ class MitigationLoop:
     # finetune / evaluate -------------------------------------------------------------------
     @traced("finetune")
     def finetune(self, state: LoopState) -> dict[str, Any]:
-        new, kept = [state["generated"]["manifest"]], state.get("kept_manifests", [])
-        if self.config.first_batch:
-            # sized batches are small (200 images make a fine-tune of a few steps), so every accepted
-            # counterfactual is mixed in again with the new ones, not only kept among the real images
-            new, kept = kept + new, []
+        new, kept = finetune_manifests(self.config, state["generated"]["manifest"], state.get("kept_manifests", []))
         relative, result = finetune_model(self.services, state["model"], new, kept,
                                           mix_ratio=state["analysis"]["decision"]["mix_ratio"],
                                           seed=self.config.seed + state["iteration"],

@@ -2,14 +2,16 @@
 finished run and prints, for every α the scan scored, the validation metrics the loop decided on
 beside the test metrics it never saw.
 
-Usage: python bench/bench_val_test.py RUN [--iteration N] [--root DATASET]
+Usage: python bench/bench_val_test.py RUN [--iteration N] [--root DATASET] [--fresh DATA]
 
 The fine-tune is rebuilt from RUN's files as the loop ran it: the model the iteration started
 from, its counterfactuals with every accepted iteration's before it (``--first-batch`` > 0) or
 those kept as extra training rows, the analyzer's mix ratio, the seed. On the machine and thread
 count that made RUN it is the same fine-tune (same α chosen, same validation figures: the first
 column checks it). Nothing is written into RUN. Test metrics here are for reading only: no
-decision of fairloop's uses the test split.
+decision of fairloop's uses the test split. With ``--fresh DATA`` (a dataset of the same population
+drawn with another seed, see ``bench/bench_fresh_sample.py``) the right-hand columns are DATA's
+validation and test splits together instead of RUN's test split.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ def main() -> None:
     parser.add_argument("run", type=Path, help="a folder that 'fairloop run --out' wrote")
     parser.add_argument("--iteration", type=int, default=1, help="which iteration's fine-tune (default 1)")
     parser.add_argument("--root", type=Path, help="the dataset's folder, if it is no longer where RUN was made")
+    parser.add_argument("--fresh", type=Path, help="score on this dataset's val and test splits instead of RUN's test split")
     args = parser.parse_args()
 
+    from fairloop.data.datasets import load_dataset
     from fairloop.graphs.loop import finetune_manifests
     from fairloop.runs.config import RunConfig
     from fairloop.runs.folder import RunFolder
@@ -54,19 +58,26 @@ def main() -> None:
 
     result, meta = finetune_checkpoint(services, start, new, kept, mix_ratio=entry["analysis"]["decision"]["mix_ratio"],
                                        seed=config.seed + args.iteration, bolder=True)
-    test = services.dataset.split("test")
-    images, labels, protected = test.images(meta.get("image_size", 64)), test.labels(config.target), test.labels(config.protected)
+    if args.fresh:
+        fresh = load_dataset("celeba", args.fresh)
+        parts = [fresh.split("val"), fresh.split("test")]
+    else:
+        parts = [services.dataset.split("test")]
+    labels = np.concatenate([p.labels(config.target) for p in parts])
+    protected = np.concatenate([p.labels(config.protected) for p in parts])
     base, _ = services.load_model(start)
     theta0 = copy.deepcopy(base.state_dict())
     band = config.band
     print(f"{args.run} iteration {args.iteration}: mix {result.config['mix_ratio']}, chosen α {result.alpha} "
           f"(the run chose {entry.get('alpha')}, mix {entry.get('mix_ratio')})")
-    print(f"{'α':>5} {'val EOD':>8} {'val SPD':>8} {'val WGA':>8} {'score':>7} | {'test EOD':>8} {'test SPD':>8} "
-          f"{'test WGA':>8} {'in band':>7} | {'EOD test − val':>14}")
+    other = "fresh" if args.fresh else "test"
+    print(f"{'α':>5} {'val EOD':>8} {'val SPD':>8} {'val WGA':>8} {'score':>7} | {other + ' EOD':>9} {other + ' SPD':>9} "
+          f"{other + ' WGA':>9} {'in band':>7} | {'EOD ' + other + ' − val':>15}")
     offsets = []
     for candidate in result.candidates:
         base.load_state_dict(interpolate(theta0, result.finetuned_state, candidate.alpha))
-        probs = predict_proba(base.eval(), images, device=services.device)
+        probs = np.concatenate([predict_proba(base.eval(), p.images(meta.get("image_size", 64)), device=services.device)
+                                for p in parts])
         report = fairness_report(y_true=labels, y_pred=(probs >= 0.5).astype(int), protected=protected,
                                  privileged_value=config.privileged_value, target_name=config.target,
                                  protected_name=config.protected, n_bootstrap=0, seed=config.seed).as_dict()
@@ -76,9 +87,9 @@ def main() -> None:
         mark = "*" if candidate.alpha == result.alpha else " "
         print(f"{candidate.alpha:>4.2f}{mark} {val['equal_opportunity_difference']:>+8.3f} "
               f"{val['statistical_parity_difference']:>+8.3f} {candidate.worst_group_accuracy:>8.3f} {candidate.score:>7.3f} | "
-              f"{report['equal_opportunity_difference']:>+8.3f} {report['statistical_parity_difference']:>+8.3f} "
-              f"{report['worst_group_accuracy']:>8.3f} {'yes' if band.check(report).inside else 'no':>7} | {offset:>+14.3f}")
-    print(f"EOD test − validation over the path: mean {np.mean(offsets):+.3f}, from {min(offsets):+.3f} to {max(offsets):+.3f}")
+              f"{report['equal_opportunity_difference']:>+9.3f} {report['statistical_parity_difference']:>+9.3f} "
+              f"{report['worst_group_accuracy']:>9.3f} {'yes' if band.check(report).inside else 'no':>7} | {offset:>+15.3f}")
+    print(f"EOD {other} − validation over the path: mean {np.mean(offsets):+.3f}, from {min(offsets):+.3f} to {max(offsets):+.3f}")
 
 
 if __name__ == "__main__":

@@ -38,11 +38,11 @@ def main() -> None:
     from fairloop.vision.models import load_checkpoint
     from fairloop.vision.train import predict_proba
 
-    def score(model, config: RunConfig, parts) -> tuple[float, float]:
+    def score(model, image_size: int, config: RunConfig, parts) -> tuple[float, float]:
         """(EOD, worst-group accuracy) of ``model`` over the concatenated ``parts``."""
         labels = np.concatenate([p.labels(config.target) for p in parts])
         protected = np.concatenate([p.labels(config.protected) for p in parts])
-        probs = np.concatenate([predict_proba(model, p.images(64), device="cpu") for p in parts])
+        probs = np.concatenate([predict_proba(model, p.images(image_size), device="cpu") for p in parts])
         report = fairness_report(y_true=labels, y_pred=(probs >= 0.5).astype(int), protected=protected,
                                  privileged_value=config.privileged_value, target_name=config.target,
                                  protected_name=config.protected, n_bootstrap=0, seed=0).as_dict()
@@ -63,10 +63,10 @@ def main() -> None:
         models += [(f"it {it['iteration']} {'kept' if it['accepted'] else 'dropped'}", it["model"])
                    for it in summary["iterations"] if it.get("model")]
         for label, relative in models:
-            model, _ = load_checkpoint(run / relative.removesuffix(".safetensors"))
+            model, meta = load_checkpoint(run / relative.removesuffix(".safetensors"))
             eod, wga = {}, {}
             for name, parts in splits.items():
-                eod[name], wga[name] = score(model, config, parts)
+                eod[name], wga[name] = score(model, meta.get("image_size", 64), config, parts)
             if relative == summary["final_model"] and label != "baseline":
                 label += " *"
                 for name in offsets:

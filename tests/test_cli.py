@@ -93,6 +93,15 @@ def test_data_synth_picks_the_cue_style_that_makes_the_target_subtle(tmp_path):
     assert json.loads((tmp_path / "s" / "synthfaces.json").read_text())["cues"] == "salient"
 
 
+def test_data_synth_extra_val_grows_only_the_validation_split(tmp_path):
+    invoke("data", "synth", "--out", tmp_path / "big", "--n", "40", "--extra-val", "8")
+    from fairloop.data.datasets import load_dataset
+
+    data = load_dataset("celeba", tmp_path / "big")
+    assert {s: len(data.split(s)) for s in ("train", "val", "test")} == {"train": 28, "val": 14, "test": 6}
+    assert json.loads((tmp_path / "big" / "synthfaces.json").read_text())["extra_val"] == 8
+
+
 def test_train_writes_weights_and_sidecar(pipeline):
     model = pipeline["model"]
     weights, sidecar = model.with_name("M.safetensors"), model.with_name("M.json")
@@ -214,6 +223,7 @@ def bad_cases(synth_root, tiny_checkpoint, tmp_path_factory) -> dict[str, list]:
                                    "--device", "cpu"],
         "synth_out_is_a_file": ["data", "synth", "--out", a_file, "--n", "200"],
         "synth_unknown_cues": ["data", "synth", "--out", base / "s2", "--n", "40", "--cues", "faint"],
+        "synth_negative_extra_val": ["data", "synth", "--out", base / "s3", "--n", "40", "--extra-val", "-3"],
         "generate_out_under_a_file": ["generate", "a woman", "-n", "2", "--generator", "render",
                                       "--out", a_file / "g"],
         "run_out_is_a_file": ["run", "--root", synth_root, "--llm", "rules", "--out", a_file],
@@ -259,6 +269,7 @@ EXPECTED = {
     "train_out_under_a_file": ["lies under", "a_file, which is a file"],
     "synth_out_is_a_file": ["a_file is a file, not a folder"],
     "synth_unknown_cues": ["unknown SynthFaces cue style 'faint'", "salient, subtle"],
+    "synth_negative_extra_val": ["--extra-val -3 is not a number of images", "--extra-val 7200"],
     "generate_out_under_a_file": ["lies under"],
     "run_out_is_a_file": ["a_file is a file, not a folder"],
     "experiment_out_is_a_file": ["a_file is a file, not a folder"],

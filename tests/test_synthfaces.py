@@ -375,6 +375,18 @@ def test_same_seed_gives_identical_table_and_other_seed_differs():
     assert not a["identity"].equals(c["identity"])
 
 
+def test_extra_validation_rows_leave_every_other_row_unchanged():
+    plain = scenario_table(400, Scenario(), seed=5)
+    larger = scenario_table(400, Scenario(), seed=5, extra_val=120)
+    pd.testing.assert_frame_equal(larger.iloc[:400], plain)  # same train, val and test rows, same ids
+    extra = larger.iloc[400:]
+    assert len(extra) == 120 and set(extra["split"]) == {"val"}
+    assert (extra.groupby(["Male", "Gray_Hair"]).size() == 30).all()  # balanced like the other validation rows
+    assert extra.index[0] == "000401.jpg" and extra["identity"].nunique() == 120
+    with pytest.raises(ConfigError, match="--extra-val"):
+        scenario_table(400, Scenario(), seed=5, extra_val=-1)
+
+
 def test_other_target_and_spurious_attributes():
     scenario = Scenario(target="Young", spurious="Pale_Skin", correlation=0.9)
     table = scenario_table(20000, scenario, seed=4)

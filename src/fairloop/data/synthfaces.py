@@ -191,16 +191,22 @@ def _sample_hair(n: int, rng: np.random.Generator, male: np.ndarray, fixed: dict
         out[name] = (choice == j).astype(np.int8)
 
 
-def scenario_table(n: int, scenario: Scenario, seed: int, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)) -> pd.DataFrame:
+def scenario_table(n: int, scenario: Scenario, seed: int, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+                   extra_val: int = 0) -> pd.DataFrame:
     """The full attribute table: ``split`` and ``identity`` columns plus every attribute.
 
     Training rows follow the scenario's correlation; validation and test rows are split as evenly
-    as possible over the four (target, spurious) groups.
+    as possible over the four (target, spurious) groups. ``extra_val`` more validation rows come
+    from a stream of their own, after the others, so every other row is the same as without them:
+    1,800 validation images read a repaired model's EOD about 0.025 fairer than it is, 10,800 do
+    not (README, "The main job in minutes").
     """
     scenario.validate()
     if n < 40:
         raise ConfigError(f"--n {n} is too small for train/val/test splits with four groups each",
                           "use --n 40 or more (the default is 12000)")
+    if extra_val < 0:
+        raise ConfigError(f"--extra-val {extra_val} is not a number of images", "use 0 (none) or e.g. --extra-val 7200")
     rng = np.random.default_rng(seed)
     sizes = [int(round(n * f)) for f in fractions[:2]]
     sizes.append(n - sum(sizes))
@@ -210,18 +216,33 @@ def scenario_table(n: int, scenario: Scenario, seed: int, fractions: tuple[float
             target = (rng.random(size) < 0.5).astype(np.int8)
             agree = rng.random(size) < scenario.correlation
             spurious = np.where(agree, target, 1 - target).astype(np.int8)
+            parts.append(_split_rows("train", target, spurious, scenario, rng))
         else:
-            groups = np.arange(size) % 4
-            rng.shuffle(groups)
-            target, spurious = (groups // 2).astype(np.int8), (groups % 2).astype(np.int8)
-        part = sample_attributes(size, rng, {scenario.target: target, scenario.spurious: spurious})
-        part.insert(0, "split", split)
-        parts.append(part)
+            parts.append(_balanced_rows(split, size, scenario, rng))
     table = pd.concat(parts, ignore_index=True)
     table.insert(1, "identity", rng.integers(0, 2**31 - 1, size=len(table), dtype=np.int64))
+    if extra_val:
+        extra_rng = np.random.default_rng([seed, 1])
+        extra = _balanced_rows("val", extra_val, scenario, extra_rng)
+        extra.insert(1, "identity", extra_rng.integers(0, 2**31 - 1, size=extra_val, dtype=np.int64))
+        table = pd.concat([table, extra], ignore_index=True)
     table.index = [f"{i + 1:06d}.jpg" for i in range(len(table))]
     table.index.name = "image_id"
     return table
+
+
+def _balanced_rows(split: str, size: int, scenario: Scenario, rng: np.random.Generator) -> pd.DataFrame:
+    """``size`` rows spread as evenly as possible over the four (target, spurious) groups, shuffled."""
+    groups = np.arange(size) % 4
+    rng.shuffle(groups)
+    return _split_rows(split, (groups // 2).astype(np.int8), (groups % 2).astype(np.int8), scenario, rng)
+
+
+def _split_rows(split: str, target: np.ndarray, spurious: np.ndarray, scenario: Scenario,
+                rng: np.random.Generator) -> pd.DataFrame:
+    part = sample_attributes(len(target), rng, {scenario.target: target, scenario.spurious: spurious})
+    part.insert(0, "split", split)
+    return part
 
 
 # -------------------------------------------------------------------------------------- rendering
@@ -419,7 +440,7 @@ def _gradient(top, bottom):
 
 
 def write_synthfaces(out: str | Path, *, n: int = 12000, scenario: Scenario = Scenario(), seed: int = 0,
-                     cues: str = "salient", force: bool = False,
+                     cues: str = "salient", extra_val: int = 0, force: bool = False,
                      progress: Callable[[int, int], None] | None = None) -> Path:
     """Write SynthFaces to ``out`` in CelebA's on-disk format; return the folder.
 
@@ -433,7 +454,7 @@ def write_synthfaces(out: str | Path, *, n: int = 12000, scenario: Scenario = Sc
             raise DataError(f"{out} already exists and is not empty",
                             "choose another --out, or pass --force to replace it")
     check_cues(cues)
-    table = scenario_table(n, scenario, seed)
+    table = scenario_table(n, scenario, seed, extra_val=extra_val)
     tmp = work_folder(out)
     try:
         images = tmp / "img_align_celeba"
@@ -444,7 +465,8 @@ def write_synthfaces(out: str | Path, *, n: int = 12000, scenario: Scenario = Sc
             if progress:
                 progress(i + 1, len(table))
         _write_celeba_tables(tmp, table)
-        meta = {"dataset": "SynthFaces", "version": 1, "n": n, "seed": seed, "scenario": asdict(scenario),
+        meta = {"dataset": "SynthFaces", "version": 1, "n": n, "extra_val": extra_val, "seed": seed,
+                "scenario": asdict(scenario),
                 "cues": cues, "image_size": IMAGE_SIZE, "dependencies": DEPENDENCIES,
                 "groups": _group_counts(table, scenario)}
         (tmp / "synthfaces.json").write_text(json.dumps(meta, indent=2))

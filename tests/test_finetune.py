@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -168,9 +169,9 @@ def test_select_alpha_falls_back_to_the_start_when_nothing_keeps_the_accuracy():
 def test_finetune_returns_a_model_chosen_on_the_alpha_grid(result, start, synth_data):
     model, theta0 = start
     config = FinetuneConfig(**FAST)
-    # coarse to fine: every other α of the grid, then the chosen one's neighbours
+    # coarse to fine: every 4th α of the grid, then neighbours at half and a quarter of the stride
     grid, scored = list(config.alphas), [c.alpha for c in result.candidates]
-    assert scored == sorted(scored) and set(grid[::2]) <= set(scored) <= set(grid) and len(scored) <= 13
+    assert scored == sorted(scored) and set(grid[::4]) <= set(scored) <= set(grid) and len(scored) <= 10
     at = grid.index(result.alpha)
     assert set(grid[max(0, at - 1):at + 2]) <= set(scored)
     assert result.chosen.within_budget
@@ -228,9 +229,39 @@ def test_early_stopping_keeps_the_best_epoch(start, synth_data, counterfactuals,
     assert [h["improved"] for h in out.history] == [True, False]
 
 
+def test_theta1_last_trains_every_epoch_without_choosing_one(start, synth_data, counterfactuals, monkeypatch):
+    """theta1 = "last": all epochs train, none is scored on validation, and θ1 is the last one."""
+    scored_alphas = []
+    real_score = finetune_module._Validation.score
+
+    def counting(self, model, alpha, base_accuracy, budget):
+        scored_alphas.append(alpha)
+        return real_score(self, model, alpha, base_accuracy, budget)
+
+    monkeypatch.setattr(finetune_module._Validation, "score", counting)
+    out = finetune(start[0], synth_data, counterfactuals, target=TARGET, protected=PROTECTED,
+                   config=FinetuneConfig(**{**FAST, "epochs": 3}, theta1="last", alphas=(0.0, 1.0)))
+    assert [h["epoch"] for h in out.history] == [1, 2, 3] and out.best_epoch == 3
+    assert sorted(scored_alphas) == [0.0, 1.0]  # the base and α = 1: no epoch was scored
+
+
+def test_ema_fine_tunes_to_averaged_weights(start, synth_data, counterfactuals):
+    """With ``ema`` θ1 is the moving average of the weights, not the last step's weights."""
+    config = FinetuneConfig(**FAST, theta1="last", alphas=(0.0, 1.0))
+    raw = finetune(start[0], synth_data, counterfactuals, target=TARGET, protected=PROTECTED, config=config)
+    averaged = finetune(start[0], synth_data, counterfactuals, target=TARGET, protected=PROTECTED,
+                        config=replace(config, ema=0.5))
+    theta0 = start[1]
+    name = next(k for k, v in theta0.items() if v.is_floating_point() and v.dim() > 1)
+    moved_raw = (raw.finetuned_state[name] - theta0[name]).norm()
+    moved_averaged = (averaged.finetuned_state[name] - theta0[name]).norm()
+    assert 0 < moved_averaged < moved_raw  # the average lags the last step, towards the start
+
+
 def test_the_alpha_scan_goes_coarse_to_fine(start, synth_data, counterfactuals, monkeypatch):
-    """A score with one peak along the path (at α = 0.64): 11 coarse αs (best: 0.6) and its two
-    neighbours find the grid's best, 0.65, where the whole grid takes 21 forward passes."""
+    """A score with one peak along the path (at α = 0.64): 6 coarse αs (best: 0.6), its neighbours
+    0.5 and 0.7, then 0.55 and 0.65 find the grid's best, 0.65, where the whole grid takes 21
+    forward passes."""
     real_score = finetune_module._Validation.score
 
     def peaked(self, model, alpha, base_accuracy, budget):
@@ -243,7 +274,7 @@ def test_the_alpha_scan_goes_coarse_to_fine(start, synth_data, counterfactuals, 
     out = finetune(start[0], synth_data, counterfactuals, target=TARGET, protected=PROTECTED,
                    config=FinetuneConfig(**FAST))
     assert out.alpha == 0.65
-    assert [c.alpha for c in out.candidates] == sorted([k / 10 for k in range(11)] + [0.55, 0.65])
+    assert [c.alpha for c in out.candidates] == [0.0, 0.2, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8, 1.0]
 
 
 def test_uniform_real_rows_are_a_sample_without_repeats_and_the_whole_pool_when_it_is_asked_for():
@@ -289,7 +320,7 @@ def test_a_bad_counterfactual_table_is_refused_with_a_fix(start, synth_data, tab
 @pytest.mark.parametrize("changes, match", [
     ({"mode": "partial"}, "mode"), ({"mix_ratio": 1.5}, "mix_ratio"), ({"alphas": (0.0, 1.5)}, "alphas"),
     ({"patience": 0}, "patience"), ({"accuracy_budget": -0.1}, "budget"),
-    ({"real_sampling": "stratified"}, "real_sampling"),
+    ({"real_sampling": "stratified"}, "real_sampling"), ({"theta1": "first"}, "theta1"), ({"ema": 1.0}, "ema"),
 ])
 def test_bad_options_are_config_errors(start, synth_data, changes, match):
     with pytest.raises(ConfigError, match=match):

@@ -213,10 +213,12 @@ def train_classifier(dataset: FaceDataset, target: str, config: TrainConfig = Tr
 
 def train_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer,
                 sched: torch.optim.lr_scheduler.LRScheduler | None, device: torch.device, *, stage: str = "train",
-                progress: Progress | None = None, objective: GroupDRO | None = None) -> float:
+                progress: Progress | None = None, objective: GroupDRO | None = None,
+                average: torch.optim.swa_utils.AveragedModel | None = None) -> float:
     """One pass over ``loader`` (batches of image, label, weight, group) with the weighted BCE
-    loss, or ``objective`` over the per-image losses and groups; the mean objective per image. The
-    caller puts the model in train mode (or partly in eval mode)."""
+    loss, or ``objective`` over the per-image losses and groups; the mean objective per image.
+    ``average`` is updated after every step. The caller puts the model in train mode (or partly in
+    eval mode)."""
     loss_fn = nn.BCEWithLogitsLoss(reduction="none")
     total, count = 0.0, 0
     for step, (x, y, w, g) in enumerate(loader):
@@ -233,6 +235,8 @@ def train_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer
         opt.step()
         if sched is not None:
             sched.step()
+        if average is not None:
+            average.update_parameters(model)
         total, count = total + loss.item() * len(y), count + len(y)
         if progress:
             progress(stage, step + 1, len(loader))

@@ -553,6 +553,6 @@ def finetune(model: FaceClassifier, dataset: FaceDataset, counterfactuals: pd.Da
     )
 
 
-__all__ = ["ALPHAS", "AlphaCandidate", "FinetuneConfig", "FinetuneResult", "MODES", "OBJECTIVES", "REAL_SAMPLING", "THETA1",
-           "check_counterfactuals", "draw_real_rows", "finetune", "interpolate", "reweighing_weights", "select_alpha",
+__all__ = ["ALPHAS", "AlphaCandidate", "FinetuneConfig", "FinetuneResult", "MODES", "OBJECTIVES", "REAL_SAMPLING",
+           "THETA1", "check_counterfactuals", "draw_real_rows", "finetune", "interpolate", "reweighing_weights", "select_alpha",
            "validation_objective"]

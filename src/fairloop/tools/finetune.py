@@ -532,11 +532,11 @@ def finetune(model: FaceClassifier, dataset: FaceDataset, counterfactuals: pd.Da
         return select_alpha(list(scored.values()), base_accuracy=base.accuracy, accuracy_budget=config.accuracy_budget)
 
     # coarse to fine: every 4th α of the grid (and its end), then the best one's neighbours at
-    # half the stride, then at a quarter; 10 forward passes instead of 21 for the default grid, the
-    # same choice wherever the score has one peak along the path
+    # half the stride, then at a quarter; 10 of the default grid's 21 points (13 with every other α
+    # first), the same choice wherever the score has one peak along the path
     stride = 4
     coarse = sorted(set(grid[::stride] + grid[-1:]))
-    planned = len(coarse) + 4
+    planned = len(coarse) + 4  # two neighbours at each of the two finer strides
     chosen = score(coarse)
     while stride > 1:
         stride //= 2
@@ -554,5 +554,5 @@ def finetune(model: FaceClassifier, dataset: FaceDataset, counterfactuals: pd.Da
 
 
 __all__ = ["ALPHAS", "AlphaCandidate", "FinetuneConfig", "FinetuneResult", "MODES", "OBJECTIVES", "REAL_SAMPLING",
-           "THETA1", "check_counterfactuals", "draw_real_rows", "finetune", "interpolate", "reweighing_weights", "select_alpha",
-           "validation_objective"]
+           "THETA1", "check_counterfactuals", "draw_real_rows", "finetune", "interpolate", "reweighing_weights",
+           "select_alpha", "validation_objective"]

@@ -499,7 +499,7 @@ def finetune(model: FaceClassifier, dataset: FaceDataset, counterfactuals: pd.Da
                            progress=progress, objective=objective, average=average)
         if config.theta1 == "last":
             history.append({"epoch": epoch + 1, "loss": loss, "n_real": int(n_real), "n_counterfactual": int(n_cf)})
-            best_state, best_epoch = None, epoch + 1
+            best_epoch = epoch + 1
             continue
         scored = val.score(scored_model, 1.0, base.accuracy, config.accuracy_budget)
         key = validation_objective(scored, base_accuracy=base.accuracy, accuracy_budget=config.accuracy_budget)

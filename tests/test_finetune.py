@@ -90,6 +90,15 @@ def test_interpolate_takes_batchnorm_counters_from_theta1():
     a.load_state_dict(out)  # a complete state dict
 
 
+def test_interpolate_extrapolates_past_one_and_keeps_batchnorm_variances_positive():
+    theta0 = {"w": torch.tensor([0.0, 2.0]), "bn.running_var": torch.tensor([1.0, 0.5])}
+    theta1 = {"w": torch.tensor([4.0, -2.0]), "bn.running_var": torch.tensor([1.5, 0.1])}
+    out = interpolate(theta0, theta1, 1.25)
+    assert torch.equal(out["w"], torch.tensor([5.0, -3.0]))  # θ0 + 1.25·(θ1 − θ0)
+    assert out["bn.running_var"][0].item() == pytest.approx(1.625)
+    assert out["bn.running_var"][1].item() == pytest.approx(1e-5)  # 0.5 + 1.25·(0.1 − 0.5) = 0 → kept positive
+
+
 def test_interpolate_refuses_different_architectures():
     with pytest.raises(ConfigError, match="different tensors"):
         interpolate({"w": torch.zeros(2)}, {"v": torch.zeros(2)}, 0.5)
@@ -259,8 +268,8 @@ def test_ema_fine_tunes_to_averaged_weights(start, synth_data, counterfactuals):
 
 
 def test_the_alpha_scan_goes_coarse_to_fine(start, synth_data, counterfactuals, monkeypatch):
-    """A score with one peak along the path (at α = 0.64): 6 coarse αs (best: 0.6), its neighbours
-    0.5 and 0.7, then 0.55 and 0.65 find the grid's best, 0.65, where the whole grid takes 21
+    """A score with one peak along the path (at α = 0.64): 8 coarse αs (best: 0.6), its neighbours
+    0.5 and 0.7, then 0.55 and 0.65 find the grid's best, 0.65, where the whole grid takes 26
     forward passes."""
     real_score = finetune_module._Validation.score
 
@@ -274,7 +283,7 @@ def test_the_alpha_scan_goes_coarse_to_fine(start, synth_data, counterfactuals, 
     out = finetune(start[0], synth_data, counterfactuals, target=TARGET, protected=PROTECTED,
                    config=FinetuneConfig(**FAST))
     assert out.alpha == 0.65
-    assert [c.alpha for c in out.candidates] == [0.0, 0.2, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8, 1.0]
+    assert [c.alpha for c in out.candidates] == [0.0, 0.2, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8, 1.0, 1.2, 1.25]
 
 
 def test_uniform_real_rows_are_a_sample_without_repeats_and_the_whole_pool_when_it_is_asked_for():
@@ -318,7 +327,7 @@ def test_a_bad_counterfactual_table_is_refused_with_a_fix(start, synth_data, tab
 
 
 @pytest.mark.parametrize("changes, match", [
-    ({"mode": "partial"}, "mode"), ({"mix_ratio": 1.5}, "mix_ratio"), ({"alphas": (0.0, 1.5)}, "alphas"),
+    ({"mode": "partial"}, "mode"), ({"mix_ratio": 1.5}, "mix_ratio"), ({"alphas": (0.0, 1.6)}, "alphas"),
     ({"patience": 0}, "patience"), ({"accuracy_budget": -0.1}, "budget"),
     ({"real_sampling": "stratified"}, "real_sampling"), ({"theta1": "first"}, "theta1"), ({"ema": 1.0}, "ema"),
 ])

@@ -60,6 +60,23 @@ def test_overshoot_and_band_distance():
     assert not band.crossed(before, inside) and band.distance(inside) == 0
     assert band.distance(before) == pytest.approx(0.8 - 0.27 + 0.45 - 0.05)
     assert band.distance({**inside, "disparate_impact": None}) == 1.0
+    # the score counts the metric furthest out: DI 0.53 below the band, not DI and SPD summed
+    assert band.worst_excess(inside) == 0 and band.worst_excess(before) == pytest.approx(0.8 - 0.27)
+    assert band.worst_excess({**inside, "equal_opportunity_difference": None}) == 1.0
+    assert band.score({**before, "worst_group_accuracy": 0.6}) == pytest.approx(0.6 - (0.8 - 0.27))
+
+
+def test_the_score_balances_eod_against_spd_and_aod():
+    """The demo's seed 0 after its first repair: EOD −0.040 (the men's gap), SPD and AOD +0.019 (the
+    men's and women's gaps together). A push that moves EOD 0.010 towards the band moves SPD and
+    AOD 0.010 out; summed, that is a loss, by the metric furthest out a gain."""
+    band = FairBand().shrunk(0.7)
+    now = {"disparate_impact": 1.04, "statistical_parity_difference": 0.019, "equal_opportunity_difference": -0.040,
+           "average_odds_difference": 0.019, "worst_group_accuracy": 0.85}
+    pushed = {**now, "statistical_parity_difference": 0.029, "equal_opportunity_difference": -0.030,
+              "average_odds_difference": 0.029}
+    assert band.distance(pushed) > band.distance(now)
+    assert band.score(pushed) > band.score(now)
 
 
 def _sized(iteration: int, n_asked: int, before: float, after: float, *, accepted: bool = True,

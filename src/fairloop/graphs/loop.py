@@ -320,8 +320,8 @@ class MitigationLoop:
             crossed = cfg.band.crossed(initial, cand)
             accuracy_ok = cand["accuracy"] >= initial["accuracy"] - cfg.accuracy_budget
             wga_gain = (cand["worst_group_accuracy"] or 0) - (current["worst_group_accuracy"] or 0)
-            closer = band.distance(current) - band.distance(cand)
-            # the α scan's own measure (FairBand.score): worst-group accuracy less the distance to the band
+            closer = band.worst_excess(current) - band.worst_excess(cand)
+            # the α scan's own measure (FairBand.score): worst-group accuracy less the furthest metric's excess
             gain = band.score(cand) - band.score(current)
             accepted = accuracy_ok and not crossed and gain > MIN_SCORE_GAIN
             if crossed:
@@ -331,7 +331,7 @@ class MitigationLoop:
                           f"({initial['accuracy']:.3f} − {cfg.accuracy_budget})")
             elif not accepted:
                 reason = (f"rolled back: no gain (score {gain:+.3f} ≤ "
-                          f"{MIN_SCORE_GAIN}: worst-group accuracy {wga_gain:+.3f}, distance to the target band "
+                          f"{MIN_SCORE_GAIN}: worst-group accuracy {wga_gain:+.3f}, furthest metric's excess over the target band "
                           f"{-closer:+.3f})")
             else:
                 reason = (f"accepted: worst-group accuracy {current['worst_group_accuracy']:.3f} → "

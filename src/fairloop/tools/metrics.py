@@ -288,12 +288,22 @@ class FairBand:
             total += 1.0 if value is None else max(0.0, low - value) + max(0.0, value - high)
         return total
 
+    def worst_excess(self, metrics: Mapping[str, Any]) -> float:
+        """How far the metric furthest outside the band is outside it (0 inside); an undefined
+        metric counts as 1."""
+        excess = 0.0
+        for name, (low, high) in self._bounds().items():
+            value = _finite(metrics.get(name))
+            excess = max(excess, 1.0 if value is None else max(0.0, low - value, value - high))
+        return excess
+
     def score(self, metrics: Mapping[str, Any]) -> float:
         """What the loop maximises on validation, in one number: worst-group accuracy less
-        :meth:`distance`. A point of distance to the band costs as much as a point of worst-group
-        accuracy, so a repair that moves towards the band's centre may spend a little worst-group
-        accuracy, and one that buys a lot of it may stay a little further out."""
-        return (_finite(metrics.get("worst_group_accuracy")) or 0.0) - self.distance(metrics)
+        :meth:`worst_excess`. A point outside the band costs as much as a point of worst-group
+        accuracy. The metric furthest out, not the sum: after a first repair EOD (one class's gap)
+        and SPD, AOD (both classes' gaps) sit on opposite sides, and a summed distance let SPD and
+        AOD outvote EOD, leaving EOD alone at the band's edge."""
+        return (_finite(metrics.get("worst_group_accuracy")) or 0.0) - self.worst_excess(metrics)
 
     def crossed(self, before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
         """Metrics that crossed the band to its other side (seed 000's DI 0.27 → 1.355)."""

@@ -12,8 +12,8 @@ Every backend gives the same :class:`AnalyzerDecision`:
   :class:`OpenAIAnalyzer` on any OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, llama.cpp
   server) and :class:`LocalAnalyzer` on the packaged local LLM (its grammar narrowed per context by
   :func:`decision_grammar`). The prompt is Appendix A (``prompts/analyzer.txt``) plus the preset
-  queries Q and a JSON answer format. The answer is untrusted data: it is parsed, checked with
-  :func:`~fairloop.agent.schema.validate_decision`, the fair band and the data
+  queries Q and a JSON answer format. The answer is untrusted data: it is parsed, its plans scaled
+  down to the budget, checked with :func:`~fairloop.agent.schema.validate_decision`, the fair band and the data
   (:func:`check_decision`), and sent back with the exact problems until it is usable or
   ``max_attempts`` is spent; then the rules decide. Nothing in an answer is ever executed or used
   as a path.
@@ -33,7 +33,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from fairloop.agent.schema import AnalyzerContext, AnalyzerDecision, ClassPlan, validate_decision
+from fairloop.agent.schema import AnalyzerContext, AnalyzerDecision, ClassPlan, fit_to_budget, validate_decision
 from fairloop.errors import ConfigError
 from fairloop.llm import content_text, grammar_schema
 from fairloop.prompts import load_prompt
@@ -675,8 +675,9 @@ class LLMAnalyzer:
 
     @staticmethod
     def _problems(text: str, ctx: AnalyzerContext, raw: bool = False) -> AnalyzerDecision | list[str]:
-        """The decision in ``text``, or the list of reasons it cannot be used (``raw``: the schema
-        and :func:`validate_decision` only)."""
+        """The decision in ``text`` (its plans scaled down to the budget), or the list of reasons it
+        cannot be used (``raw``: the schema and :func:`validate_decision` only, a count over the
+        budget included)."""
         try:
             data = parse_answer(text)
         except ValueError as error:
@@ -687,6 +688,7 @@ class LLMAnalyzer:
             return _validation_errors(error)
         if raw:
             return validate_decision(decision, ctx.attributes, ctx.target, ctx.max_images) or decision
+        decision = fit_to_budget(decision, ctx.max_images)
         return check_decision(decision, ctx) or decision
 
 

@@ -75,6 +75,19 @@ def validate_decision(decision: AnalyzerDecision, attributes: list[str], target:
     return problems
 
 
+def fit_to_budget(decision: AnalyzerDecision, max_images: int) -> AnalyzerDecision:
+    """``decision`` with its plans scaled down, in proportion, to ``max_images`` images in total (as
+    it is when it fits). How many images to draw is sized from validation by whoever runs the plan;
+    an answer over the budget still says how to split it, and sending it back for the count alone
+    cost the packaged model a whole retry (~40 s), often answered with the same count again."""
+    total = sum(plan.n_images for plan in decision.plans)
+    if total <= max_images:
+        return decision
+    plans = [plan.model_copy(update={"n_images": plan.n_images * max(max_images, 0) // total})
+             for plan in decision.plans]
+    return decision.model_copy(update={"plans": plans})
+
+
 @dataclass
 class AnalyzerContext:
     """Seed 000's P = {task, accuracy, metrics, protected attribute, attributes, importance scores},

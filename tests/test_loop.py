@@ -416,3 +416,90 @@ def test_run_with_an_openai_compatible_endpoint_reports_the_answer_verbatim(synt
     for path in folder.path.rglob("*"):  # the key reaches no file of the run: state, trace, report, summary
         if path.is_file():
             assert key.encode() not in path.read_bytes(), path
+
+
+# ------------------------------------------------------------------------ decide: gains beyond the noise
+
+
+class _Split:
+    """A validation split of 450 rows per (Male, Gray_Hair) group, as the demo's."""
+
+    def __init__(self) -> None:
+        self.y = np.repeat([0, 0, 1, 1], 450)
+        self.a = np.tile(np.repeat([0, 1], 450), 2)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def labels(self, name: str) -> np.ndarray:
+        return {"Male": self.y, "Gray_Hair": self.a}[name]
+
+
+def _predictions(split: _Split, correct: dict[tuple[int, int], range]) -> np.ndarray:
+    """Predictions right on the rows ``correct`` names in each (y, a) group (by position in it), wrong elsewhere."""
+    pred = 1 - split.y
+    for (y, a), rows in correct.items():
+        where = np.flatnonzero((split.y == y) & (split.a == a))
+        pred[where[list(rows)]] = y
+    return pred
+
+
+def _decide(tmp_path, monkeypatch, current: np.ndarray, candidate: np.ndarray, *, on_disk: bool = True) -> dict:
+    """One decide of iteration 2 between two models' validation predictions."""
+    from types import SimpleNamespace
+
+    from fairloop.graphs.loop import MitigationLoop
+    from fairloop.tools.metrics import fairness_report
+
+    split = _Split()
+    folder = RunFolder(tmp_path / "run")
+    config = RunConfig(root=str(tmp_path), memory=str(tmp_path / "memory"), max_iterations=3)
+    services = SimpleNamespace(config=config, folder=folder, log=lambda line: None,
+                               dataset=SimpleNamespace(split=lambda name: split))
+    monkeypatch.setattr(MitigationLoop, "_remember", lambda *args: None)
+    metrics = {}
+    for name, pred in (("cur", current), ("cand", candidate)):
+        metrics[name] = fairness_report(y_true=split.y, y_pred=pred, protected=split.a, privileged_value=1,
+                                        target_name="Male", protected_name="Gray_Hair", n_bootstrap=0).as_dict()
+        if on_disk:
+            np.save(folder.path / "evals" / f"{name}.val.npy", pred.astype(np.float32))
+    state = {"iteration": 2, "model": "models/cur.safetensors", "images_used": 1200, "no_gain": 0, "iterations": [],
+             "kept_manifests": ["manifests/it1.json"], "analysis": {"decision": {"mix_ratio": 0.6, "diagnosis": "d"}},
+             "initial": {"val": metrics["cur"]}, "current": {"val": metrics["cur"], "test": metrics["cur"]},
+             "generated": {"n": 200, "manifest": "manifests/it2.json", "verification": None, "iteration": 2},
+             "candidate": {"iteration": 2, "model": "models/cand.safetensors", "alpha": 0.3, "finetune": {"config": {}},
+                           "eval": {"val": metrics["cand"], "test": metrics["cand"]}}}
+    return MitigationLoop(services).decide(state)
+
+
+# the demo's seed 0 after its first repair: inside the fair band (EOD −0.040, SPD and AOD +0.019), not its target
+REPAIRED = {(0, 0): range(391), (0, 1): range(426), (1, 0): range(381), (1, 1): range(399)}
+
+
+def test_a_gain_validation_cannot_tell_from_noise_is_rolled_back_and_the_run_stops(tmp_path, monkeypatch):
+    split = _Split()
+    current = _predictions(split, REPAIRED)
+    # the trailing group (men without gray hair): 6 rows fixed, 4 others broken; +0.009 of score
+    noisy = _predictions(split, REPAIRED | {(1, 0): range(4, 387)})
+    update = _decide(tmp_path, monkeypatch, current, noisy)
+    entry = update["iterations"][-1]
+    assert not entry["accepted"] and entry["gain_confidence"] < 0.9
+    assert entry["reason"].startswith("rolled back: a gain within validation's noise")
+    assert update["status"].startswith("fair within the noise") and update["no_gain"] == 1
+
+
+def test_a_clear_gain_is_accepted_and_without_predictions_on_disk_the_point_gain_decides(tmp_path, monkeypatch):
+    split = _Split()
+    current = _predictions(split, REPAIRED)
+    # 18 more men and 30 more women without gray hair right: every metric inside the target band
+    clear = _predictions(split, REPAIRED | {(1, 0): range(399), (0, 0): range(421)})
+    update = _decide(tmp_path / "a", monkeypatch, current, clear)
+    assert update["iterations"][-1]["accepted"] and update["iterations"][-1]["gain_confidence"] >= 0.95
+    assert update["status"].startswith("fair:") and update["model"] == "models/cand.safetensors"
+    # the men's 18 alone: EOD in, SPD and AOD out as far, so the score's furthest metric changes and
+    # its gain (+0.023) is one validation cannot tell from noise
+    men_only = _predictions(split, REPAIRED | {(1, 0): range(399)})
+    assert not _decide(tmp_path / "c", monkeypatch, current, men_only)["iterations"][-1]["accepted"]
+    noisy = _predictions(split, REPAIRED | {(1, 0): range(4, 387)})
+    update = _decide(tmp_path / "b", monkeypatch, current, noisy, on_disk=False)  # an older run folder
+    assert update["iterations"][-1]["accepted"] and update["iterations"][-1]["gain_confidence"] is None

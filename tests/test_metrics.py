@@ -334,3 +334,23 @@ def test_aif360_import_prints_nothing():
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stderr == "" and result.stdout == ""
+
+
+def test_paired_score_gains_are_zero_for_the_same_model_and_spread_with_how_much_two_models_differ():
+    from fairloop.tools.metrics import paired_score_gains
+
+    rng = np.random.default_rng(0)
+    y, a = rng.integers(0, 2, 1000), rng.integers(0, 2, 1000)
+    worst = (y == 1) & (a == 0)  # a model that misses 40 % of this group and 10 % of the others
+    before = np.where(rng.random(1000) < np.where(worst, 0.6, 0.9), y, 1 - y)
+    band = FairBand().shrunk(0.7)
+    args = dict(y_true=y, protected=a, privileged_value=1, n_bootstrap=300)
+    assert not paired_score_gains(band, before=before, after=before, **args).any()
+    fixed = np.where(worst, y, before)  # every error of that group fixed
+    assert (paired_score_gains(band, before=before, after=fixed, **args) > 0).all()
+    few = before.copy()
+    few[np.flatnonzero(worst)[:6]] = 1 - few[np.flatnonzero(worst)[:6]]  # six rows of that group flipped
+    spread = paired_score_gains(band, before=before, after=few, **args)
+    assert 0 < spread.std() < paired_score_gains(band, before=before, after=fixed, **args).std()
+    with pytest.raises(ConfigError, match="lengths"):
+        paired_score_gains(band, before=before, after=before[:10], **args)

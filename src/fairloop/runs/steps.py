@@ -144,6 +144,16 @@ def evaluate_model(services: RunServices, relative: str) -> dict[str, Any]:
     return out
 
 
+def val_predictions(services: RunServices, relative: str) -> np.ndarray | None:
+    """P(target = 1) of a checkpoint on the validation split, as :func:`evaluate_model` kept it;
+    None when it is not there (or not one number per validation row)."""
+    path = services.folder.path / "evals" / f"{model_key(relative)}.val.npy"
+    if not path.exists():
+        return None
+    probs = np.load(path, allow_pickle=False)  # a run folder is untrusted: numbers only, never objects
+    return probs if probs.shape == (len(services.dataset.split("val")),) else None
+
+
 def _save_array(path, array: np.ndarray) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a bare temp name

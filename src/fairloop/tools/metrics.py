@@ -514,6 +514,30 @@ def _bootstrap(counts: np.ndarray, privileged_value: int, defined: list[str], n_
     return ci, n_undefined
 
 
+def paired_score_gains(band: FairBand, *, y_true: Any, protected: Any, before: Any, after: Any,
+                       privileged_value: int, n_bootstrap: int = 400, seed: int = 0) -> np.ndarray:
+    """``band.score`` of the predictions ``after`` less that of ``before`` on the same rows, in each
+    of ``n_bootstrap`` resamples of the rows (both predictions resampled together): how sure the
+    rows are that one model beats the other. Two models that differ on a few rows get a tight
+    spread, two that differ on many a wide one. The 16 cell counts of protected × target × both
+    predictions are drawn from a multinomial, as :func:`fairness_report`'s bootstrap draws 8."""
+    y, a = _as_binary(y_true, "y_true"), _as_binary(protected, "protected")
+    p0, p1 = _as_binary(before, "before"), _as_binary(after, "after")
+    if not len(y) == len(a) == len(p0) == len(p1) or len(y) == 0:
+        raise ConfigError(f"y_true, protected, before and after have lengths {len(y)}, {len(a)}, {len(p0)}, {len(p1)}",
+                          "pass both models' predictions for the same, non-empty rows")
+    codes = 8 * a.astype(np.intp) + 4 * y + 2 * p0 + p1
+    counts = np.bincount(codes, minlength=16)
+    draws = np.random.default_rng(seed).multinomial(len(y), counts / len(y), size=n_bootstrap)
+    draws = draws.reshape(n_bootstrap, 2, 2, 2, 2)  # [resample, protected, y, ŷ before, ŷ after]
+    scores = []
+    for model_axis in (4, 3):  # sum out the other model's prediction: (before, after)
+        values = _metric_values(draws.sum(axis=model_axis), privileged_value)
+        scores.append(np.array([band.score({name: float(v[i]) for name, v in values.items()})
+                                for i in range(n_bootstrap)]))
+    return scores[1] - scores[0]
+
+
 def fairness_report(
     *,
     y_true: Any,

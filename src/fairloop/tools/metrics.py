@@ -518,9 +518,10 @@ def paired_score_gains(band: FairBand, *, y_true: Any, protected: Any, before: A
                        privileged_value: int, n_bootstrap: int = 400, seed: int = 0) -> np.ndarray:
     """``band.score`` of the predictions ``after`` less that of ``before`` on the same rows, in each
     of ``n_bootstrap`` resamples of the rows (both predictions resampled together): how sure the
-    rows are that one model beats the other. Two models that differ on a few rows get a tight
-    spread, two that differ on many a wide one. The 16 cell counts of protected × target × both
-    predictions are drawn from a multinomial, as :func:`fairness_report`'s bootstrap draws 8."""
+    rows are that one model beats the other. The spread grows with the rows the two disagree on,
+    and where the furthest metric of the score can switch (EOD on one side of zero, SPD and AOD on
+    the other). The 16 cell counts of protected × target × both predictions are drawn from a
+    multinomial, as :func:`fairness_report`'s bootstrap draws 8."""
     y, a = _as_binary(y_true, "y_true"), _as_binary(protected, "protected")
     p0, p1 = _as_binary(before, "before"), _as_binary(after, "after")
     if not len(y) == len(a) == len(p0) == len(p1) or len(y) == 0:

@@ -503,3 +503,20 @@ def test_a_clear_gain_is_accepted_and_without_predictions_on_disk_the_point_gain
     noisy = _predictions(split, REPAIRED | {(1, 0): range(4, 387)})
     update = _decide(tmp_path / "b", monkeypatch, current, noisy, on_disk=False)  # an older run folder
     assert update["iterations"][-1]["accepted"] and update["iterations"][-1]["gain_confidence"] is None
+
+
+def test_validation_predictions_of_the_wrong_length_are_refused_with_a_fix(tmp_path):
+    from types import SimpleNamespace
+
+    from fairloop.errors import DataError
+    from fairloop.runs.steps import eval_file, explain_model, val_predictions
+
+    split = _Split()
+    services = SimpleNamespace(folder=RunFolder(tmp_path / "run"), config=RunConfig(root=str(tmp_path)),
+                               dataset=SimpleNamespace(split=lambda name: split))
+    eval_file(services, "models/m.safetensors", "metrics.json").write_text("{}")
+    np.save(eval_file(services, "models/m.safetensors", "val.npy"), np.zeros(10, np.float32))  # not 1,800 rows
+    assert val_predictions(services, "models/m.safetensors") is None
+    with pytest.raises(DataError, match="one prediction per validation row") as error:
+        explain_model(services, "models/m.safetensors")
+    assert "m.val.npy" in error.value.fix

@@ -119,12 +119,17 @@ def _cached_baseline(services: RunServices, stem: Path, target: str, data_hash: 
     return model, meta
 
 
+def eval_file(services: RunServices, relative: str, suffix: str) -> Path:
+    """Where a checkpoint's cached evaluation ``suffix`` (``metrics.json``, ``val.npy``, ...) lives in ``RUN/evals``."""
+    return services.folder.path / "evals" / f"{model_key(relative)}.{suffix}"
+
+
 def evaluate_model(services: RunServices, relative: str) -> dict[str, Any]:
     """Val and test metrics of a checkpoint, computed once and kept in ``RUN/evals``."""
     from fairloop.tools.metrics import fairness_report
     from fairloop.vision.train import predict_proba
 
-    cache = services.folder.path / "evals" / f"{model_key(relative)}.metrics.json"
+    cache = eval_file(services, relative, "metrics.json")
     if cache.exists():
         return json.loads(cache.read_text())
     cfg, data = services.config, services.dataset
@@ -138,8 +143,7 @@ def evaluate_model(services: RunServices, relative: str) -> dict[str, Any]:
                                  protected=part.labels(cfg.protected), privileged_value=cfg.privileged_value,
                                  target_name=cfg.target, protected_name=cfg.protected, n_bootstrap=100, seed=cfg.seed)
         out[split] = report.as_dict()
-        probs_file = cache.with_name(f"{model_key(relative)}.{split}.npy")
-        _save_array(probs_file, probs.astype(np.float32))
+        _save_array(eval_file(services, relative, f"{split}.npy"), probs.astype(np.float32))
     atomic_write_json(cache, out)
     return out
 
@@ -147,7 +151,7 @@ def evaluate_model(services: RunServices, relative: str) -> dict[str, Any]:
 def val_predictions(services: RunServices, relative: str) -> np.ndarray | None:
     """P(target = 1) of a checkpoint on the validation split, as :func:`evaluate_model` kept it;
     None when it is not there (or not one number per validation row)."""
-    path = services.folder.path / "evals" / f"{model_key(relative)}.val.npy"
+    path = eval_file(services, relative, "val.npy")
     if not path.exists():
         return None
     probs = np.load(path, allow_pickle=False)  # a run folder is untrusted: numbers only, never objects
@@ -166,13 +170,19 @@ def explain_model(services: RunServices, relative: str) -> dict[str, Any]:
     """LIME attribute importance of a checkpoint on the validation split (cached)."""
     from fairloop.tools.explain import explain_attributes
 
-    cache = services.folder.path / "evals" / f"{model_key(relative)}.explain.json"
+    cache = eval_file(services, relative, "explain.json")
     if cache.exists():
         return json.loads(cache.read_text())
     evaluate_model(services, relative)
     cfg = services.config
     val = services.dataset.split("val")
-    probs = np.load(services.folder.path / "evals" / f"{model_key(relative)}.val.npy")
+    probs = val_predictions(services, relative)
+    if probs is None:
+        from fairloop.errors import DataError
+
+        path = eval_file(services, relative, "val.npy")
+        raise DataError(f"{path} does not hold one prediction per validation row of {relative}",
+                        f"delete {path} and {eval_file(services, relative, 'metrics.json')}: they are computed again")
     exp = explain_attributes(attributes=val.table[[a for a in val.attributes if a != cfg.target]], scores=probs,
                              protected=cfg.protected, n_explain=min(cfg.explain_rows, len(val)), seed=cfg.seed)
     out = exp.as_dict() | {"as_list": [[k, v] for k, v in exp.as_list()]}
@@ -369,7 +379,7 @@ def find_model_weaknesses(services: RunServices, relative: str) -> dict[str, Any
     edit tested with the run's generator (cached; images under ``weaknesses/``)."""
     from fairloop.weakness import discover
 
-    cache = services.folder.path / "evals" / f"{model_key(relative)}.weaknesses.json"
+    cache = eval_file(services, relative, "weaknesses.json")
     if cache.exists():
         return json.loads(cache.read_text())
     cfg = services.config
